@@ -1,0 +1,219 @@
+"""The ``wbc`` command line.
+
+Prefect is imported only by the commands that run flows, so ``wbc classify`` and ``wbc info`` start in
+well under a second.  ``wbc process`` runs the ``process-sample`` flow when a Prefect server is configured
+(``PREFECT_API_URL``) or ``--prefect`` is given, and otherwise calls the same pipeline functions
+directly: Prefect's server-less mode starts a temporary server per process (measured in the README),
+has no UI, and so only adds seconds to the common command-line path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from wbcproc import __version__
+
+app = typer.Typer(
+    name="wbc",
+    help="White-blood-cell differential from folders of blood-smear images (decision support).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+models_app = typer.Typer(help="The model registry: list, show, register and promote versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wbc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """wbc: decision support, not a diagnosis - results require review by a qualified person."""
+
+
+def _fail(msg: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"wbc: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def _load_settings(config: Path | None):
+    from wbcproc.config import ConfigError, load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+@app.command()
+def info(model: Annotated[Path | None, typer.Option(help="Model .onnx (default: the model in use).")] = None) -> None:
+    """Show the model in use and the ONNX Runtime providers."""
+    import onnxruntime as ort
+
+    from wbcproc.model import ModelError, read_sidecar, resolve_model_path
+
+    typer.echo(f"wbc {__version__}; onnxruntime {ort.__version__}; providers: {', '.join(ort.get_available_providers())}")
+    try:
+        path = resolve_model_path(model)
+        m = read_sidecar(path)
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"model:      {m.name} {m.version}")
+    typer.echo(f"file:       {m.onnx_path}")
+    typer.echo(f"sha256:     {m.sha256}")
+    typer.echo(f"classes:    {', '.join(m.classes)}")
+    p = m.preprocess
+    typer.echo(f"input:      {p.input_size}x{p.input_size} {p.colour_order}, resize {p.resize}, "
+               f"colour normalisation {'reinhard_lab' if p.colour_normalisation else 'none'}")
+    typer.echo(f"review:     confidence < {m.review_threshold:.3f} (temperature {m.temperature:.3f})")
+    metrics = m.raw.get("metrics", {})
+    if metrics:
+        shown = {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
+        typer.echo(f"metrics:    {json.dumps(shown)}")
+
+
+def _use_prefect(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    return bool(os.environ.get("PREFECT_API_URL"))
+
+
+@app.command()
+def process(
+    folders: Annotated[list[Path], typer.Argument(help="Sample folders (one per slide).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for the reports.")],
+    model: Annotated[Path | None, typer.Option(help="Model .onnx with its sidecar (default: the model in use).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Config TOML merged over the defaults.")] = None,
+    prefect: Annotated[
+        bool | None,
+        typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow (default: only when PREFECT_API_URL is set)."),
+    ] = None,
+) -> None:
+    """Classify every cell of each sample folder and write Excel, JSON and FHIR reports."""
+    from wbcproc.model import ModelError, load_classifier
+    from wbcproc.report import write_batch_summary
+
+    settings = _load_settings(config)
+    try:
+        load_classifier(model, settings.threads)  # fail early, once, with the model's own message
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+    use_prefect = _use_prefect(prefect)
+    run_one = _flow_runner(model, config) if use_prefect else _direct_runner(model, settings)
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    from rich.progress import Progress
+
+    with Progress(disable=not sys.stderr.isatty(), transient=True) as progress:
+        task = progress.add_task("samples", total=len(folders))
+        for folder in folders:
+            try:
+                result, paths = run_one(folder, out)
+            except Exception as exc:  # one folder failing must not stop the others
+                failed += 1
+                msg = f"{folder}: {exc}".splitlines()[0]
+                typer.echo(f"wbc: {msg}", err=True)
+                rows.append({"sample_id": folder.name, "status": "failed", "error": str(exc)})
+            else:
+                codes = ", ".join(f["code"] for f in result["flags"]) or "no flags"
+                typer.echo(f"{result['sample_id']}: {result['wbc_total']} WBC, {codes} -> {paths['xlsx']}")
+                rows.append({"sample_id": result["sample_id"], "status": "processed", "result": result,
+                             "report": str(paths["xlsx"])})
+            progress.advance(task)
+    if len(folders) > 1:
+        out.mkdir(parents=True, exist_ok=True)
+        typer.echo(f"batch summary -> {write_batch_summary(rows, out)}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _direct_runner(model: Path | None, settings):
+    from wbcproc.discovery import scan_sample
+    from wbcproc.model import load_classifier
+    from wbcproc.pipeline import classify_candidates, summarise
+    from wbcproc.report import write_reports
+
+    def run(folder: Path, out: Path):
+        clf = load_classifier(model, settings.threads)
+        inv = scan_sample(folder, settings)
+        classified = classify_candidates(inv.candidates, clf, settings)
+        result = summarise(inv, classified, clf, settings)
+        return result, write_reports(result, classified.thumbnails, out)
+
+    return run
+
+
+def _flow_runner(model: Path | None, config: Path | None):
+    from flows.process import process_sample_flow
+
+    def run(folder: Path, out: Path):
+        res = process_sample_flow(
+            folder=str(folder), out_dir=str(out), model=None if model is None else str(model),
+            config=None if config is None else str(config),
+        )
+        return res["result"], res["paths"]
+
+    return run
+
+
+@app.command()
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (a folder expands to its images).")],
+    model: Annotated[Path | None, typer.Option(help="Model .onnx with its sidecar.")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
+) -> None:
+    """Classify single-cell images: one line per file."""
+    from wbcproc.discovery import Candidate, check_image_header, display_name, scan_sample
+    from wbcproc.model import ModelError, load_classifier
+    from wbcproc.pipeline import classify_candidates
+
+    settings = _load_settings(config)
+    try:
+        clf = load_classifier(model, settings.threads)
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+    candidates: list[Candidate] = []
+    errors: list[dict[str, Any]] = []
+    for p in paths:
+        if p.is_dir():
+            inv = scan_sample(p, settings)
+            for c in inv.candidates:
+                candidates.append(Candidate(str(p / c.path.name), c.path, c.width, c.height, c.format, c.mode))
+            errors += [{"file": str(p / r.file), "label": None, "error": r.reason} for r in inv.rejected]
+        else:
+            res = check_image_header(p, display_name(str(p)), settings)
+            if isinstance(res, Candidate):
+                candidates.append(res)
+            else:
+                errors.append({"file": res.file, "label": None, "error": res.reason})
+    classified = classify_candidates(candidates, clf, settings, thumbnails=False)
+    errors += [{"file": r.file, "label": None, "error": r.reason} for r in classified.rejected]
+    lines = [{"file": c.file, "label": c.label, "confidence": round(c.confidence, 4)} for c in classified.cells]
+    lines += errors
+    for line in lines:
+        if jsonl:
+            typer.echo(json.dumps(line, ensure_ascii=False))
+        elif line.get("label"):
+            typer.echo(f"{line['label']:<13} {line['confidence']:.3f}  {line['file']}")
+        else:
+            typer.echo(f"{'REJECTED':<13} {'':5}  {line['file']}: {line['error']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

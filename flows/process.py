@@ -1,0 +1,117 @@
+"""The ``process-sample`` Prefect flow: the pipeline of ``wbcproc.pipeline`` as observable tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from wbcproc.classes import DISPLAY_NAMES, WBC_CLASSES
+from wbcproc.config import Settings, load_settings
+from wbcproc.discovery import SampleFolderError, SampleInventory, scan_sample
+from wbcproc.model import load_classifier
+from wbcproc.pipeline import Classified, classify_candidates, summarise
+from wbcproc.report import write_reports
+
+
+def _retry_io(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry_condition_fn signature
+    """Retry only transient I/O errors (network shares), not a folder that does not exist."""
+    try:
+        state.result()
+    except SampleFolderError:
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="validate", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
+def validate(folder: str, settings: Settings) -> SampleInventory:
+    inv = scan_sample(folder, settings)
+    get_run_logger().info(
+        "%s: %d candidate images, %d rejected, %d ignored",
+        inv.sample_id, len(inv.candidates), len(inv.rejected), len(inv.ignored),
+    )
+    return inv
+
+
+@task(name="classify", cache_policy=NO_CACHE)
+def classify(inventory: SampleInventory, model: str | None, settings: Settings) -> tuple[Classified, Any]:
+    clf = load_classifier(model, settings.threads)
+    classified = classify_candidates(inventory.candidates, clf, settings)
+    get_run_logger().info(
+        "classified %d cells with %s %s in %.2f s of inference",
+        len(classified.cells), clf.info.name, clf.info.version, classified.timings["inference"],
+    )
+    return classified, clf
+
+
+@task(name="aggregate-and-flag", cache_policy=NO_CACHE)
+def aggregate(inventory: SampleInventory, classified: Classified, clf: Any, settings: Settings) -> dict[str, Any]:
+    return summarise(inventory, classified, clf, settings)
+
+
+@task(name="write-reports", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
+def write(result: dict[str, Any], classified: Classified, out_dir: str) -> dict[str, str]:
+    return {k: str(v) for k, v in write_reports(result, classified.thumbnails, out_dir).items()}
+
+
+def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    ref = result["config"]["reference_intervals"]["percent"]
+    flagged = {f["cell"]: f["direction"] for f in result["flags"] if f["cell"] and "_ABS_" not in f["code"]}
+    rows = []
+    for cls in WBC_CLASSES:
+        ci = result["ci95"][cls]
+        rows.append({
+            "class": DISPLAY_NAMES[cls],
+            "count": result["counts"][cls],
+            "percent": result["percent"][cls],
+            "ci95": "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}",
+            "reference": f"{ref[cls][0]:g}-{ref[cls][1]:g}",
+            "flag": flagged.get(cls, "").upper(),
+        })
+    rows.append({"class": "NRBC /100 WBC", "count": result["counts"]["erythroblast"],
+                 "percent": result["nrbc_per_100_wbc"], "ci95": "", "reference": "0",
+                 "flag": "HIGH" if "erythroblast" in flagged else ""})
+    rows.append({"class": "Platelets seen", "count": result["platelets_seen"], "percent": None, "ci95": "",
+                 "reference": "", "flag": ""})
+    return rows
+
+
+def _run_name() -> str:
+    folder = flow_run.parameters.get("folder", "sample")
+    return Path(str(folder)).resolve().name or "sample"
+
+
+@flow(name="process-sample", flow_run_name=_run_name, log_prints=False)
+def process_sample_flow(
+    folder: str, out_dir: str, model: str | None = None, config: str | None = None
+) -> dict[str, Any]:
+    """Classify one sample folder and write its Excel, JSON and FHIR reports."""
+    settings = load_settings(config)
+    inventory = validate(folder, settings)
+    classified, clf = classify(inventory, model, settings)
+    result = aggregate(inventory, classified, clf, settings)
+    paths = write(result, classified, out_dir)
+    key = "differential-" + "".join(ch if ch.isalnum() else "-" for ch in result["sample_id"].lower())[:40]
+    create_table_artifact(
+        key=key.strip("-") or "differential",
+        table=differential_table(result),
+        description=f"Differential of {result['sample_id']} ({result['wbc_total']} WBC)",
+    )
+    flags = "\n".join(f"- **{f['code']}**: {f['message']}" for f in result["flags"]) or "- none"
+    create_markdown_artifact(
+        markdown=(
+            f"# {result['sample_id']}\n\nModel: {result['model']['name']} {result['model']['version']}\n\n"
+            f"## Flags\n{flags}\n\n## Report\n- Excel: `{paths['xlsx']}`\n- JSON: `{paths['json']}`\n"
+            f"- FHIR: `{paths['fhir']}`\n\n_{result['disclaimer']}_\n"
+        ),
+        description="Report location and flags",
+    )
+    return {"sample_id": result["sample_id"], "paths": paths, "result": result}

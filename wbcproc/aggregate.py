@@ -1,0 +1,90 @@
+"""Per-cell results -> the sample's differential (counts, percentages, exact CIs, absolute counts).
+
+Clinical conventions: the WBC denominator is neutrophils + lymphocytes + monocytes + eosinophils +
+basophils + immature granulocytes.  NRBC (erythroblasts) are reported per 100 WBC, platelets as the
+number seen; neither is part of the denominator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from wbcproc.classes import CLASSES, WBC_CLASSES
+from wbcproc.stats import clopper_pearson
+
+
+@dataclass(frozen=True)
+class CellResult:
+    file: str
+    label: str
+    confidence: float
+    runner_up: str
+    runner_up_confidence: float
+    review: bool
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["class"] = d.pop("label")
+        d["notes"] = list(self.notes)
+        return d
+
+
+@dataclass(frozen=True)
+class Differential:
+    counts: dict[str, int]
+    wbc_total: int
+    percent: dict[str, float | None]
+    ci95: dict[str, tuple[float, float] | None]
+    absolute: dict[str, float] | None
+    nrbc_per_100_wbc: float | None
+    platelets_seen: int
+    n_cells: int
+    n_review: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def review_share(self) -> float:
+        return self.n_review / self.n_cells if self.n_cells else 0.0
+
+
+def differential(
+    labels: Iterable[str], reviews: Iterable[bool] = (), wbc_count: float | None = None
+) -> Differential:
+    """Count labels and derive the differential.  Percentages are None when no WBC were counted."""
+    counts = dict.fromkeys(CLASSES, 0)
+    n_cells = 0
+    for label in labels:
+        if label not in counts:
+            raise ValueError(f"unknown class {label!r}; expected one of {list(CLASSES)}")
+        counts[label] += 1
+        n_cells += 1
+    n_review = sum(1 for r in reviews if r)
+    total = sum(counts[c] for c in WBC_CLASSES)
+    percent: dict[str, float | None] = {}
+    ci95: dict[str, tuple[float, float] | None] = {}
+    for c in WBC_CLASSES:
+        if total:
+            percent[c] = 100.0 * counts[c] / total
+            lo, hi = clopper_pearson(counts[c], total)
+            ci95[c] = (100.0 * lo, 100.0 * hi)
+        else:
+            percent[c] = None
+            ci95[c] = None
+    absolute = None
+    if wbc_count is not None and total:
+        absolute = {c: wbc_count * counts[c] / total for c in WBC_CLASSES}
+    nrbc = 100.0 * counts["erythroblast"] / total if total else None
+    return Differential(
+        counts=counts,
+        wbc_total=total,
+        percent=percent,
+        ci95=ci95,
+        absolute=absolute,
+        nrbc_per_100_wbc=nrbc,
+        platelets_seen=counts["platelet"],
+        n_cells=n_cells,
+        n_review=n_review,
+    )

@@ -1,0 +1,184 @@
+"""Configuration: shipped defaults merged with a user's TOML file, and the reference intervals.
+
+One resolved :class:`Settings` object travels through the pipeline (timm's "single resolved data config"
+idea), so every step reads the same values and the report can record where they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wbcproc.classes import WBC_CLASSES
+
+
+class ConfigError(ValueError):
+    """A configuration or reference-interval file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class ReferenceIntervals:
+    """Reference intervals for one population, with their provenance."""
+
+    name: str
+    version: str
+    population: str
+    source: str
+    percent: dict[str, tuple[float, float]]
+    absolute: dict[str, tuple[float, float]]
+    nrbc_max_per_100_wbc: float
+    path: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["percent"] = {k: list(v) for k, v in self.percent.items()}
+        d["absolute"] = {k: list(v) for k, v in self.absolute.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_pixels: int = 50_000_000
+    min_side_px: int = 32
+    batch_size: int = 32
+    threads: int = 0
+    review_threshold: float | None = None
+    min_wbc: int = 100
+    max_review_share: float = 0.05
+    reference: ReferenceIntervals = field(default=None)  # type: ignore[assignment]
+    source: str = "defaults"
+
+    def config_hash(self) -> str:
+        """A short hash of everything that changes results, for traceability in reports."""
+        payload = asdict(self)
+        payload.pop("source", None)
+        payload.pop("threads", None)
+        payload.pop("batch_size", None)
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def _interval(value: Any, where: str) -> tuple[float, float]:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        or value[0] > value[1]
+    ):
+        raise ConfigError(f"{where}: expected [low, high] with low <= high, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def load_reference_intervals(path: str | Path | None = None) -> ReferenceIntervals:
+    """Read a reference-interval file; ``None`` reads the shipped adult defaults."""
+    if path is None:
+        ref = resources.files("wbcproc") / "data" / "reference_intervals.toml"
+        with ref.open("rb") as fh:
+            raw = tomllib.load(fh)
+        shown = "wbcproc/data/reference_intervals.toml"
+    else:
+        raw = _read_toml(Path(path), "reference-interval file")
+        shown = str(path)
+    for key in ("name", "version", "source", "percent"):
+        if key not in raw:
+            raise ConfigError(f"reference-interval file {shown!r} lacks the required key {key!r}")
+    percent = {}
+    for cls in WBC_CLASSES:
+        if cls not in raw["percent"]:
+            raise ConfigError(f"{shown}: [percent] has no interval for {cls!r}")
+        percent[cls] = _interval(raw["percent"][cls], f"{shown}: percent.{cls}")
+    absolute = {
+        cls: _interval(v, f"{shown}: absolute.{cls}")
+        for cls, v in raw.get("absolute", {}).items()
+        if cls in WBC_CLASSES
+    }
+    unknown = [k for k in [*raw["percent"], *raw.get("absolute", {})] if k not in WBC_CLASSES]
+    if unknown:
+        raise ConfigError(f"{shown}: unknown class names {unknown}; expected some of {list(WBC_CLASSES)}")
+    nrbc = float(raw.get("nrbc", {}).get("max_per_100_wbc", 0.0))
+    return ReferenceIntervals(
+        name=str(raw["name"]),
+        version=str(raw["version"]),
+        population=str(raw.get("population", "")),
+        source=" ".join(str(raw["source"]).split()),
+        percent=percent,
+        absolute=absolute,
+        nrbc_max_per_100_wbc=nrbc,
+        path=shown,
+    )
+
+
+_KNOWN = {
+    "input": {"max_pixels", "min_side_px"},
+    "inference": {"batch_size", "threads", "review_threshold"},
+    "flags": {"min_wbc", "max_review_share"},
+    "reference": {"file"},
+}
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Defaults merged with ``path`` (or ``$WBC_CONFIG`` when ``path`` is None)."""
+    if path is None and os.environ.get("WBC_CONFIG"):
+        path = os.environ["WBC_CONFIG"]
+    default_ref = resources.files("wbcproc") / "data" / "default_config.toml"
+    with default_ref.open("rb") as fh:
+        merged = tomllib.load(fh)
+    source = "defaults"
+    base_dir = Path.cwd()
+    if path is not None:
+        user = _read_toml(Path(path), "config file")
+        for section, values in user.items():
+            if section not in _KNOWN or not isinstance(values, dict):
+                raise ConfigError(
+                    f"config file {str(path)!r}: unknown section [{section}]; expected one of {sorted(_KNOWN)}"
+                )
+            bad = set(values) - _KNOWN[section]
+            if bad:
+                raise ConfigError(
+                    f"config file {str(path)!r}: unknown keys {sorted(bad)} in [{section}]; "
+                    f"expected some of {sorted(_KNOWN[section])}"
+                )
+            merged.setdefault(section, {}).update(values)
+        source = str(path)
+        base_dir = Path(path).resolve().parent
+    ref_file = merged.get("reference", {}).get("file")
+    if ref_file is not None:
+        ref_path = Path(ref_file)
+        if not ref_path.is_absolute():
+            ref_path = base_dir / ref_path
+        reference = load_reference_intervals(ref_path)
+    else:
+        reference = load_reference_intervals(None)
+    inp, inf, flg = merged["input"], merged["inference"], merged["flags"]
+    settings = Settings(
+        max_pixels=int(inp["max_pixels"]),
+        min_side_px=int(inp["min_side_px"]),
+        batch_size=int(inf["batch_size"]),
+        threads=int(inf["threads"]),
+        review_threshold=(None if inf.get("review_threshold") is None else float(inf["review_threshold"])),
+        min_wbc=int(flg["min_wbc"]),
+        max_review_share=float(flg["max_review_share"]),
+        reference=reference,
+        source=source,
+    )
+    if settings.batch_size < 1 or settings.max_pixels < 1 or settings.min_side_px < 1:
+        raise ConfigError(f"config {source!r}: batch_size, max_pixels and min_side_px must be positive")
+    if settings.review_threshold is not None and not 0.0 <= settings.review_threshold <= 1.0:
+        raise ConfigError(f"config {source!r}: review_threshold {settings.review_threshold} is not in [0, 1]")
+    return settings

@@ -1,0 +1,132 @@
+"""Flags: values outside reference intervals, and sample-level warnings.
+
+A flag is a plain dict so that it goes unchanged into JSON, FHIR, Excel and the Prefect artifact::
+
+    {"cell": "neutrophil" | None, "direction": "high" | "low" | None, "code": str,
+     "value": float | None, "interval": [low, high] | None, "ci_outside": bool | None, "message": str}
+
+A value equal to an interval limit is inside the interval.  ``ci_outside`` is True when the whole 95 %
+confidence interval lies beyond the limit, i.e. the abnormality is statistically clear for this count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wbcproc.aggregate import Differential
+from wbcproc.classes import DISPLAY_NAMES, WBC_CLASSES
+from wbcproc.config import ReferenceIntervals, Settings
+
+# Conventional names for abnormal proportions, used in messages only.
+_TERMS = {
+    ("neutrophil", "high"): "neutrophilia",
+    ("neutrophil", "low"): "neutropenia",
+    ("lymphocyte", "high"): "lymphocytosis",
+    ("lymphocyte", "low"): "lymphopenia",
+    ("monocyte", "high"): "monocytosis",
+    ("monocyte", "low"): "monocytopenia",
+    ("eosinophil", "high"): "eosinophilia",
+    ("eosinophil", "low"): "eosinopenia",
+    ("basophil", "high"): "basophilia",
+    ("basophil", "low"): "basopenia",
+    ("ig", "high"): "left shift",
+    ("ig", "low"): "",
+}
+
+
+def _flag(cell, direction, code, value, interval, ci_outside, message) -> dict[str, Any]:
+    return {
+        "cell": cell,
+        "direction": direction,
+        "code": code,
+        "value": value,
+        "interval": list(interval) if interval is not None else None,
+        "ci_outside": ci_outside,
+        "message": message,
+    }
+
+
+def sample_flag(code: str, message: str, value: float | None = None) -> dict[str, Any]:
+    return _flag(None, None, code, value, None, None, message)
+
+
+def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str, Any]]:
+    """One flag for every percentage, absolute count and NRBC value outside its interval."""
+    flags: list[dict[str, Any]] = []
+    if diff.wbc_total == 0:
+        return flags
+    for cell in WBC_CLASSES:
+        value = diff.percent[cell]
+        lo, hi = ref.percent[cell]
+        ci = diff.ci95[cell]
+        assert value is not None and ci is not None
+        for direction, outside, ci_out in (
+            ("high", value > hi, ci[0] > hi),
+            ("low", value < lo, ci[1] < lo),
+        ):
+            if not outside:
+                continue
+            term = _TERMS[(cell, direction)]
+            code = "LEFT_SHIFT" if (cell, direction) == ("ig", "high") else f"{cell.upper()}_PCT_{direction.upper()}"
+            flags.append(
+                _flag(
+                    cell, direction, code, round(value, 2), (lo, hi), ci_out,
+                    f"{DISPLAY_NAMES[cell]} {value:.1f} % (95% CI {ci[0]:.1f}-{ci[1]:.1f}) {direction} "
+                    f"vs reference {lo:g}-{hi:g} %" + (f" ({term})" if term else ""),
+                )
+            )
+    if diff.absolute is not None:
+        for cell, (lo, hi) in ref.absolute.items():
+            value = diff.absolute[cell]
+            for direction, outside in (("high", value > hi), ("low", value < lo)):
+                if outside:
+                    flags.append(
+                        _flag(
+                            cell, direction, f"{cell.upper()}_ABS_{direction.upper()}", round(value, 3),
+                            (lo, hi), None,
+                            f"{DISPLAY_NAMES[cell]} {value:.2f} x10^9/L {direction} vs reference "
+                            f"{lo:g}-{hi:g} x10^9/L",
+                        )
+                    )
+    nrbc = diff.nrbc_per_100_wbc
+    if nrbc is not None and nrbc > ref.nrbc_max_per_100_wbc:
+        flags.append(
+            _flag(
+                "erythroblast", "high", "NRBC_PRESENT", round(nrbc, 2), (0.0, ref.nrbc_max_per_100_wbc), None,
+                f"{diff.counts['erythroblast']} NRBC seen ({nrbc:.1f} per 100 WBC)",
+            )
+        )
+    return flags
+
+
+def sample_flags(
+    diff: Differential, settings: Settings, *, n_rejected: int, metadata_errors: list[str]
+) -> list[dict[str, Any]]:
+    """Sample-level warnings (cell = None) that qualify the whole result."""
+    flags = []
+    if diff.wbc_total == 0:
+        flags.append(sample_flag("NO_WBC", "no white cells were counted: no differential can be given", 0))
+    elif diff.wbc_total < settings.min_wbc:
+        flags.append(
+            sample_flag(
+                "LOW_WBC_COUNT",
+                f"only {diff.wbc_total} WBC counted (< {settings.min_wbc}): confidence intervals are wide",
+                diff.wbc_total,
+            )
+        )
+    if diff.n_cells and diff.review_share > settings.max_review_share:
+        flags.append(
+            sample_flag(
+                "REVIEW_SHARE_HIGH",
+                f"{diff.n_review} of {diff.n_cells} cells ({100 * diff.review_share:.1f} %) are below the "
+                f"confidence threshold and marked for review (limit {100 * settings.max_review_share:g} %)",
+                round(100 * diff.review_share, 2),
+            )
+        )
+    if n_rejected:
+        flags.append(
+            sample_flag("REJECTED_FILES", f"{n_rejected} file(s) could not be classified; see Rejected", n_rejected)
+        )
+    if metadata_errors:
+        flags.append(sample_flag("METADATA_INVALID", "sample.json: " + "; ".join(metadata_errors)))
+    return flags

@@ -1,0 +1,118 @@
+"""Decode one cell image to 8-bit BGR with an explicit policy for odd encodings.
+
+Policy (documented in the README, tested in tests/test_imageio.py):
+
+* 16-bit colour: scaled to 8 bits (value / 257), noted.
+* Alpha: composited onto white (the background of a stained smear), noted.
+* CMYK JPEG: converted to BGR by the decoder, noted.
+* Palette images: expanded to BGR.
+* Greyscale, or colour files whose three channels are identical: rejected - the classifier depends on
+  stain colour, and a grey image would give a confident but meaningless class.
+* Truncated files: rejected.  OpenCV decodes a truncated JPEG partially and only prints a warning, so
+  the byte stream is checked for its end marker (JPEG EOI, PNG IEND) and BMP/TIFF are verified by a
+  full Pillow load.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+class ImageRejected(Exception):
+    """The image cannot be classified; ``reason`` says why in words a technologist can act on."""
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    bgr: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+def _check_complete(data: bytes) -> None:
+    if data[:3] == b"\xff\xd8\xff":
+        if not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+            raise ImageRejected("truncated JPEG (no end-of-image marker): the file is incomplete", "truncated")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in data[-64:]:
+            raise ImageRejected("truncated PNG (no IEND chunk): the file is incomplete", "truncated")
+    else:
+        # BMP and TIFF carry no end marker that is cheap to check: let Pillow decode fully.
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageRejected(f"image data is damaged or truncated: {exc}", "truncated") from None
+
+
+def decode_bytes(data: bytes) -> DecodedImage:
+    """Decode image bytes to an 8-bit, 3-channel BGR array according to the module's policy."""
+    if not data:
+        raise ImageRejected("empty file (0 bytes)", "empty")
+    _check_complete(data)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise ImageRejected("the image data could not be decoded", "corrupt")
+    notes: list[str] = []
+    if img.dtype == np.uint16:
+        img = (img.astype(np.uint32) + 128) // 257
+        img = img.astype(np.uint8)
+        notes.append("converted from 16-bit to 8-bit")
+    elif img.dtype != np.uint8:
+        raise ImageRejected(f"unsupported sample type {img.dtype} (expected 8- or 16-bit integers)", "depth")
+    if img.ndim == 2 or img.shape[2] == 1:
+        raise ImageRejected("greyscale image: the classifier needs the stain colours; save in colour", "greyscale")
+    if img.shape[2] == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        if float(alpha.min()) < 1.0:
+            rgb = img[:, :, :3].astype(np.float32)
+            img = np.clip(rgb * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
+            notes.append("transparent pixels composited onto white")
+        else:
+            img = np.ascontiguousarray(img[:, :, :3])
+            notes.append("opaque alpha channel dropped")
+    elif img.shape[2] != 3:
+        raise ImageRejected(f"{img.shape[2]} colour channels are not supported", "colour_mode")
+    if data[:3] == b"\xff\xd8\xff" and _is_cmyk_jpeg(data):
+        notes.append("converted from CMYK")
+    step = max(1, min(img.shape[:2]) // 64)
+    sub = img[::step, ::step].astype(np.int16)
+    if int(np.abs(sub[:, :, 0] - sub[:, :, 1]).max()) <= 2 and int(np.abs(sub[:, :, 1] - sub[:, :, 2]).max()) <= 2:
+        raise ImageRejected(
+            "greyscale content saved as colour: the classifier needs the stain colours", "greyscale"
+        )
+    return DecodedImage(np.ascontiguousarray(img), tuple(notes))
+
+
+def _is_cmyk_jpeg(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.mode == "CMYK"
+    except (OSError, ValueError):
+        return False
+
+
+def read_image(path: str | Path) -> DecodedImage:
+    """Read and decode one file; I/O failures become :class:`ImageRejected` with a specific reason."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageRejected("file vanished before it could be read", "vanished") from None
+    except PermissionError:
+        raise ImageRejected("permission denied", "unreadable") from None
+    except IsADirectoryError:
+        raise ImageRejected("is a folder, not a file", "not_file") from None
+    except OSError as exc:
+        raise ImageRejected(f"read error: {exc.strerror or exc}", "unreadable") from None
+    return decode_bytes(data)

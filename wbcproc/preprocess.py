@@ -1,0 +1,151 @@
+"""The one preprocessing function shared by inference and training.
+
+Two stages, because training caches the first one:
+
+``prepare_image``  BGR uint8 of any size -> uint8 HxWx3 at the model's input size, in the model's colour
+                   order, after optional colour normalisation.  This is what the training cache stores.
+``to_input``       prepared uint8 (HWC or NHWC) -> float32 NCHW, scaled and mean/std-normalised.
+
+``preprocess`` is the two in a row.  Everything is driven by :class:`PreprocessSpec`, read from the
+model's sidecar, so a model carries the exact recipe it was trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+ResizeRule = Literal["stretch", "shorter_side_crop", "letterbox"]
+RESIZE_RULES: tuple[str, ...] = ("stretch", "shorter_side_crop", "letterbox")
+
+
+@dataclass(frozen=True)
+class ColourNormalisation:
+    """Reinhard-style colour transfer in CIELAB to reference statistics of the training data."""
+
+    method: Literal["reinhard_lab"] = "reinhard_lab"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    input_size: int = 224
+    resize: ResizeRule = "stretch"
+    colour_order: Literal["RGB", "BGR"] = "RGB"
+    scale: float = 255.0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pad_value: tuple[int, int, int] = (255, 255, 255)
+    colour_normalisation: ColourNormalisation | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"resize rule {self.resize!r} is unknown; expected one of {RESIZE_RULES}")
+        if self.colour_order not in ("RGB", "BGR"):
+            raise ValueError(f"colour_order {self.colour_order!r} is unknown; expected 'RGB' or 'BGR'")
+        if not 8 <= int(self.input_size) <= 1024:
+            raise ValueError(f"input_size {self.input_size} is outside 8..1024 px")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean {self.mean} and std {self.std} must have 3 values, std > 0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        d = dict(d)
+        cn = d.pop("colour_normalisation", None)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"preprocess spec has unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+        for key in ("mean", "std", "pad_value"):
+            if key in d:
+                d[key] = tuple(d[key])
+        norm = None
+        if cn:
+            if cn.get("method") != "reinhard_lab":
+                raise ValueError(f"colour normalisation {cn.get('method')!r} is unknown; expected 'reinhard_lab'")
+            norm = ColourNormalisation("reinhard_lab", tuple(cn["mean"]), tuple(cn["std"]))
+        return cls(colour_normalisation=norm, **d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("mean", "std", "pad_value"):
+            d[key] = list(d[key])
+        if self.colour_normalisation is not None:
+            d["colour_normalisation"] = {
+                "method": self.colour_normalisation.method,
+                "mean": list(self.colour_normalisation.mean),
+                "std": list(self.colour_normalisation.std),
+            }
+        return d
+
+
+def lab_stats(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of an image in CIELAB (L 0..100, a/b about -127..127)."""
+    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    flat = lab.reshape(-1, 3)
+    return flat.mean(axis=0), flat.std(axis=0)
+
+
+def reinhard_normalise(bgr: np.ndarray, norm: ColourNormalisation) -> np.ndarray:
+    """Map the image's LAB mean/std onto the reference's (Reinhard et al. 2001)."""
+    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    flat = lab.reshape(-1, 3)
+    mu, sd = flat.mean(axis=0), flat.std(axis=0)
+    target_mu, target_sd = np.asarray(norm.mean, np.float32), np.asarray(norm.std, np.float32)
+    lab = (lab - mu) / np.maximum(sd, 1e-3) * target_sd + target_mu
+    out = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2BGR)
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _resize(bgr: np.ndarray, size: int, rule: str, pad_value: tuple[int, int, int]) -> np.ndarray:
+    h, w = bgr.shape[:2]
+
+    def interp(scale: float) -> int:
+        return cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+
+    if rule == "stretch":
+        return cv2.resize(bgr, (size, size), interpolation=interp(size / max(h, w)))
+    if rule == "shorter_side_crop":
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        resized = cv2.resize(bgr, (nw, nh), interpolation=interp(scale))
+        y0, x0 = (nh - size) // 2, (nw - size) // 2
+        return resized[y0 : y0 + size, x0 : x0 + size]
+    # letterbox: keep the aspect ratio, pad the short side (BGR pad value)
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = cv2.resize(bgr, (nw, nh), interpolation=interp(scale))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return cv2.copyMakeBorder(
+        resized, top, size - nh - top, left, size - nw - left, cv2.BORDER_CONSTANT, value=pad_value
+    )
+
+
+def prepare_image(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """BGR uint8 (any size) -> uint8 ``input_size`` x ``input_size`` x 3 in the spec's colour order."""
+    if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ValueError(f"expected an 8-bit BGR image HxWx3, got dtype {bgr.dtype} shape {bgr.shape}")
+    if spec.colour_normalisation is not None:
+        bgr = reinhard_normalise(bgr, spec.colour_normalisation)
+    out = _resize(bgr, int(spec.input_size), spec.resize, spec.pad_value)
+    if spec.colour_order == "RGB":
+        out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(out)
+
+
+def to_input(prepared: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Prepared uint8 HWC or NHWC -> float32 NCHW, divided by ``scale`` and mean/std-normalised."""
+    batch = prepared[None] if prepared.ndim == 3 else prepared
+    x = batch.astype(np.float32) / np.float32(spec.scale)
+    x -= np.asarray(spec.mean, np.float32)
+    x /= np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def preprocess(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """One image -> a 1x3xSxS float32 model input.  Training and inference both go through this."""
+    return to_input(prepare_image(bgr, spec), spec)

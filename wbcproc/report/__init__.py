@@ -1,0 +1,43 @@
+"""Report writers: JSON (machine), FHIR R4 (interfaces), Excel (physicians).
+
+Each file is written atomically (temp file in the same folder, fsync, rename), so a reader or a crash
+never sees a half file under the final name.  The JSON is written last: its presence means the whole
+report set for the sample is complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wbcproc.discovery import safe_stem
+from wbcproc.report._atomic import atomic_write_bytes, atomic_write_json
+from wbcproc.report.excel import batch_summary_bytes, workbook_bytes
+from wbcproc.report.fhir import fhir_bundle
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "report_paths", "write_batch_summary", "write_reports"]
+
+
+def report_paths(sample_id: str, out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    stem = safe_stem(sample_id)
+    return {"xlsx": out / f"{stem}.xlsx", "fhir": out / f"{stem}.fhir.json", "json": out / f"{stem}.json"}
+
+
+def write_reports(result: dict[str, Any], thumbnails: dict[str, bytes], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<id>.xlsx``, ``<id>.fhir.json`` and finally ``<id>.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = report_paths(result["sample_id"], out)
+    xlsx = workbook_bytes(result, thumbnails)
+    fhir = fhir_bundle(result)
+    atomic_write_bytes(paths["xlsx"], xlsx)
+    atomic_write_json(paths["fhir"], fhir)
+    atomic_write_json(paths["json"], result)
+    return paths
+
+
+def write_batch_summary(rows: list[dict[str, Any]], out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "batch-summary.xlsx"
+    atomic_write_bytes(path, batch_summary_bytes(rows))
+    return path

@@ -1,0 +1,275 @@
+"""The physician's workbook (openpyxl): Summary, Cells, Rejected, About.
+
+Every string that comes from a file name, a folder name or metadata is stored as a text cell: openpyxl
+would otherwise store a value starting with '=' as a formula (``=2+5.jpg``), and Excel would run it.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.cell.cell import Cell
+from openpyxl.chart import BarChart, Reference
+from openpyxl.drawing.image import Image as XLImage
+from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.datavalidation import DataValidation
+from openpyxl.worksheet.worksheet import Worksheet
+
+from wbcproc.classes import CLASSES, DISPLAY_NAMES, WBC_CLASSES
+
+FILL_HIGH = PatternFill("solid", start_color="FFC7CE", end_color="FFC7CE")
+FILL_LOW = PatternFill("solid", start_color="BDD7EE", end_color="BDD7EE")
+FILL_WARN = PatternFill("solid", start_color="FFEB9C", end_color="FFEB9C")
+FILL_HEAD = PatternFill("solid", start_color="D9D9D9", end_color="D9D9D9")
+BOLD = Font(bold=True)
+
+
+def put(ws: Worksheet, row: int, col: int, value: Any, *, bold: bool = False) -> Cell:
+    """Write a value; strings always as text, never as a formula."""
+    cell = ws.cell(row=row, column=col)
+    cell.value = value
+    if isinstance(value, str):
+        cell.data_type = "s"
+    if bold:
+        cell.font = BOLD
+    return cell
+
+
+def _header(ws: Worksheet, row: int, names: list[str]) -> None:
+    for i, name in enumerate(names, start=1):
+        c = put(ws, row, i, name, bold=True)
+        c.fill = FILL_HEAD
+
+
+def _fmt_interval(iv: list[float] | tuple[float, float] | None, unit: str = " %") -> str:
+    return "" if iv is None else f"{iv[0]:g}-{iv[1]:g}{unit}"
+
+
+def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
+    ref = r["config"]["reference_intervals"]
+    flags_by_cell: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in r["flags"]:
+        if f["cell"] is not None:
+            kind = "abs" if "_ABS_" in f["code"] else "pct"
+            flags_by_cell[(f["cell"], kind)] = f
+    put(ws, 1, 1, "White-cell differential", bold=True).font = Font(bold=True, size=14)
+    rows = [
+        ("Sample", r["sample_id"]),
+        ("Processed", r["processed_at"]),
+        ("Model", f"{r['model']['name']} {r['model']['version']} (sha256 {r['model']['sha256'][:12]})"),
+        ("WBC counted", r["wbc_total"]),
+        ("Cells classified", r["cells_classified"]),
+        ("Marked for review", f"{r['cells_for_review']} (confidence < {r['review_threshold']:.2f})"),
+        ("Reference intervals", f"{ref['name']} v{ref['version']}"),
+    ]
+    for i, (k, v) in enumerate(rows, start=2):
+        put(ws, i, 1, k, bold=True)
+        put(ws, i, 2, v)
+    row = 2 + len(rows) + 1
+    table_top = row
+    _header(ws, row, ["Class", "Count", "%", "95% CI", "Reference", "Flag"])
+    for cls in WBC_CLASSES:
+        row += 1
+        pct = r["percent"][cls]
+        ci = r["ci95"][cls]
+        put(ws, row, 1, DISPLAY_NAMES[cls])
+        put(ws, row, 2, r["counts"][cls])
+        put(ws, row, 3, pct)
+        ws.cell(row=row, column=3).number_format = "0.0"
+        put(ws, row, 4, "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}")
+        put(ws, row, 5, _fmt_interval(ref["percent"][cls]))
+        f = flags_by_cell.get((cls, "pct"))
+        if f:
+            put(ws, row, 6, f["direction"].upper() + (" (CI outside)" if f["ci_outside"] else ""))
+            for col in range(1, 7):
+                ws.cell(row=row, column=col).fill = FILL_HIGH if f["direction"] == "high" else FILL_LOW
+    table_bottom = row
+    row += 1
+    put(ws, row, 1, "NRBC per 100 WBC", bold=True)
+    put(ws, row, 2, r["counts"]["erythroblast"])
+    put(ws, row, 3, r["nrbc_per_100_wbc"])
+    put(ws, row, 5, f"<= {ref['nrbc_max_per_100_wbc']:g}")
+    f = flags_by_cell.get(("erythroblast", "pct"))
+    if f:
+        put(ws, row, 6, "PRESENT")
+        for col in range(1, 7):
+            ws.cell(row=row, column=col).fill = FILL_HIGH
+    row += 1
+    put(ws, row, 1, "Platelets seen", bold=True)
+    put(ws, row, 2, r["platelets_seen"])
+    put(ws, row, 6, "not part of the differential")
+    if r["absolute"] is not None:
+        row += 2
+        put(ws, row, 1, f"Absolute counts (analyser WBC {r['metadata']['wbc_count']:g} x10^9/L)", bold=True)
+        row += 1
+        _header(ws, row, ["Class", "x10^9/L", "", "", "Reference", "Flag"])
+        for cls in WBC_CLASSES:
+            row += 1
+            put(ws, row, 1, DISPLAY_NAMES[cls])
+            put(ws, row, 2, r["absolute"][cls])
+            ws.cell(row=row, column=2).number_format = "0.00"
+            put(ws, row, 5, _fmt_interval(ref["absolute"].get(cls), ""))
+            f = flags_by_cell.get((cls, "abs"))
+            if f:
+                put(ws, row, 6, f["direction"].upper())
+                for col in range(1, 7):
+                    ws.cell(row=row, column=col).fill = FILL_HIGH if f["direction"] == "high" else FILL_LOW
+    row += 2
+    put(ws, row, 1, "Flags", bold=True)
+    if not r["flags"]:
+        put(ws, row, 2, "none")
+    for f in r["flags"]:
+        put(ws, row, 2, f["code"])
+        put(ws, row, 3, f["message"])
+        if f["cell"] is None:
+            ws.cell(row=row, column=2).fill = FILL_WARN
+        row += 1
+    row += 1
+    put(ws, row, 1, r["disclaimer"], bold=True)
+    ws.column_dimensions["A"].width = 26
+    ws.column_dimensions["B"].width = 22
+    for col, width in (("C", 10), ("D", 14), ("E", 14), ("F", 18)):
+        ws.column_dimensions[col].width = width
+    if r["wbc_total"]:
+        chart = BarChart()
+        chart.type = "bar"
+        chart.title = "Differential (% of WBC)"
+        chart.y_axis.title = "%"
+        chart.legend = None
+        data = Reference(ws, min_col=3, min_row=table_top, max_row=table_bottom)
+        cats = Reference(ws, min_col=1, min_row=table_top + 1, max_row=table_bottom)
+        chart.add_data(data, titles_from_data=True)
+        chart.set_categories(cats)
+        chart.height, chart.width = 7.5, 14
+        ws.add_chart(chart, "H2")
+
+
+def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> None:
+    _header(ws, 1, ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review",
+                    "Reviewed class"])
+    dv = DataValidation(type="list", formula1='"' + ",".join(CLASSES) + '"', allow_blank=True)
+    dv.error = "Choose one of the canonical classes"
+    dv.prompt = "Correct the class here if the model was wrong"
+    ws.add_data_validation(dv)
+    for i, c in enumerate(r["cells"], start=2):
+        put(ws, i, 1, c["file"])
+        put(ws, i, 3, c["class"])
+        put(ws, i, 4, c["confidence"]).number_format = "0.000"
+        put(ws, i, 5, c["runner_up"])
+        put(ws, i, 6, c["runner_up_confidence"]).number_format = "0.000"
+        put(ws, i, 7, "REVIEW" if c["review"] else "")
+        if c["review"]:
+            ws.cell(row=i, column=7).fill = FILL_WARN
+        dv.add(f"H{i}")
+        png = thumbnails.get(c["file"])
+        if png:
+            img = XLImage(io.BytesIO(png))
+            img.anchor = f"B{i}"
+            ws.add_image(img)
+            ws.row_dimensions[i].height = 50
+    ws.column_dimensions["A"].width = 30
+    ws.column_dimensions["B"].width = 10
+    for col in "CDEFGH":
+        ws.column_dimensions[col].width = 15
+    ws.freeze_panes = "A2"
+
+
+def _rejected(ws: Worksheet, r: dict[str, Any]) -> None:
+    _header(ws, 1, ["File", "Status", "Reason"])
+    row = 1
+    for item in r["rejected"]:
+        row += 1
+        put(ws, row, 1, item["file"])
+        put(ws, row, 2, "rejected")
+        put(ws, row, 3, item["reason"])
+    for item in r["ignored"]:
+        row += 1
+        put(ws, row, 1, item["file"])
+        put(ws, row, 2, "ignored")
+        put(ws, row, 3, item["reason"])
+    ws.column_dimensions["A"].width = 34
+    ws.column_dimensions["C"].width = 80
+
+
+def _about(ws: Worksheet, r: dict[str, Any]) -> None:
+    ref = r["config"]["reference_intervals"]
+    meta = r["metadata"]
+    lines: list[tuple[str, Any]] = [
+        ("Disclaimer", r["disclaimer"]),
+        ("Method", r["method"]),
+        ("Confidence intervals", "95 % exact binomial (Clopper-Pearson), equivalent to Rümke's table"),
+        ("Review mark", f"cells with calibrated confidence below {r['review_threshold']:.2f}"),
+        ("Model", f"{r['model']['name']} {r['model']['version']}"),
+        ("Model sha256", r["model"]["sha256"]),
+        ("Model input size", r["model"]["input_size"]),
+        ("Software", f"wbc {r['software_version']}"),
+        ("Config", f"{r['config']['source']} (hash {r['config']['hash']})"),
+        ("Reference intervals", f"{ref['name']} v{ref['version']} - {ref['population']}"),
+        ("Reference source", ref["source"]),
+    ]
+    for cls in WBC_CLASSES:
+        lines.append((f"  {DISPLAY_NAMES[cls]} %", _fmt_interval(ref["percent"][cls])))
+    for cls, iv in ref["absolute"].items():
+        lines.append((f"  {DISPLAY_NAMES[cls]} x10^9/L", _fmt_interval(iv, "")))
+    lines.append(("  NRBC per 100 WBC", f"<= {ref['nrbc_max_per_100_wbc']:g}"))
+    lines.append(("Sample metadata", "sample.json present" if meta["present"] else "none"))
+    for k in ("wbc_count", "age_group", "notes"):
+        if meta.get(k) is not None:
+            lines.append((f"  {k}", meta[k]))
+    for k, v in meta["unknown_keys"].items():
+        lines.append((f"  {k} (unknown key)", str(v)))
+    for e in meta["errors"]:
+        lines.append(("  metadata error", e))
+    for i, (k, v) in enumerate(lines, start=1):
+        put(ws, i, 1, k, bold=not k.startswith("  "))
+        c = put(ws, i, 2, v)
+        c.alignment = Alignment(wrap_text=True, vertical="top")
+    ws.column_dimensions["A"].width = 28
+    ws.column_dimensions["B"].width = 110
+
+
+def workbook_bytes(result: dict[str, Any], thumbnails: dict[str, bytes]) -> bytes:
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Summary"
+    _summary(ws, result)
+    _cells(wb.create_sheet("Cells"), result, thumbnails)
+    _rejected(wb.create_sheet("Rejected"), result)
+    _about(wb.create_sheet("About"), result)
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def batch_summary_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """One row per sample: WBC total, percentages, NRBC, platelets, flag codes, report file or error."""
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Batch"
+    names = ["Sample", "Status", "WBC", *[f"{c} %" for c in WBC_CLASSES], "NRBC/100 WBC", "Platelets",
+             "Flags", "Report / error"]
+    _header(ws, 1, names)
+    for i, row in enumerate(rows, start=2):
+        put(ws, i, 1, row["sample_id"])
+        put(ws, i, 2, row["status"])
+        res = row.get("result")
+        if res is not None:
+            put(ws, i, 3, res["wbc_total"])
+            for j, c in enumerate(WBC_CLASSES):
+                put(ws, i, 4 + j, res["percent"][c])
+            put(ws, i, 10, res["nrbc_per_100_wbc"])
+            put(ws, i, 11, res["platelets_seen"])
+            put(ws, i, 12, ", ".join(f["code"] for f in res["flags"]))
+            if any(f["cell"] is not None for f in res["flags"]):
+                ws.cell(row=i, column=12).fill = FILL_HIGH
+        put(ws, i, 13, row.get("report") or row.get("error") or "")
+    for col in range(1, len(names) + 1):
+        ws.column_dimensions[get_column_letter(col)].width = 14
+    ws.column_dimensions["L"].width = 40
+    ws.column_dimensions["M"].width = 50
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()

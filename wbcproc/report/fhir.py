@@ -1,0 +1,132 @@
+"""FHIR R4 Bundle: a DiagnosticReport with one LOINC-coded Observation per result.
+
+The resource ids are UUIDv5 derived from the sample id and processing time, so re-rendering the same
+result gives the same bundle.  The report is ``preliminary`` while a sample-level flag says the result
+needs a person before it can be relied on, else ``final``; either way it is decision support.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from wbcproc.classes import LOINC_ABSOLUTE, LOINC_PERCENT, WBC_CLASSES
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+PANEL_CODE = ("57023-4", "Auto Differential panel - Blood")
+PRELIMINARY_CODES = {"NO_WBC", "REVIEW_SHARE_HIGH", "DOMAIN_SHIFT"}
+
+_INTERP_DISPLAY = {"H": "High", "L": "Low", "N": "Normal"}
+
+
+def _interp(code: str) -> list[dict[str, Any]]:
+    return [{"coding": [{"system": INTERP, "code": code, "display": _INTERP_DISPLAY[code]}]}]
+
+
+def _qty(value: float, unit: str, code: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM, "code": code}
+
+
+def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
+    ns = uuid.uuid5(uuid.NAMESPACE_URL, f"wbc:{r['sample_id']}:{r['processed_at']}")
+    ref = r["config"]["reference_intervals"]
+    flagged = {(f["cell"], "abs" if "_ABS_" in f["code"] else "pct"): f for f in r["flags"] if f["cell"]}
+    specimen_id = str(uuid.uuid5(ns, "specimen"))
+    specimen = {
+        "resourceType": "Specimen",
+        "id": specimen_id,
+        "identifier": [{"system": "urn:wbc:sample-id", "value": r["sample_id"]}],
+        "type": {"text": "Peripheral blood smear"},
+    }
+    method = {"text": f"Automated image classification: {r['model']['name']} {r['model']['version']}"}
+    observations: list[dict[str, Any]] = []
+
+    def observation(key: str, code: tuple[str, str], value: dict[str, Any], ref_range, interp: str, note=None):
+        obs: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": str(uuid.uuid5(ns, key)),
+            "status": "final",
+            "category": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "code": "laboratory"}]}],
+            "code": {"coding": [{"system": LOINC, "code": code[0], "display": code[1]}], "text": code[1]},
+            "specimen": {"reference": f"urn:uuid:{specimen_id}"},
+            "effectiveDateTime": r["processed_at"],
+            "valueQuantity": value,
+            "interpretation": _interp(interp),
+            "method": method,
+        }
+        if ref_range is not None:
+            obs["referenceRange"] = [ref_range]
+        if note:
+            obs["note"] = [{"text": note}]
+        observations.append(obs)
+
+    if r["wbc_total"]:
+        for cls in WBC_CLASSES:
+            lo, hi = ref["percent"][cls]
+            f = flagged.get((cls, "pct"))
+            ci = r["ci95"][cls]
+            observation(
+                f"pct:{cls}", LOINC_PERCENT[cls], _qty(r["percent"][cls], "%", "%"),
+                {"low": _qty(lo, "%", "%"), "high": _qty(hi, "%", "%"), "text": f"{ref['name']} v{ref['version']}"},
+                "H" if f and f["direction"] == "high" else "L" if f else "N",
+                f"95% CI {ci[0]:.1f}-{ci[1]:.1f} % (Clopper-Pearson); {r['counts'][cls]} of {r['wbc_total']} WBC",
+            )
+        f = flagged.get(("erythroblast", "pct"))
+        observation(
+            "nrbc", LOINC_PERCENT["erythroblast"], _qty(r["nrbc_per_100_wbc"], "/100{WBCs}", "/100{WBCs}"),
+            {"high": _qty(ref["nrbc_max_per_100_wbc"], "/100{WBCs}", "/100{WBCs}")},
+            "H" if f else "N", f"{r['counts']['erythroblast']} NRBC seen",
+        )
+        if r["absolute"] is not None:
+            for cls in WBC_CLASSES:
+                iv = ref["absolute"].get(cls)
+                f = flagged.get((cls, "abs"))
+                rr = None
+                if iv is not None:
+                    rr = {"low": _qty(iv[0], "10*9/L", "10*9/L"), "high": _qty(iv[1], "10*9/L", "10*9/L")}
+                observation(
+                    f"abs:{cls}", LOINC_ABSOLUTE[cls], _qty(r["absolute"][cls], "10*9/L", "10*9/L"), rr,
+                    "H" if f and f["direction"] == "high" else "L" if f else "N",
+                )
+    preliminary = any(f["cell"] is None and f["code"] in PRELIMINARY_CODES for f in r["flags"])
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": str(uuid.uuid5(ns, "report")),
+        "status": "preliminary" if preliminary else "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
+                                  "display": "Hematology"}]}],
+        "code": {"coding": [{"system": LOINC, "code": PANEL_CODE[0], "display": PANEL_CODE[1]}]},
+        "identifier": [{"system": "urn:wbc:sample-id", "value": r["sample_id"]}],
+        "effectiveDateTime": r["processed_at"],
+        "issued": r["processed_at"],
+        "specimen": [{"reference": f"urn:uuid:{specimen_id}"}],
+        "result": [{"reference": f"urn:uuid:{o['id']}", "display": o["code"]["text"]} for o in observations],
+        "conclusion": "; ".join(f["message"] for f in r["flags"]) or "No values outside reference intervals.",
+        "extension": [{
+            "url": "urn:wbc:model",
+            "valueString": f"{r['model']['name']} {r['model']['version']} sha256:{r['model']['sha256']}",
+        }],
+        "presentedForm": [{"contentType": "text/plain", "title": "Disclaimer",
+                           "data": _b64(r["disclaimer"])}],
+    }
+    entries = [report, specimen, *observations]
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid5(ns, "bundle")),
+        "type": "collection",
+        "timestamp": r["processed_at"],
+        "entry": [{"fullUrl": f"urn:uuid:{e['id']}", "resource": e} for e in entries],
+    }
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+__all__ = ["fhir_bundle"]
