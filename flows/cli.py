@@ -37,7 +37,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     """wbc: decision support, not a diagnosis - results require review by a qualified person."""
 
@@ -57,13 +59,17 @@ def _load_settings(config: Path | None):
 
 
 @app.command()
-def info(model: Annotated[Path | None, typer.Option(help="Model .onnx (default: the model in use).")] = None) -> None:
+def info(
+    model: Annotated[Path | None, typer.Option(help="Model .onnx (default: the model in use).")] = None,
+) -> None:
     """Show the model in use and the ONNX Runtime providers."""
     import onnxruntime as ort
 
     from wbcproc.model import ModelError, read_sidecar, resolve_model_path
 
-    typer.echo(f"wbc {__version__}; onnxruntime {ort.__version__}; providers: {', '.join(ort.get_available_providers())}")
+    typer.echo(
+        f"wbc {__version__}; onnxruntime {ort.__version__}; providers: {', '.join(ort.get_available_providers())}"
+    )
     try:
         path = resolve_model_path(model)
         m = read_sidecar(path)
@@ -74,8 +80,10 @@ def info(model: Annotated[Path | None, typer.Option(help="Model .onnx (default: 
     typer.echo(f"sha256:     {m.sha256}")
     typer.echo(f"classes:    {', '.join(m.classes)}")
     p = m.preprocess
-    typer.echo(f"input:      {p.input_size}x{p.input_size} {p.colour_order}, resize {p.resize}, "
-               f"colour normalisation {'reinhard_lab' if p.colour_normalisation else 'none'}")
+    typer.echo(
+        f"input:      {p.input_size}x{p.input_size} {p.colour_order}, resize {p.resize}, "
+        f"colour normalisation {'reinhard_lab' if p.colour_normalisation else 'none'}"
+    )
     typer.echo(f"review:     confidence < {m.review_threshold:.3f} (temperature {m.temperature:.3f})")
     metrics = m.raw.get("metrics", {})
     if metrics:
@@ -93,11 +101,16 @@ def _use_prefect(flag: bool | None) -> bool:
 def process(
     folders: Annotated[list[Path], typer.Argument(help="Sample folders (one per slide).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for the reports.")],
-    model: Annotated[Path | None, typer.Option(help="Model .onnx with its sidecar (default: the model in use).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model .onnx with its sidecar (default: the model in use).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="Config TOML merged over the defaults.")] = None,
     prefect: Annotated[
         bool | None,
-        typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow (default: only when PREFECT_API_URL is set)."),
+        typer.Option(
+            "--prefect/--no-prefect",
+            help="Run as a Prefect flow (default: only when PREFECT_API_URL is set).",
+        ),
     ] = None,
 ) -> None:
     """Classify every cell of each sample folder and write Excel, JSON and FHIR reports."""
@@ -128,8 +141,14 @@ def process(
             else:
                 codes = ", ".join(f["code"] for f in result["flags"]) or "no flags"
                 typer.echo(f"{result['sample_id']}: {result['wbc_total']} WBC, {codes} -> {paths['xlsx']}")
-                rows.append({"sample_id": result["sample_id"], "status": "processed", "result": result,
-                             "report": str(paths["xlsx"])})
+                rows.append(
+                    {
+                        "sample_id": result["sample_id"],
+                        "status": "processed",
+                        "result": result,
+                        "report": str(paths["xlsx"]),
+                    }
+                )
             progress.advance(task)
     if len(folders) > 1:
         out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +178,9 @@ def _flow_runner(model: Path | None, config: Path | None):
 
     def run(folder: Path, out: Path):
         res = process_sample_flow(
-            folder=str(folder), out_dir=str(out), model=None if model is None else str(model),
+            folder=str(folder),
+            out_dir=str(out),
+            model=None if model is None else str(model),
             config=None if config is None else str(config),
         )
         return res["result"], res["paths"]

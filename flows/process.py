@@ -18,7 +18,7 @@ from wbcproc.pipeline import Classified, classify_candidates, summarise
 from wbcproc.report import write_reports
 
 
-def _retry_io(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry_condition_fn signature
+def _retry_io(task, task_run, state) -> bool:
     """Retry only transient I/O errors (network shares), not a folder that does not exist."""
     try:
         state.result()
@@ -36,7 +36,10 @@ def validate(folder: str, settings: Settings) -> SampleInventory:
     inv = scan_sample(folder, settings)
     get_run_logger().info(
         "%s: %d candidate images, %d rejected, %d ignored",
-        inv.sample_id, len(inv.candidates), len(inv.rejected), len(inv.ignored),
+        inv.sample_id,
+        len(inv.candidates),
+        len(inv.rejected),
+        len(inv.ignored),
     )
     return inv
 
@@ -47,7 +50,10 @@ def classify(inventory: SampleInventory, model: str | None, settings: Settings) 
     classified = classify_candidates(inventory.candidates, clf, settings)
     get_run_logger().info(
         "classified %d cells with %s %s in %.2f s of inference",
-        len(classified.cells), clf.info.name, clf.info.version, classified.timings["inference"],
+        len(classified.cells),
+        clf.info.name,
+        clf.info.version,
+        classified.timings["inference"],
     )
     return classified, clf
 
@@ -57,7 +63,13 @@ def aggregate(inventory: SampleInventory, classified: Classified, clf: Any, sett
     return summarise(inventory, classified, clf, settings)
 
 
-@task(name="write-reports", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
+@task(
+    name="write-reports",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_io,
+    cache_policy=NO_CACHE,
+)
 def write(result: dict[str, Any], classified: Classified, out_dir: str) -> dict[str, str]:
     return {k: str(v) for k, v in write_reports(result, classified.thumbnails, out_dir).items()}
 
@@ -68,19 +80,36 @@ def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for cls in WBC_CLASSES:
         ci = result["ci95"][cls]
-        rows.append({
-            "class": DISPLAY_NAMES[cls],
-            "count": result["counts"][cls],
-            "percent": result["percent"][cls],
-            "ci95": "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}",
-            "reference": f"{ref[cls][0]:g}-{ref[cls][1]:g}",
-            "flag": flagged.get(cls, "").upper(),
-        })
-    rows.append({"class": "NRBC /100 WBC", "count": result["counts"]["erythroblast"],
-                 "percent": result["nrbc_per_100_wbc"], "ci95": "", "reference": "0",
-                 "flag": "HIGH" if "erythroblast" in flagged else ""})
-    rows.append({"class": "Platelets seen", "count": result["platelets_seen"], "percent": None, "ci95": "",
-                 "reference": "", "flag": ""})
+        rows.append(
+            {
+                "class": DISPLAY_NAMES[cls],
+                "count": result["counts"][cls],
+                "percent": result["percent"][cls],
+                "ci95": "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}",
+                "reference": f"{ref[cls][0]:g}-{ref[cls][1]:g}",
+                "flag": flagged.get(cls, "").upper(),
+            }
+        )
+    rows.append(
+        {
+            "class": "NRBC /100 WBC",
+            "count": result["counts"]["erythroblast"],
+            "percent": result["nrbc_per_100_wbc"],
+            "ci95": "",
+            "reference": "0",
+            "flag": "HIGH" if "erythroblast" in flagged else "",
+        }
+    )
+    rows.append(
+        {
+            "class": "Platelets seen",
+            "count": result["platelets_seen"],
+            "percent": None,
+            "ci95": "",
+            "reference": "",
+            "flag": "",
+        }
+    )
     return rows
 
 

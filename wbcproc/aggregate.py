@@ -50,9 +50,7 @@ class Differential:
         return self.n_review / self.n_cells if self.n_cells else 0.0
 
 
-def differential(
-    labels: Iterable[str], reviews: Iterable[bool] = (), wbc_count: float | None = None
-) -> Differential:
+def differential(labels: Iterable[str], reviews: Iterable[bool] = (), wbc_count: float | None = None) -> Differential:
     """Count labels and derive the differential.  Percentages are None when no WBC were counted."""
     counts = dict.fromkeys(CLASSES, 0)
     n_cells = 0

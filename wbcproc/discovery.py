@@ -137,9 +137,7 @@ def read_metadata(path: Path) -> SampleMetadata:
             if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1000:
                 meta.wbc_count = float(value)
             else:
-                meta.errors.append(
-                    f"wbc_count {value!r} is not a number in (0, 1000) x10^9/L; absolute counts omitted"
-                )
+                meta.errors.append(f"wbc_count {value!r} is not a number in (0, 1000) x10^9/L; absolute counts omitted")
         elif key == "age_group":
             if isinstance(value, str) and value.strip():
                 meta.age_group = value.strip()
@@ -189,8 +187,7 @@ def check_image_header(path: Path, name: str, settings: Settings) -> Candidate |
     if width * height > settings.max_pixels:
         return Rejected(
             name,
-            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {settings.max_pixels:,}; "
-            "not decoded",
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {settings.max_pixels:,}; not decoded",
             "too_large",
         )
     if min(width, height) < settings.min_side_px:
@@ -240,8 +237,12 @@ def scan_sample(folder: str | Path, settings: Settings) -> SampleInventory:
                 continue
             if target.parent == folder_real:
                 rejected.append(
-                    Rejected(name, f"symbolic link to {display_name(target.name)!r} in the same folder "
-                             "(that file is counted once)", "symlink")
+                    Rejected(
+                        name,
+                        f"symbolic link to {display_name(target.name)!r} in the same folder "
+                        "(that file is counted once)",
+                        "symlink",
+                    )
                 )
                 continue
         if lower == METADATA_FILE and path.is_file():
@@ -266,8 +267,11 @@ def scan_sample(folder: str | Path, settings: Settings) -> SampleInventory:
         ext = os.path.splitext(lower)[1]
         if ext not in IMAGE_EXTENSIONS:
             rejected.append(
-                Rejected(name, f"extension {ext or '(none)'!r} is not an image type "
-                         f"({', '.join(sorted(IMAGE_EXTENSIONS))})", "extension")
+                Rejected(
+                    name,
+                    f"extension {ext or '(none)'!r} is not an image type ({', '.join(sorted(IMAGE_EXTENSIONS))})",
+                    "extension",
+                )
             )
             continue
         result = check_image_header(path, name, settings)

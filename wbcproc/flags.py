@@ -70,7 +70,12 @@ def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str
             code = "LEFT_SHIFT" if (cell, direction) == ("ig", "high") else f"{cell.upper()}_PCT_{direction.upper()}"
             flags.append(
                 _flag(
-                    cell, direction, code, round(value, 2), (lo, hi), ci_out,
+                    cell,
+                    direction,
+                    code,
+                    round(value, 2),
+                    (lo, hi),
+                    ci_out,
                     f"{DISPLAY_NAMES[cell]} {value:.1f} % (95% CI {ci[0]:.1f}-{ci[1]:.1f}) {direction} "
                     f"vs reference {lo:g}-{hi:g} %" + (f" ({term})" if term else ""),
                 )
@@ -82,17 +87,25 @@ def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str
                 if outside:
                     flags.append(
                         _flag(
-                            cell, direction, f"{cell.upper()}_ABS_{direction.upper()}", round(value, 3),
-                            (lo, hi), None,
-                            f"{DISPLAY_NAMES[cell]} {value:.2f} x10^9/L {direction} vs reference "
-                            f"{lo:g}-{hi:g} x10^9/L",
+                            cell,
+                            direction,
+                            f"{cell.upper()}_ABS_{direction.upper()}",
+                            round(value, 3),
+                            (lo, hi),
+                            None,
+                            f"{DISPLAY_NAMES[cell]} {value:.2f} x10^9/L {direction} vs reference {lo:g}-{hi:g} x10^9/L",
                         )
                     )
     nrbc = diff.nrbc_per_100_wbc
     if nrbc is not None and nrbc > ref.nrbc_max_per_100_wbc:
         flags.append(
             _flag(
-                "erythroblast", "high", "NRBC_PRESENT", round(nrbc, 2), (0.0, ref.nrbc_max_per_100_wbc), None,
+                "erythroblast",
+                "high",
+                "NRBC_PRESENT",
+                round(nrbc, 2),
+                (0.0, ref.nrbc_max_per_100_wbc),
+                None,
                 f"{diff.counts['erythroblast']} NRBC seen ({nrbc:.1f} per 100 WBC)",
             )
         )

@@ -89,9 +89,7 @@ def decode_bytes(data: bytes) -> DecodedImage:
     step = max(1, min(img.shape[:2]) // 64)
     sub = img[::step, ::step].astype(np.int16)
     if int(np.abs(sub[:, :, 0] - sub[:, :, 1]).max()) <= 2 and int(np.abs(sub[:, :, 1] - sub[:, :, 2]).max()) <= 2:
-        raise ImageRejected(
-            "greyscale content saved as colour: the classifier needs the stain colours", "greyscale"
-        )
+        raise ImageRejected("greyscale content saved as colour: the classifier needs the stain colours", "greyscale")
     return DecodedImage(np.ascontiguousarray(img), tuple(notes))
 
 

@@ -120,8 +120,9 @@ def read_sidecar(path: str | Path, *, verify_sha256: bool = True) -> ModelInfo:
     temperature = float(raw.get("temperature", 1.0))
     threshold = float(raw.get("review_threshold", 0.7))
     if temperature <= 0 or not 0 <= threshold <= 1:
-        raise ModelError(f"sidecar {side.name}: temperature {temperature} must be > 0 and "
-                         f"review_threshold {threshold} in [0, 1]")
+        raise ModelError(
+            f"sidecar {side.name}: temperature {temperature} must be > 0 and review_threshold {threshold} in [0, 1]"
+        )
     return ModelInfo(
         onnx_path=onnx_path,
         sidecar_path=side,
@@ -206,9 +207,7 @@ class Classifier:
             )
         out_shape = self.session.get_outputs()[0].shape
         if isinstance(out_shape[-1], int) and out_shape[-1] != len(info.classes):
-            raise ModelError(
-                f"model outputs {out_shape[-1]} classes but its sidecar lists {len(info.classes)}"
-            )
+            raise ModelError(f"model outputs {out_shape[-1]} classes but its sidecar lists {len(info.classes)}")
         self.threads = opts.intra_op_num_threads
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -44,9 +44,7 @@ class Decision:
     reason: str
 
 
-def decide_promotion(
-    challenger: dict[str, Any], champion: dict[str, Any] | None, *, margin: float = 0.0
-) -> Decision:
+def decide_promotion(challenger: dict[str, Any], champion: dict[str, Any] | None, *, margin: float = 0.0) -> Decision:
     """Champion/challenger rule on the fixed test split.
 
     ``challenger``/``champion`` are metric dicts with ``macro_f1`` measured on the same test split, and

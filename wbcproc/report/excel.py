@@ -148,8 +148,11 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
 
 
 def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> None:
-    _header(ws, 1, ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review",
-                    "Reviewed class"])
+    _header(
+        ws,
+        1,
+        ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review", "Reviewed class"],
+    )
     dv = DataValidation(type="list", formula1='"' + ",".join(CLASSES) + '"', allow_blank=True)
     dv.error = "Choose one of the canonical classes"
     dv.prompt = "Correct the class here if the model was wrong"
@@ -249,8 +252,16 @@ def batch_summary_bytes(rows: list[dict[str, Any]]) -> bytes:
     wb = Workbook()
     ws = wb.active
     ws.title = "Batch"
-    names = ["Sample", "Status", "WBC", *[f"{c} %" for c in WBC_CLASSES], "NRBC/100 WBC", "Platelets",
-             "Flags", "Report / error"]
+    names = [
+        "Sample",
+        "Status",
+        "WBC",
+        *[f"{c} %" for c in WBC_CLASSES],
+        "NRBC/100 WBC",
+        "Platelets",
+        "Flags",
+        "Report / error",
+    ]
     _header(ws, 1, names)
     for i, row in enumerate(rows, start=2):
         put(ws, i, 1, row["sample_id"])

@@ -48,9 +48,16 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
             "resourceType": "Observation",
             "id": str(uuid.uuid5(ns, key)),
             "status": "final",
-            "category": [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                "code": "laboratory"}]}],
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": "laboratory",
+                        }
+                    ]
+                }
+            ],
             "code": {"coding": [{"system": LOINC, "code": code[0], "display": code[1]}], "text": code[1]},
             "specimen": {"reference": f"urn:uuid:{specimen_id}"},
             "effectiveDateTime": r["processed_at"],
@@ -70,16 +77,25 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
             f = flagged.get((cls, "pct"))
             ci = r["ci95"][cls]
             observation(
-                f"pct:{cls}", LOINC_PERCENT[cls], _qty(r["percent"][cls], "%", "%"),
-                {"low": _qty(lo, "%", "%"), "high": _qty(hi, "%", "%"), "text": f"{ref['name']} v{ref['version']}"},
+                f"pct:{cls}",
+                LOINC_PERCENT[cls],
+                _qty(r["percent"][cls], "%", "%"),
+                {
+                    "low": _qty(lo, "%", "%"),
+                    "high": _qty(hi, "%", "%"),
+                    "text": f"{ref['name']} v{ref['version']}",
+                },
                 "H" if f and f["direction"] == "high" else "L" if f else "N",
                 f"95% CI {ci[0]:.1f}-{ci[1]:.1f} % (Clopper-Pearson); {r['counts'][cls]} of {r['wbc_total']} WBC",
             )
         f = flagged.get(("erythroblast", "pct"))
         observation(
-            "nrbc", LOINC_PERCENT["erythroblast"], _qty(r["nrbc_per_100_wbc"], "/100{WBCs}", "/100{WBCs}"),
+            "nrbc",
+            LOINC_PERCENT["erythroblast"],
+            _qty(r["nrbc_per_100_wbc"], "/100{WBCs}", "/100{WBCs}"),
             {"high": _qty(ref["nrbc_max_per_100_wbc"], "/100{WBCs}", "/100{WBCs}")},
-            "H" if f else "N", f"{r['counts']['erythroblast']} NRBC seen",
+            "H" if f else "N",
+            f"{r['counts']['erythroblast']} NRBC seen",
         )
         if r["absolute"] is not None:
             for cls in WBC_CLASSES:
@@ -89,7 +105,10 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
                 if iv is not None:
                     rr = {"low": _qty(iv[0], "10*9/L", "10*9/L"), "high": _qty(iv[1], "10*9/L", "10*9/L")}
                 observation(
-                    f"abs:{cls}", LOINC_ABSOLUTE[cls], _qty(r["absolute"][cls], "10*9/L", "10*9/L"), rr,
+                    f"abs:{cls}",
+                    LOINC_ABSOLUTE[cls],
+                    _qty(r["absolute"][cls], "10*9/L", "10*9/L"),
+                    rr,
                     "H" if f and f["direction"] == "high" else "L" if f else "N",
                 )
     preliminary = any(f["cell"] is None and f["code"] in PRELIMINARY_CODES for f in r["flags"])
@@ -97,8 +116,17 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         "resourceType": "DiagnosticReport",
         "id": str(uuid.uuid5(ns, "report")),
         "status": "preliminary" if preliminary else "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM",
-                                  "display": "Hematology"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                        "code": "HM",
+                        "display": "Hematology",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": LOINC, "code": PANEL_CODE[0], "display": PANEL_CODE[1]}]},
         "identifier": [{"system": "urn:wbc:sample-id", "value": r["sample_id"]}],
         "effectiveDateTime": r["processed_at"],
@@ -106,12 +134,13 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         "specimen": [{"reference": f"urn:uuid:{specimen_id}"}],
         "result": [{"reference": f"urn:uuid:{o['id']}", "display": o["code"]["text"]} for o in observations],
         "conclusion": "; ".join(f["message"] for f in r["flags"]) or "No values outside reference intervals.",
-        "extension": [{
-            "url": "urn:wbc:model",
-            "valueString": f"{r['model']['name']} {r['model']['version']} sha256:{r['model']['sha256']}",
-        }],
-        "presentedForm": [{"contentType": "text/plain", "title": "Disclaimer",
-                           "data": _b64(r["disclaimer"])}],
+        "extension": [
+            {
+                "url": "urn:wbc:model",
+                "valueString": f"{r['model']['name']} {r['model']['version']} sha256:{r['model']['sha256']}",
+            }
+        ],
+        "presentedForm": [{"contentType": "text/plain", "title": "Disclaimer", "data": _b64(r["disclaimer"])}],
     }
     entries = [report, specimen, *observations]
     return {

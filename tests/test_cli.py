@@ -1,0 +1,141 @@
+"""The ``wbc`` console script end to end on real cell images with a real (tiny) ONNX model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import CELLS, copy_cells
+from openpyxl import load_workbook
+
+WBC = str(Path(sys.executable).parent / "wbc")
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    e.update(env or {})
+    return subprocess.run([WBC, *args], capture_output=True, text=True, env=e, timeout=300)
+
+
+def test_version_and_info(tiny_model):
+    from wbcproc import __version__
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"wbc {__version__}"
+    r = run("info", "--model", str(tiny_model))
+    assert r.returncode == 0, r.stderr
+    assert "tiny-test-model 0.0.1-test" in r.stdout and "CPUExecutionProvider" in r.stdout
+    assert "input:      32x32 RGB" in r.stdout
+
+
+def test_no_model_says_how_to_get_one(tmp_path, sample):
+    r = run("process", str(sample), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1
+    assert "wbc train" in r.stderr and "--model" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_process_end_to_end(tmp_path, tiny_model):
+    a, b = tmp_path / "A-1", tmp_path / "B-2"
+    copy_cells(a)
+    copy_cells(b, 10)
+    (b / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "out"
+    r = run("process", str(a), str(b), "--out", str(out), "--model", str(tiny_model))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("A-1: 24 WBC")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "A-1.fhir.json",
+        "A-1.json",
+        "A-1.xlsx",
+        "B-2.fhir.json",
+        "B-2.json",
+        "B-2.xlsx",
+        "batch-summary.xlsx",
+    ]
+    rb = json.loads((out / "B-2.json").read_text())
+    assert rb["cells_classified"] == 10 and rb["rejected"][0]["file"] == "broken.jpg"
+    ws = load_workbook(out / "batch-summary.xlsx")["Batch"]
+    assert [ws.cell(row=i, column=1).value for i in (2, 3)] == ["A-1", "B-2"]
+
+
+def test_one_failing_folder_gives_exit_1(tmp_path, sample, tiny_model):
+    r = run(
+        "process",
+        str(sample),
+        str(tmp_path / "missing"),
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        str(tiny_model),
+    )
+    assert r.returncode == 1
+    assert "does not exist" in r.stderr
+    assert (tmp_path / "o" / "S-001.json").is_file()
+
+
+def test_usage_errors_give_exit_2(tmp_path, sample):
+    assert run("process", str(sample)).returncode == 2  # --out missing
+    assert run("frobnicate").returncode == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[flags]\nnope = 1\n")
+    r = run("process", str(sample), "--out", str(tmp_path / "o"), "--config", str(bad))
+    assert r.returncode == 2 and "unknown keys" in r.stderr
+
+
+def test_classify_jsonl(tmp_path, tiny_model):
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    r = run(
+        "classify",
+        str(CELLS / "ig"),
+        str(CELLS / "basophil" / "BA_10622.jpg"),
+        str(bad),
+        "--jsonl",
+        "--model",
+        str(tiny_model),
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 5
+    ok = [x for x in lines if x["label"] is not None]
+    assert len(ok) == 4 and all(set(x) == {"file", "label", "confidence"} for x in ok)
+    assert all(0 <= x["confidence"] <= 1 for x in ok)
+    err = [x for x in lines if x["label"] is None]
+    assert err == [{"file": str(bad), "label": None, "error": "not an image: content is not JPEG, PNG, BMP or TIFF"}]
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_packaged_model(tmp_path, tiny_model):
+    """A non-editable install carries models/ as wbcproc/_models (checked on the built wheel)."""
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    wheel = next(tmp_path.glob("wbc-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "wbcproc/_models/README.md" in names
+    assert "wbcproc/data/reference_intervals.toml" in names
+    assert any(n.startswith("flows/") for n in names) and any(n.startswith("training/") for n in names)

@@ -1,0 +1,135 @@
+"""Reports read back: Excel with openpyxl, JSON and FHIR structure and codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import fixture_images
+from openpyxl import load_workbook
+
+from wbcproc.classes import CLASSES, LOINC_PERCENT, WBC_CLASSES
+from wbcproc.pipeline import process_sample
+from wbcproc.report import report_paths, write_batch_summary
+
+
+@pytest.fixture
+def report(tmp_path, sample, tiny_model):
+    shutil.copy(fixture_images()[0], sample / "=2+5.jpg")
+    (sample / "+SUM(1,2).jpg").write_text("text, not an image")
+    (sample / "@x.jpg").write_bytes(b"")
+    (sample / "sample.json").write_text(json.dumps({"wbc_count": 6.0, "notes": '=HYPERLINK("x")', "ward": "=1+1"}))
+    paths = process_sample(sample, tmp_path / "out", model=tiny_model)
+    return paths, json.loads(paths["json"].read_text())
+
+
+def test_json_report(report):
+    paths, r = report
+    assert set(r["counts"]) == set(CLASSES)
+    assert r["wbc_total"] == sum(r["counts"][c] for c in WBC_CLASSES)
+    assert r["cells_classified"] == 25 and len(r["cells"]) == 25
+    assert {x["file"] for x in r["rejected"]} == {"+SUM(1,2).jpg", "@x.jpg"}
+    assert {x["file"] for x in r["ignored"]} == {"sample.json"}
+    assert r["absolute"] is not None and r["metadata"]["unknown_keys"] == {"ward": "=1+1"}
+    assert r["model"]["name"] == "tiny-test-model" and len(r["model"]["sha256"]) == 64
+    assert r["config"]["reference_intervals"]["name"] == "adult-default"
+    assert "qualified person" in r["disclaimer"]
+    cell = r["cells"][0]
+    assert set(cell) >= {"file", "class", "confidence", "runner_up", "review"}
+    assert {f["code"] for f in r["flags"]} >= {"REJECTED_FILES", "LOW_WBC_COUNT"}
+    for f in r["flags"]:
+        assert set(f) == {"cell", "direction", "code", "value", "interval", "ci_outside", "message"}
+    # nothing but the three reports, no temp files left behind
+    assert sorted(p.name for p in paths["json"].parent.iterdir()) == [
+        "S-001.fhir.json",
+        "S-001.json",
+        "S-001.xlsx",
+    ]
+
+
+def test_excel_read_back(report):
+    paths, r = report
+    wb = load_workbook(paths["xlsx"])
+    assert wb.sheetnames == ["Summary", "Cells", "Rejected", "About"]
+    summary = wb["Summary"]
+    values: dict = {}
+    for i in range(1, 80):  # first occurrence: the percent table comes before the absolute one
+        values.setdefault(summary.cell(row=i, column=1).value, i)
+    assert summary.cell(row=values["Sample"], column=2).value == "S-001"
+    row = values["Neutrophils"]
+    assert summary.cell(row=row, column=2).value == r["counts"]["neutrophil"]
+    assert summary.cell(row=row, column=3).value == pytest.approx(r["percent"]["neutrophil"])
+    # every flagged percentage row is filled red (high) or blue (low)
+    for f in r["flags"]:
+        if (f["cell"] in WBC_CLASSES and "_PCT_" in f["code"]) or f["code"] == "LEFT_SHIFT":
+            from wbcproc.classes import DISPLAY_NAMES
+
+            fill = summary.cell(row=values[DISPLAY_NAMES[f["cell"]]], column=1).fill.start_color.rgb
+            assert fill.endswith("FFC7CE" if f["direction"] == "high" else "BDD7EE")
+    assert summary._charts, "the differential chart is missing"
+    cells = wb["Cells"]
+    files = [cells.cell(row=i, column=1).value for i in range(2, cells.max_row + 1)]
+    assert "=2+5.jpg" in files
+    for col in cells.iter_cols(min_row=1):
+        for c in col:
+            assert c.data_type != "f", f"formula in Cells!{c.coordinate}: {c.value!r}"
+    assert len(cells._images) == 25
+    dv = cells.data_validations.dataValidation[0]
+    assert dv.type == "list" and all(c in dv.formula1 for c in CLASSES)
+    assert "H2" in str(dv.sqref)
+    rejected = wb["Rejected"]
+    rows = {
+        rejected.cell(row=i, column=1).value: rejected.cell(row=i, column=3).value
+        for i in range(2, rejected.max_row + 1)
+    }
+    assert rows["@x.jpg"] == "empty file (0 bytes)" and "not an image" in rows["+SUM(1,2).jpg"]
+    about = wb["About"]
+    text = " ".join(str(c.value) for row in about.iter_rows() for c in row if c.value is not None)
+    assert "qualified person" in text and "Clopper-Pearson" in text and "Dacie and Lewis" in text
+    assert "tiny-test-model 0.0.1-test" in text
+    for ws in wb.worksheets:
+        for row in ws.iter_rows():
+            for c in row:
+                assert c.data_type != "f", f"formula in {ws.title}!{c.coordinate}"
+
+
+def test_fhir_bundle(report):
+    paths, r = report
+    b = json.loads(paths["fhir"].read_text())
+    assert b["resourceType"] == "Bundle" and b["type"] == "collection"
+    resources = [e["resource"] for e in b["entry"]]
+    dr = resources[0]
+    assert dr["resourceType"] == "DiagnosticReport" and dr["status"] in {"final", "preliminary"}
+    obs = {o["code"]["coding"][0]["code"]: o for o in resources if o["resourceType"] == "Observation"}
+    for cls, (code, _) in LOINC_PERCENT.items():
+        assert code in obs, f"{cls} observation missing"
+    neut = obs["770-8"]
+    assert neut["valueQuantity"]["value"] == r["percent"]["neutrophil"]
+    assert neut["valueQuantity"]["system"] == "http://unitsofmeasure.org"
+    assert neut["referenceRange"][0]["low"]["value"] == 40.0
+    assert neut["interpretation"][0]["coding"][0]["code"] in {"H", "L", "N"}
+    assert "751-8" in obs  # absolute neutrophils, since sample.json gives the WBC count
+    refs = {x["reference"] for x in dr["result"]}
+    assert refs == {e["fullUrl"] for e in b["entry"] if e["resource"]["resourceType"] == "Observation"}
+    flagged_high = {f["cell"] for f in r["flags"] if f["direction"] == "high" and "_PCT_" in f["code"]}
+    for cls in flagged_high:
+        assert obs[LOINC_PERCENT[cls][0]]["interpretation"][0]["coding"][0]["code"] == "H"
+
+
+def test_batch_summary(tmp_path, report):
+    _, r = report
+    rows = [
+        {"sample_id": "=evil", "status": "processed", "result": r, "report": "x.xlsx"},
+        {"sample_id": "broken", "status": "failed", "error": "folder missing"},
+    ]
+    path = write_batch_summary(rows, tmp_path)
+    ws = load_workbook(path)["Batch"]
+    assert ws["A2"].value == "=evil" and ws["A2"].data_type == "s"
+    assert ws["B3"].value == "failed" and ws["M3"].value == "folder missing"
+
+
+def test_output_names_never_escape(tmp_path):
+    p = report_paths("../../etc/passwd", tmp_path)
+    for v in p.values():
+        assert v.parent == tmp_path
