@@ -232,6 +232,143 @@ def classify(
             typer.echo(f"{'REJECTED':<13} {'':5}  {line['file']}: {line['error']}")
 
 
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Option("--data", help="Root of class folders; repeat for more roots.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    image_size: Annotated[int, typer.Option("--image-size", min=16, max=512)] = 128,
+    init: Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict.")] = "imagenet",
+    freeze_stages: Annotated[int, typer.Option("--freeze-stages", min=0, max=5)] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 128,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = "adamw",
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.5)] = 0.1,
+    seed: int = 0,
+    patience: Annotated[int, typer.Option(min=1)] = 8,
+    resize: Annotated[str, typer.Option(help="stretch | shorter_side_crop | letterbox")] = "stretch",
+    version: Annotated[str | None, typer.Option(help="Model version (default: UTC timestamp).")] = None,
+    search: Annotated[int, typer.Option("--search", min=0, help="Random-search trials before training.")] = 0,
+    search_epochs: Annotated[int, typer.Option("--search-epochs", min=1)] = 3,
+    quantize: Annotated[bool, typer.Option("--quantize", help="Try static int8; kept only within 0.2 points.")] = False,
+) -> None:
+    """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train])."""
+    try:
+        from training.engine import TrainConfig
+        from training.run import RunOptions, run_training
+    except ImportError as exc:
+        raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        label_smoothing=label_smoothing,
+        freeze_stages=freeze_stages,
+        init=init,
+        device=device,
+        seed=seed,
+        patience=patience,
+    )
+    opts = RunOptions(
+        data=[str(d) for d in data],
+        out=str(out),
+        image_size=image_size,
+        resize=resize,
+        version=version,
+        quantize=quantize,
+        search_trials=search,
+        search_epochs=search_epochs,
+    )
+    try:
+        res = run_training(opts, cfg, log=lambda m: typer.echo(m, err=True))
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model .onnx with its sidecar.")],
+    data: Annotated[list[Path], typer.Option("--data", help="Root of class folders (repeatable).")],
+    split: Annotated[str, typer.Option(help="all | train | val | test (by content hash, as in training).")] = "all",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Score any model on a labelled folder tree (accuracy, per-class F1, macro-F1, confusion)."""
+    from training.evaluate import evaluate_model
+    from wbcproc.model import ModelError
+
+    if split not in ("all", "train", "val", "test"):
+        raise _fail(f"--split {split!r}: expected all, train, val or test", 2)
+    try:
+        m = evaluate_model(model, [str(d) for d in data], split=split)
+    except (ModelError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    typer.echo(f"n={m['n']} accuracy={m['accuracy']:.4f} macro-F1={m['macro_f1']:.4f} rejected={len(m['rejected'])}")
+    for c, v in m["per_class"].items():
+        typer.echo(f"  {c:<13} P={v['precision']:.3f} R={v['recall']:.3f} F1={v['f1']:.3f} n={v['support']}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered model versions; * marks the current one."""
+    from wbcproc.registry import Registry
+
+    reg = Registry.default()
+    entries = reg.list()
+    if not entries:
+        typer.echo(f"no models registered in {reg.root}")
+    for e in entries:
+        f1 = e.metrics.get("macro_f1")
+        typer.echo(
+            f"{'*' if e.current else ' '} {e.version:<22} {e.name:<16} macro-F1 "
+            f"{'-' if f1 is None else f'{f1:.4f}'}  sha256 {e.sha256[:12]}"
+        )
+
+
+@models_app.command("show")
+def models_show(version: str) -> None:
+    """Print a version's sidecar."""
+    from wbcproc.registry import Registry, RegistryError
+
+    try:
+        typer.echo(json.dumps(Registry.default().show(version), indent=2))
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+
+
+@models_app.command("register")
+def models_register(run_dir: Path) -> None:
+    """Copy a training run's model into the registry (does not make it current)."""
+    from wbcproc.model import ModelError
+    from wbcproc.registry import Registry, RegistryError
+
+    try:
+        typer.echo(Registry.default().register(run_dir))
+    except (ModelError, RegistryError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@models_app.command("promote")
+def models_promote(
+    version: str, reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "manual"
+) -> None:
+    """Make a registered version current (refused if it fails its checks)."""
+    from wbcproc.registry import Registry, RegistryError
+
+    try:
+        Registry.default().promote(version, reason=reason)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"current model: {version}")
+
+
 def main() -> None:
     app()
 

@@ -26,3 +26,31 @@ def sample(tmp_path) -> Path:
     folder = tmp_path / "S-001"
     copy_cells(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real temporary Prefect server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def labelled_set(tmp_path_factory) -> Path:
+    """class folders of real cells: each fixture image in 6 orientations (new bytes, new hash): 144 images."""
+    import cv2
+    from helpers import CELLS
+
+    root = tmp_path_factory.mktemp("labelled")
+    for p in sorted(CELLS.glob("*/*.jpg")):
+        img = cv2.imread(str(p))
+        d = root / p.parent.name
+        d.mkdir(exist_ok=True)
+        for k in range(6):
+            v = img if k % 3 == 0 else cv2.rotate(img, (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180)[k % 3 - 1])
+            if k >= 3:
+                v = cv2.flip(v, 1)
+            cv2.imwrite(str(d / f"{p.stem}_v{k}.jpg"), v)
+    return root

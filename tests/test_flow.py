@@ -7,14 +7,6 @@ import json
 import pytest
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.slow
 def test_process_sample_flow(prefect_server, tmp_path, sample, tiny_model):
     from prefect import get_client

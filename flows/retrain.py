@@ -1,0 +1,169 @@
+"""The ``retrain`` Prefect flow: gather -> train -> evaluate -> export -> compare -> promote.
+
+Champion and challenger are scored the same way (ONNX Runtime through the runtime pipeline, on the
+challenger's fixed test split), and the challenger becomes current only when it beats the champion's
+macro-F1 by more than ``margin`` and passed parity.  A file lock in the registry refuses a second retrain
+while one runs (the serve deployment adds a Prefect concurrency limit on top).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from wbcproc.classes import CLASSES
+from wbcproc.registry import Registry, decide_promotion
+
+
+class RetrainBusyError(RuntimeError):
+    pass
+
+
+@contextmanager
+def retrain_lock(registry: Registry):
+    registry.root.mkdir(parents=True, exist_ok=True)
+    path = registry.root / "retrain.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RetrainBusyError(
+                f"another retrain is running (lock {str(path)!r} is held); not starting a second"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@task(name="prepare-data", cache_policy=NO_CACHE)
+def prepare(opts):
+    from training.run import prepare_data
+
+    log = get_run_logger()
+    return prepare_data(opts, log.info)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(cache_path: Path, cfg):
+    from training.cache import load_cache
+    from training.engine import train_model
+
+    data = load_cache(cache_path)
+    model, info = train_model(data.subset("train"), data.subset("val"), cfg, get_run_logger().info)
+    return model, info, data
+
+
+@task(name="evaluate-export", cache_policy=NO_CACHE)
+def evaluate_export(model, data, info, cfg, opts, g) -> dict[str, Any]:
+    from training.run import evaluate_and_export
+
+    return evaluate_and_export(model, data, info, cfg, opts, g, get_run_logger().info)
+
+
+@task(name="compare", cache_policy=NO_CACHE)
+def compare(summary: dict[str, Any], g, registry: Registry, margin: float):
+    from training.evaluate import evaluate_items
+
+    test_items = [it for it in g.items if it.split == "test"]
+    challenger = evaluate_items(Path(summary["run_dir"]) / "model.onnx", test_items)
+    challenger["parity_passed"] = summary["parity_passed"]
+    champion = None
+    current = registry.current_path()
+    if current is not None:
+        champion = evaluate_items(current, test_items)
+    return decide_promotion(challenger, champion, margin=margin), challenger, champion
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(decision, summary: dict[str, Any], registry: Registry) -> str | None:
+    version = registry.register(summary["run_dir"])
+    if decision.promote:
+        registry.promote(version, reason=decision.reason)
+    else:
+        registry.log_decision(
+            {"version": version, "promoted": False, "reason": decision.reason, "at": datetime.now(UTC).isoformat()}
+        )
+    return version
+
+
+@flow(name="retrain", log_prints=False)
+def retrain_flow(
+    data: list[str],
+    runs_dir: str,
+    registry: str | None = None,
+    epochs: int = 30,
+    image_size: int = 128,
+    init: str = "imagenet",
+    freeze_stages: int = 0,
+    device: str = "auto",
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    margin: float = 0.0,
+) -> dict[str, Any]:
+    """Refit the model on ``data`` and promote it only if it beats the current one on the fixed test split."""
+    from training.engine import TrainConfig
+    from training.run import RunOptions
+
+    reg = Registry(registry) if registry else Registry.default()
+    version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    opts = RunOptions(data=list(data), out=str(Path(runs_dir) / version), image_size=image_size, version=version)
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, freeze_stages=freeze_stages, init=init, device=device, seed=seed
+    )
+    with retrain_lock(reg):
+        g, cache_path, _ = prepare(opts)
+        model, info, cached = train(cache_path, cfg)
+        summary = evaluate_export(model, cached, info, cfg, opts, g)
+        decision, challenger, champion = compare(summary, g, reg, margin)
+        registered = promote(decision, summary, reg)
+    m = summary["metrics"]
+    create_table_artifact(
+        key="retrain-metrics",
+        table=[
+            {
+                "class": c,
+                "precision": round(v["precision"], 4),
+                "recall": round(v["recall"], 4),
+                "f1": round(v["f1"], 4),
+                "support": v["support"],
+            }
+            for c, v in m["per_class"].items()
+        ],
+        description=f"Test-split metrics of {version}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}",
+    )
+    create_table_artifact(
+        key="retrain-confusion",
+        table=[
+            {"true": c, **dict(zip(CLASSES, row, strict=True))} for c, row in zip(CLASSES, m["confusion"], strict=True)
+        ],
+        description="Confusion matrix on the test split (rows true, columns predicted)",
+    )
+    champ = "none" if champion is None else f"{champion['macro_f1']:.4f}"
+    create_markdown_artifact(
+        markdown=(
+            f"# Retrain {version}\n\n- challenger macro-F1 (ONNX Runtime, test split): {challenger['macro_f1']:.4f}\n"
+            f"- current model macro-F1 on the same split: {champ}\n- parity: {summary['parity']}\n"
+            f"- **promoted: {decision.promote}** - {decision.reason}\n- run: `{summary['run_dir']}`\n"
+        ),
+        description="Promotion decision",
+    )
+    return {
+        "version": registered,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "challenger_macro_f1": challenger["macro_f1"],
+        "champion_macro_f1": None if champion is None else champion["macro_f1"],
+        "run_dir": summary["run_dir"],
+    }

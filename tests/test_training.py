@@ -1,0 +1,227 @@
+"""Training on CPU with real cells at 32 px: data, cache, train, export, parity, classify, registry, flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the [train] extra is needed; .ci/run installs it")
+
+from training.cache import build_cache, load_cache  # noqa: E402
+from training.data import gather, split_of  # noqa: E402
+from training.engine import TrainConfig, augment, build_model, freeze_stages  # noqa: E402
+from training.run import RunOptions, make_spec, run_training  # noqa: E402
+from wbcproc.imageio import read_image  # noqa: E402
+from wbcproc.model import read_sidecar  # noqa: E402
+from wbcproc.preprocess import prepare_image  # noqa: E402
+from wbcproc.registry import Registry, RegistryError, decide_promotion  # noqa: E402
+
+pytestmark = [pytest.mark.train]
+WBC = str(Path(sys.executable).parent / "wbc")
+
+
+def test_gather_dedupes_skips_and_splits_by_content(tmp_path, labelled_set):
+    root = tmp_path / "data"
+    shutil.copytree(labelled_set, root)
+    first, second = sorted((root / "ig").iterdir())[:2]
+    shutil.copy(first, root / "ig" / "copy.jpg")  # same class duplicate: dropped
+    shutil.copy(second, root / "basophil" / "conflict.jpg")  # same bytes, other class: both excluded
+    (root / "ig" / "empty.jpg").write_bytes(b"")
+    (root / "ig" / "notes.txt").write_text("x")
+    (root / "blast").mkdir()
+    g = gather([root])
+    assert len(g.items) == 144 - 1  # the conflicted original is excluded too
+    assert len(g.duplicates) == 1
+    assert {c[1] for c in g.conflicts} == {"basophil/ig"}
+    reasons = {Path(f).name: r for f, r in g.skipped}
+    assert reasons["empty.jpg"] == "empty file" and reasons["notes.txt"] == "not an image extension"
+    assert "not a canonical class" in reasons["blast"]
+    for it in g.items:
+        assert it.split == split_of(it.sha256)
+    # adding a second root never moves an existing file to another split
+    extra = tmp_path / "extra" / "neutrophil"
+    extra.mkdir(parents=True)
+    shutil.copy(next((labelled_set / "monocyte").iterdir()), extra / "relabelled_elsewhere.jpg")
+    g2 = gather([labelled_set, tmp_path / "extra"])
+    before = {it.sha256: it.split for it in gather([labelled_set]).items}
+    assert all(before[it.sha256] == it.split for it in g2.items if it.sha256 in before)
+
+
+def test_cache_is_made_by_the_inference_preprocessing(tmp_path, labelled_set):
+    g = gather([labelled_set])
+    spec = make_spec(48)
+    path, failed = build_cache(g, spec, tmp_path / "c.npz")
+    assert failed == []
+    data = load_cache(path)
+    assert data.images.shape == (144, 48, 48, 3) and data.spec == spec
+    i = 5
+    expected = prepare_image(read_image(data.files[i]).bgr, spec)
+    err = np.abs(data.images[i].astype(int) - expected.astype(int)).mean()
+    assert err < 5  # JPEG q90 round trip at 48 px
+    swapped = np.abs(data.images[i].astype(int) - expected[..., ::-1].astype(int)).mean()
+    assert swapped > 3 * err  # a different colour order would be caught
+    assert set(data.splits) == {"train", "val", "test"}
+
+
+def test_augment_and_freeze():
+    cfg = TrainConfig()
+    x = torch.rand(4, 3, 32, 32)
+    y = augment(x, cfg, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert not torch.allclose(x, y)
+    model, record = build_model("scratch")
+    assert record["used"] == "scratch" and model.fc.out_features == 8
+    freeze_stages(model, 2)
+    assert not any(p.requires_grad for p in model.layer1.parameters())
+    assert all(p.requires_grad for p in model.layer2.parameters())
+    with pytest.raises(ValueError, match=r"outside 0\.\.5"):
+        freeze_stages(model, 6)
+
+
+def test_imagenet_init_falls_back_and_says_so(monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.models, "resnet50", _raise_when_weighted(torchvision.models.resnet50, offline))
+    _model, record = build_model("imagenet")
+    assert record["used"] == "scratch" and "no network" in record["fallback_reason"]
+
+
+def _raise_when_weighted(real, fail):
+    def wrapped(*a, weights=None, **k):
+        if weights is not None:
+            fail()
+        return real(*a, weights=None, **k)
+
+    return wrapped
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, labelled_set):
+    out = tmp_path_factory.mktemp("run") / "r1"
+    opts = RunOptions(data=[str(labelled_set)], out=str(out), image_size=32, version="t1")
+    cfg = TrainConfig(epochs=1, batch_size=16, init="scratch", device="cpu", seed=0)
+    res = run_training(opts, cfg, log=lambda *_: None)
+    return out, res
+
+
+def test_run_directory_contents(trained_run):
+    out, res = trained_run
+    for name in (
+        "model.onnx",
+        "model.json",
+        "metrics.json",
+        "card.md",
+        "split.csv",
+        "confusion.png",
+        "confusion.csv",
+        "misclassified.png",
+        "data.json",
+    ):
+        assert (out / name).is_file(), name
+    info = read_sidecar(out / "model.onnx")  # sha256 and class list check
+    assert info.version == "t1" and info.preprocess.input_size == 32
+    assert info.raw["parity"]["passed"] and info.raw["parity"]["top1_agreement"] == 1.0
+    assert info.raw["init"]["used"] == "scratch"
+    assert info.temperature > 0 and 0.5 <= info.review_threshold <= 0.95
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == sum(metrics["data"]["per_split_class"]["test"].values())
+    assert "Initialisation: scratch" in (out / "card.md").read_text()
+    assert res["parity_passed"] is True
+
+
+def test_classify_and_evaluate_with_trained_model(trained_run, labelled_set):
+    out, res = trained_run
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    r = subprocess.run(
+        [WBC, "classify", str(labelled_set / "ig"), "--model", str(out / "model.onnx"), "--jsonl"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 18 and all(
+        x["label"]
+        in {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig", "erythroblast", "platelet"}
+        for x in lines
+    )
+    r = subprocess.run(
+        [WBC, "evaluate", "--model", str(out / "model.onnx"), "--data", str(labelled_set), "--split", "test", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    # the runtime pipeline scores the same images as the training run's test split
+    assert m["n"] == json.loads((out / "metrics.json").read_text())["test"]["n"]
+    assert abs(m["accuracy"] - res["accuracy"]) <= 0.1  # JPEG cache vs original files may flip a borderline cell
+
+
+def test_registry_promotion_rules(tmp_path, trained_run):
+    out, res = trained_run
+    reg = Registry(tmp_path / "reg")
+    v = reg.register(out)
+    challenger = {"macro_f1": res["macro_f1"], "parity_passed": res["parity_passed"]}
+    assert decide_promotion(challenger, None).promote  # better than nothing: promotes
+    reg.promote(v, reason="first")
+    worse = {"macro_f1": res["macro_f1"] + 0.1}
+    assert not decide_promotion(challenger, worse).promote  # not better: current stays
+    assert reg.current_version() == v
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    side = json.loads((broken / "model.json").read_text())
+    side["version"] = "broken"
+    (broken / "model.json").write_text(json.dumps(side))
+    with open(broken / "model.onnx", "ab") as fh:
+        fh.write(b"garbage")
+    with pytest.raises(Exception, match="sha256"):
+        reg.register(broken)
+    assert reg.current_version() == v
+
+
+@pytest.mark.slow
+def test_retrain_flow_promotes_only_when_better(prefect_server, tmp_path, labelled_set):
+    from flows.retrain import RetrainBusyError, retrain_flow, retrain_lock
+
+    reg_dir = tmp_path / "registry"
+    kw = dict(
+        data=[str(labelled_set)],
+        runs_dir=str(tmp_path / "runs"),
+        registry=str(reg_dir),
+        epochs=1,
+        image_size=32,
+        init="scratch",
+        device="cpu",
+        batch_size=16,
+    )
+    first = retrain_flow(**kw)
+    assert first["promoted"] is True and "no current model" in first["reason"]
+    reg = Registry(reg_dir)
+    assert reg.current_version() == first["version"]
+    import time
+
+    time.sleep(1.1)  # versions are second-resolution timestamps
+    second = retrain_flow(**kw, margin=1.0)  # cannot beat the champion by a whole macro-F1 point of 1.0
+    assert second["promoted"] is False and "does not beat" in second["reason"]
+    assert reg.current_version() == first["version"]
+    assert {v.version for v in reg.list()} == {first["version"], second["version"]}
+    with retrain_lock(reg):
+        state = retrain_flow(**kw, return_state=True)
+        assert state.is_failed()
+        with pytest.raises(RetrainBusyError):
+            state.result()
+    with pytest.raises(RegistryError):
+        reg.promote("nope", reason="x")

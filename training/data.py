@@ -1,0 +1,125 @@
+"""Labelled data: gather class folders, de-duplicate by content, split deterministically by hash.
+
+The split of a file depends only on the SHA-256 of its bytes, so identical files always land on the same
+side, adding data never moves an existing file to another split, and the test split of a data set is the
+same for every retrain.  Identical files filed under different classes are excluded and listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wbcproc.classes import CLASSES
+from wbcproc.discovery import IMAGE_EXTENSIONS, SYSTEM_FILES, display_name
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: str
+    sha256: str
+    split: str
+
+
+@dataclass
+class Gathered:
+    items: list[Item]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dropped path, kept path)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)  # (path, labels)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {s: dict.fromkeys(CLASSES, 0) for s in SPLITS}
+        for it in self.items:
+            out[it.split][it.label] += 1
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "n_items": len(self.items),
+            "per_split_class": self.counts(),
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "duplicates_dropped": len(self.duplicates),
+            "label_conflicts": [{"file": f, "labels": r} for f, r in self.conflicts],
+        }
+
+
+def split_of(sha256: str, val_fraction: float = 0.10, test_fraction: float = 0.15) -> str:
+    """Deterministic split from the content hash (first 32 bits as a uniform number in [0, 1))."""
+    u = int(sha256[:8], 16) / 2**32
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction: float = 0.15) -> Gathered:
+    """Read ``root/<class>/*`` for each root.  Cheap checks only (names, size); decoding comes later."""
+    by_hash: dict[str, list[tuple[Path, str]]] = {}
+    skipped: list[tuple[str, str]] = []
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data root {str(root)!r} is not a folder of class folders")
+        for sub in sorted(root.iterdir()):
+            if not sub.is_dir():
+                if not sub.name.startswith("."):
+                    skipped.append((str(sub), "not a class folder"))
+                continue
+            if sub.name not in CLASSES:
+                skipped.append((str(sub), f"folder name {sub.name!r} is not a canonical class {list(CLASSES)}"))
+                continue
+            for name in sorted(os.listdir(sub)):
+                path = sub / name
+                shown = display_name(str(path))
+                if name.lower() in SYSTEM_FILES or name.startswith("._"):
+                    skipped.append((shown, "operating-system file"))
+                    continue
+                if os.path.splitext(name.lower())[1] not in IMAGE_EXTENSIONS:
+                    skipped.append((shown, "not an image extension"))
+                    continue
+                try:
+                    if path.stat().st_size == 0:
+                        skipped.append((shown, "empty file"))
+                        continue
+                    digest = _sha256(path)
+                except OSError as exc:
+                    skipped.append((shown, f"unreadable: {exc.strerror or exc}"))
+                    continue
+                by_hash.setdefault(digest, []).append((path, sub.name))
+    items: list[Item] = []
+    duplicates: list[tuple[str, str]] = []
+    conflicts: list[tuple[str, str]] = []
+    for digest, entries in by_hash.items():
+        labels = sorted({label for _, label in entries})
+        if len(labels) > 1:
+            conflicts += [(display_name(str(p)), "/".join(labels)) for p, _ in entries]
+            continue
+        keep = entries[0]
+        duplicates += [(display_name(str(p)), display_name(str(keep[0]))) for p, _ in entries[1:]]
+        items.append(Item(keep[0], keep[1], digest, split_of(digest, val_fraction, test_fraction)))
+    items.sort(key=lambda it: (it.label, str(it.path)))
+    return Gathered(items, skipped, duplicates, conflicts)
+
+
+def write_split(items: list[Item], path: str | Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sha256", "split", "label", "path"])
+        for it in sorted(items, key=lambda i: i.sha256):
+            w.writerow([it.sha256, it.split, it.label, display_name(str(it.path))])

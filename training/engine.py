@@ -1,0 +1,326 @@
+"""PyTorch side: the ResNet50, GPU-friendly batch augmentation, the training loop, prediction."""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from training.cache import CachedSet
+from training.metrics import classification_metrics
+from wbcproc.classes import CLASSES
+
+STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"  # adamw | sgd
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    freeze_stages: int = 0
+    init: str = "imagenet"  # imagenet | scratch | PATH
+    device: str = "auto"
+    seed: int = 0
+    patience: int = 8
+    amp: bool = True
+    channels_last: bool = True
+    class_weighting: str = "loss"  # loss | none
+    # augmentation strengths
+    rotate: bool = True
+    scale_jitter: float = 0.15
+    colour_jitter: float = 0.15
+    hue_jitter: float = 0.05
+    blur_prob: float = 0.1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def build_model(init: str, num_classes: int = len(CLASSES)) -> tuple[nn.Module, dict[str, Any]]:
+    """ResNet50 with an 8-class head.  Returns the model and a record of how it was initialised."""
+    record: dict[str, Any] = {"requested": init}
+    if init == "imagenet":
+        try:
+            previous = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(15)
+            try:
+                weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+                model = torchvision.models.resnet50(weights=weights)
+            finally:
+                socket.setdefaulttimeout(previous)
+            record.update(used="imagenet", weights="torchvision ResNet50_Weights.IMAGENET1K_V2")
+        except Exception as exc:  # offline, proxy, corrupt cache: fall back and say so
+            model = torchvision.models.resnet50(weights=None)
+            record.update(
+                used="scratch", fallback_reason=f"ImageNet weights unavailable: {type(exc).__name__}: {exc}"[:300]
+            )
+    elif init == "scratch":
+        model = torchvision.models.resnet50(weights=None)
+        record["used"] = "scratch"
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise FileNotFoundError(f"--init {init!r}: expected 'imagenet', 'scratch' or a weights file")
+        model = torchvision.models.resnet50(weights=None)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if [m for m in missing if not m.startswith("fc.")] or unexpected:
+            raise ValueError(
+                f"--init {init!r}: not a ResNet50 state dict (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        record.update(used="file", path=str(path))
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model, record
+
+
+def freeze_stages(model: nn.Module, k: int) -> None:
+    """Freeze the first ``k`` of (stem, layer1, layer2, layer3, layer4); BatchNorm there stays in eval."""
+    if not 0 <= k <= len(STAGES):
+        raise ValueError(f"--freeze-stages {k} is outside 0..{len(STAGES)}")
+    for stage in STAGES[:k]:
+        for name in stage:
+            for p in getattr(model, name).parameters():
+                p.requires_grad_(False)
+
+
+def _set_frozen_bn_eval(model: nn.Module, k: int) -> None:
+    for stage in STAGES[:k]:
+        for name in stage:
+            getattr(model, name).eval()
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Batch augmentation on float images in [0, 1], NCHW, on whatever device they are.
+
+    A cell has no orientation: any rotation and flips.  Scale jitter covers magnification differences;
+    brightness/contrast/saturation/hue jitter and an occasional blur cover stain and camera differences.
+    The background outside the rotated frame is filled with the image's own border colour.
+    """
+    n, dev = x.shape[0], x.device
+
+    def rnd(*shape):
+        return torch.rand(*shape, generator=gen, device="cpu").to(dev)
+
+    if cfg.rotate:
+        theta = rnd(n) * 2 * math.pi
+        scale = 1.0 + (rnd(n) * 2 - 1) * cfg.scale_jitter
+        flip = torch.where(rnd(n) < 0.5, -1.0, 1.0).to(dev)
+        cos, sin = torch.cos(theta) / scale, torch.sin(theta) / scale
+        mat = torch.stack(
+            [
+                torch.stack([cos * flip, -sin, torch.zeros_like(cos)], 1),
+                torch.stack([sin * flip, cos, torch.zeros_like(cos)], 1),
+            ],
+            1,
+        )
+        border = x[:, :, :2, :].mean(dim=(2, 3), keepdim=True)
+        grid = F.affine_grid(mat, list(x.shape), align_corners=False)
+        x = F.grid_sample(x - border, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + border
+    cj = cfg.colour_jitter
+    if cj > 0:
+        b = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
+        c = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
+        s = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * c + mean
+        x = x * b
+        grey = x.mean(dim=1, keepdim=True)
+        x = (x - grey) * s + grey
+    if cfg.hue_jitter > 0:
+        # a small rotation of the chroma plane around the grey axis approximates a hue shift
+        angle = (rnd(n) * 2 - 1) * cfg.hue_jitter * 2 * math.pi
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        k = 1.0 / 3.0
+        sq = math.sqrt(1.0 / 3.0)
+        rows = []
+        for i in range(3):
+            row = []
+            for j in range(3):
+                cross = 0.0 if i == j else (sq if (j - i) % 3 == 1 else -sq)
+                row.append(cos * (1.0 if i == j else 0.0) + (1 - cos) * k + sin * cross)
+            rows.append(torch.stack(row, 1))
+        m = torch.stack(rows, 1)  # n x 3 x 3
+        x = torch.einsum("nij,njhw->nihw", m, x)
+    if cfg.blur_prob > 0:
+        blur = rnd(n) < cfg.blur_prob
+        if blur.any():
+            kernel = torch.tensor([1.0, 2.0, 1.0], device=dev)
+            kernel = (kernel[:, None] * kernel[None, :]) / 16
+            kernel = kernel.expand(x.shape[1], 1, 3, 3).to(x.dtype)
+            xb = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+            x = x.clone()
+            x[blur] = xb
+    return x.clamp(0, 1)
+
+
+def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean) / std
+
+
+def to_float(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [0, 1]."""
+    return images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: CachedSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Logits for a cached set, preprocessed exactly as ``wbcproc.preprocess.to_input`` does."""
+    model.eval()
+    mean = torch.tensor(data.spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(data.spec.std, device=device).view(1, 3, 1, 1)
+    scale = float(data.spec.scale)
+    out = []
+    for i in range(0, len(data), batch_size):
+        xb = torch.from_numpy(data.images[i : i + batch_size]).to(device)
+        x = xb.permute(0, 3, 1, 2).float() / scale
+        x = _normalise(x, mean, std)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
+
+
+def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> np.ndarray:
+    counts = np.bincount(labels, minlength=k).astype(float)
+    w = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0)
+    return w
+
+
+def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -> tuple[nn.Module, dict[str, Any]]:
+    """Train with early stopping on validation macro-F1; returns the best model and the history."""
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    model, init_record = build_model(cfg.init)
+    freeze_stages(model, cfg.freeze_stages)
+    model.to(device)
+    use_cuda = device.type == "cuda"
+    if use_cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weights = class_weights(train.labels) if cfg.class_weighting == "loss" else np.ones(len(CLASSES))
+    criterion = nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float32, device=device), label_smoothing=cfg.label_smoothing
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"optimizer {cfg.optimizer!r} is unknown; expected 'adamw' or 'sgd'")
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    def lr_lambda(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    images = torch.from_numpy(train.images)
+    labels = torch.from_numpy(train.labels)
+    if use_cuda:
+        images, labels = images.to(device), labels.to(device)
+    mean = torch.tensor(train.spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(train.spec.std, device=device).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    amp = cfg.amp and use_cuda
+    history: list[dict[str, Any]] = []
+    best_f1, best_state, best_epoch, bad = -1.0, None, -1, 0
+    t_start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        _set_frozen_bn_eval(model, cfg.freeze_stages)
+        perm = torch.randperm(len(train), generator=gen)
+        if use_cuda:
+            perm = perm.to(device)
+        running, seen, t0 = 0.0, 0, time.perf_counter()
+        for i in range(0, len(train), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            x = to_float(images[idx].to(device, non_blocking=True))
+            y = labels[idx].to(device, non_blocking=True)
+            x = _normalise(augment(x, cfg, gen), mean, std)
+            if use_cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = criterion(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        dt = time.perf_counter() - t0
+        val_metrics = (
+            classification_metrics(val.labels, predict_logits(model, val, device).argmax(1), CLASSES)
+            if len(val)
+            else {"macro_f1": 0.0, "accuracy": 0.0}
+        )
+        rec = {
+            "epoch": epoch + 1,
+            "loss": running / max(1, seen),
+            "val_accuracy": val_metrics["accuracy"],
+            "val_macro_f1": val_metrics["macro_f1"],
+            "images_per_s": seen / dt if dt > 0 else 0.0,
+            "lr": sched.get_last_lr()[0],
+        }
+        history.append(rec)
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} val acc {rec['val_accuracy']:.4f} "
+            f"macro-F1 {rec['val_macro_f1']:.4f} ({rec['images_per_s']:.0f} img/s)"
+        )
+        if rec["val_macro_f1"] > best_f1:
+            best_f1, best_epoch, bad = rec["val_macro_f1"], epoch + 1, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                log(f"early stop: no validation macro-F1 gain for {cfg.patience} epochs")
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    info = {
+        "history": history,
+        "best_epoch": best_epoch,
+        "best_val_macro_f1": best_f1,
+        "init": init_record,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if use_cuda else ""),
+        "class_weights": dict(zip(CLASSES, [round(float(w), 4) for w in weights], strict=True)),
+        "train_seconds": time.perf_counter() - t_start,
+    }
+    return model.to("cpu").float().to(memory_format=torch.contiguous_format), info

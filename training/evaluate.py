@@ -1,0 +1,46 @@
+"""Score an ONNX model (through the runtime pipeline, no torch) on labelled class folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import Item, gather
+from training.metrics import classification_metrics
+from wbcproc.classes import CLASSES
+from wbcproc.config import load_settings
+from wbcproc.discovery import Candidate, check_image_header
+from wbcproc.model import load_classifier
+from wbcproc.pipeline import classify_candidates
+
+
+def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
+    settings = load_settings(None)
+    clf = load_classifier(model, settings.threads)
+    candidates, labels, rejected = [], {}, []
+    for it in items:
+        key = str(it.path)
+        res = check_image_header(it.path, key, settings)
+        if isinstance(res, Candidate):
+            candidates.append(res)
+            labels[key] = it.label
+        else:
+            rejected.append({"file": key, "reason": res.reason})
+    classified = classify_candidates(candidates, clf, settings, thumbnails=False)
+    rejected += [{"file": r.file, "reason": r.reason} for r in classified.rejected]
+    y_true = np.array([CLASSES.index(labels[c.file]) for c in classified.cells], dtype=np.int64)
+    y_pred = np.array([CLASSES.index(c.label) for c in classified.cells], dtype=np.int64)
+    m = classification_metrics(y_true, y_pred, CLASSES)
+    m["model"] = clf.info.summary()
+    m["rejected"] = rejected
+    return m
+
+
+def evaluate_model(model: str | Path, roots: list[str], split: str = "all") -> dict[str, Any]:
+    g = gather(roots)
+    items = g.items if split == "all" else [it for it in g.items if it.split == split]
+    m = evaluate_items(model, items)
+    m["split"] = split
+    return m

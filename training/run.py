@@ -1,0 +1,342 @@
+"""A training run, step by step: data -> cache -> (search) -> train -> evaluate -> export -> parity.
+
+Each step is a plain function so that ``wbc train`` calls them in a row and the Prefect ``retrain`` flow
+runs them as tasks.  Everything a run produces lands in its run directory::
+
+    model.onnx, model.json (the sidecar the pipeline reads), metrics.json, card.md, split.csv,
+    data.json, confusion.png, confusion.csv, misclassified.png, search.csv (when a search ran), cache-*.npz
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import random
+import sys
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.cache import CachedSet, build_cache, load_cache
+from training.data import Gathered, gather, write_split
+from training.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    review_threshold,
+)
+from training.plots import confusion_png, gallery_png
+from wbcproc import __version__
+from wbcproc.classes import CLASSES
+from wbcproc.model import softmax, write_sidecar
+from wbcproc.preprocess import PreprocessSpec
+
+MODEL_NAME = "wbc-resnet50"
+
+
+@dataclass
+class RunOptions:
+    data: list[str]
+    out: str
+    image_size: int = 128
+    resize: str = "stretch"
+    val_fraction: float = 0.10
+    test_fraction: float = 0.15
+    version: str | None = None
+    quantize: bool = False
+    search_trials: int = 0
+    search_epochs: int = 3
+    parity_tol: float = 1e-2
+
+
+def make_spec(image_size: int, resize: str = "stretch") -> PreprocessSpec:
+    """ImageNet mean/std, RGB: the convention of torchvision's ResNet50 weights."""
+    return PreprocessSpec(input_size=image_size, resize=resize, colour_order="RGB")  # type: ignore[arg-type]
+
+
+def prepare_data(opts: RunOptions, log=print) -> tuple[Gathered, Path, list[tuple[str, str]]]:
+    run_dir = Path(opts.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    g = gather(opts.data, val_fraction=opts.val_fraction, test_fraction=opts.test_fraction)
+    log(
+        f"data: {len(g.items)} unique images, {len(g.skipped)} skipped, {len(g.duplicates)} duplicates dropped, "
+        f"{len(g.conflicts)} with conflicting labels excluded"
+    )
+    write_split(g.items, run_dir / "split.csv")
+    cache_path, failed = build_cache(
+        g, make_spec(opts.image_size, opts.resize), run_dir / f"cache-{opts.image_size}.npz"
+    )
+    for f, reason in failed:
+        log(f"skipped (decode): {f}: {reason}")
+    summary = g.summary()
+    summary["decode_failures"] = [{"file": f, "reason": r} for f, r in failed]
+    summary["roots"] = [str(Path(d).resolve()) for d in opts.data]
+    summary["fractions"] = {"val": opts.val_fraction, "test": opts.test_fraction}
+    (run_dir / "data.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return g, cache_path, failed
+
+
+def search(opts: RunOptions, base, g: Gathered, log=print) -> tuple[Any, list[dict[str, Any]]]:
+    """Budgeted random search on the validation split over lr, batch size, frozen stages, input size."""
+    from training.engine import train_model
+
+    rng = random.Random(base.seed)
+    space = {
+        "lr": [3e-4, 1e-3, 3e-3],
+        "batch_size": [64, 128, 256],
+        "freeze_stages": [0, 1, 2],
+        "image_size": sorted({opts.image_size, 96, 128, 160}),
+    }
+    rows: list[dict[str, Any]] = []
+    caches: dict[int, CachedSet] = {}
+    for trial in range(opts.search_trials):
+        pick = {k: rng.choice(v) for k, v in space.items()}
+        size = pick.pop("image_size")
+        if size not in caches:
+            p, _ = build_cache(g, make_spec(size, opts.resize), Path(opts.out) / f"cache-{size}.npz")
+            caches[size] = load_cache(p)
+        cfg = replace(base, epochs=opts.search_epochs, patience=opts.search_epochs, **pick)
+        data = caches[size]
+        _, info = train_model(data.subset("train"), data.subset("val"), cfg, log=lambda *_: None)
+        row = {
+            "trial": trial + 1,
+            **pick,
+            "image_size": size,
+            "epochs": opts.search_epochs,
+            "val_macro_f1": round(info["best_val_macro_f1"], 4),
+            "seconds": round(info["train_seconds"], 1),
+        }
+        log(f"search {row}")
+        rows.append(row)
+    with open(Path(opts.out) / "search.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["trial"])
+        w.writeheader()
+        w.writerows(rows)
+    if not rows:
+        return base, rows
+    best = max(rows, key=lambda r: r["val_macro_f1"])
+    chosen = replace(base, lr=best["lr"], batch_size=best["batch_size"], freeze_stages=best["freeze_stages"])
+    opts.image_size = best["image_size"]
+    return chosen, rows
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import torchvision
+
+    return {
+        "wbc": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def evaluate_and_export(
+    model, data: CachedSet, train_info: dict[str, Any], cfg, opts: RunOptions, g: Gathered, log=print
+) -> dict[str, Any]:
+    """Calibrate on val, score on test, export ONNX, check parity, write sidecar, metrics, PNGs and card."""
+    import torch
+
+    from training.engine import predict_logits
+    from training.export import export_onnx, ort_logits, parity, quantize_int8
+
+    run_dir = Path(opts.out)
+    device = torch.device("cpu")
+    val, test = data.subset("val"), data.subset("test")
+    val_logits = predict_logits(model, val, device)
+    test_logits = predict_logits(model, test, device)
+    temperature = fit_temperature(val_logits, val.labels)
+    threshold = review_threshold(softmax(val_logits / temperature), val.labels)
+    probs = softmax(test_logits / temperature)
+    metrics = classification_metrics(test.labels, probs.argmax(1), CLASSES)
+    metrics.update(
+        ece=expected_calibration_error(softmax(test_logits), test.labels),
+        ece_calibrated=expected_calibration_error(probs, test.labels),
+        nll=nll(test_logits, test.labels),
+        nll_calibrated=nll(test_logits, test.labels, temperature),
+        temperature=temperature,
+        review_threshold=threshold,
+        review_share=float((probs.max(1) < threshold).mean()) if len(probs) else 0.0,
+        split="test",
+    )
+    onnx_path = export_onnx(model, data.spec.input_size, run_dir / "model.onnx")
+    par = parity(test_logits, ort_logits(onnx_path, test), tol=opts.parity_tol)
+    log(f"test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; parity {par}")
+    quant: dict[str, Any] | None = None
+    if opts.quantize:
+        q = quantize_int8(onnx_path, data.subset("train"), run_dir / "model.int8.onnx")
+        q_logits = ort_logits(q, test)
+        q_acc = float((q_logits.argmax(1) == test.labels).mean())
+        f_acc = float((ort_logits(onnx_path, test).argmax(1) == test.labels).mean())
+        kept = (f_acc - q_acc) * 100 <= 0.2
+        quant = {"accuracy_fp32": f_acc, "accuracy_int8": q_acc, "kept": kept}
+        if kept:
+            q.replace(onnx_path)
+            par = {**par, "note": "parity measured on fp32 export; int8 kept within 0.2 accuracy points"}
+        else:
+            q.unlink()
+        log(f"int8: {quant}")
+    cm_rows = metrics["confusion"]
+    confusion_png(cm_rows, list(CLASSES), run_dir / "confusion.png")
+    with open(run_dir / "confusion.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["true \\ predicted", *CLASSES])
+        for c, row in zip(CLASSES, cm_rows, strict=True):
+            w.writerow([c, *row])
+    wrong = np.flatnonzero(probs.argmax(1) != test.labels)[:48]
+    gallery_png(
+        test.images[wrong],
+        [CLASSES[i] for i in test.labels[wrong]],
+        [CLASSES[i] for i in probs.argmax(1)[wrong]],
+        [float(probs[i].max()) for i in wrong],
+        run_dir / "misclassified.png",
+        rgb=data.spec.colour_order == "RGB",
+    )
+    version = opts.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    counts = g.counts()
+    sidecar = {
+        "name": MODEL_NAME,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "classes": list(CLASSES),
+        "input": {
+            "name": "input",
+            "layout": "NCHW",
+            "dtype": "float32",
+            "shape": ["batch", 3, data.spec.input_size, data.spec.input_size],
+        },
+        "output": {"name": "logits", "kind": "logits", "apply": "softmax(logits / temperature)"},
+        "preprocess": data.spec.to_dict(),
+        "temperature": temperature,
+        "review_threshold": threshold,
+        "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_calibrated", "n")}
+        | {"per_class_f1": {c: round(v["f1"], 4) for c, v in metrics["per_class"].items()}},
+        "parity": par,
+        "quantization": quant,
+        "data": {
+            "roots": [str(Path(d).resolve()) for d in opts.data],
+            "per_split_class": counts,
+            "split_rule": f"sha256[:8]/2^32 < {opts.test_fraction} test, < {opts.test_fraction + opts.val_fraction} val",
+        },
+        "init": train_info["init"],
+        "training": {
+            **cfg.as_dict(),
+            "best_epoch": train_info["best_epoch"],
+            "best_val_macro_f1": train_info["best_val_macro_f1"],
+            "device": train_info["device"],
+            "class_weights": train_info["class_weights"],
+            "seconds": round(train_info["train_seconds"], 1),
+        },
+        "software": _versions(),
+        "intended_use": "Decision support for white-cell differentials on single-cell images; not a diagnosis.",
+    }
+    write_sidecar(onnx_path, sidecar)
+    full = {
+        "test": metrics,
+        "parity": par,
+        "quantization": quant,
+        "history": train_info["history"],
+        "data": g.summary() | {"per_split_class": counts},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(full, indent=2) + "\n")
+    (run_dir / "card.md").write_text(model_card(sidecar, metrics, opts))
+    return {
+        "run_dir": str(run_dir),
+        "version": version,
+        "macro_f1": metrics["macro_f1"],
+        "accuracy": metrics["accuracy"],
+        "parity_passed": par["passed"],
+        "metrics": metrics,
+        "parity": par,
+    }
+
+
+def model_card(side: dict[str, Any], m: dict[str, Any], opts: RunOptions) -> str:
+    per = "\n".join(
+        f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for c, v in m["per_class"].items()
+    )
+    init = side["init"]
+    init_text = init.get("used", "?") + (f" (fallback: {init['fallback_reason']})" if "fallback_reason" in init else "")
+    tr = side["training"]
+    cmd = " ".join(
+        [
+            "wbc train",
+            *[f"--data {d}" for d in opts.data],
+            f"--out {opts.out}",
+            f"--epochs {tr['epochs']}",
+            f"--image-size {side['preprocess']['input_size']}",
+            f"--init {tr['init']}",
+            f"--freeze-stages {tr['freeze_stages']}",
+            f"--seed {tr['seed']}",
+            f"--lr {tr['lr']}",
+            f"--batch-size {tr['batch_size']}",
+        ]
+    )
+    return f"""# Model card: {side["name"]} {side["version"]}
+
+**Intended use.** {side["intended_use"]} Every result needs review by a qualified person.
+
+## Model
+- Architecture: torchvision ResNet50, final layer replaced for {len(side["classes"])} classes
+  ({", ".join(side["classes"])}).
+- Initialisation: {init_text}.
+- Input: {side["preprocess"]["input_size"]} px, {side["preprocess"]["colour_order"]}, resize rule
+  `{side["preprocess"]["resize"]}`, mean {side["preprocess"]["mean"]}, std {side["preprocess"]["std"]},
+  colour normalisation: {side["preprocess"].get("colour_normalisation") or "none"}.
+- Calibration: temperature {side["temperature"]:.3f} (fitted on validation NLL); review mark below
+  confidence {side["review_threshold"]:.3f}.
+
+## Data
+Roots: {", ".join(side["data"]["roots"])}. Split by content hash ({side["data"]["split_rule"]}): identical
+files always share a split and the test split is fixed. Cells per split and class:
+`{json.dumps(side["data"]["per_split_class"])}`.
+
+## Training
+`{cmd}`
+
+Config: `{json.dumps({k: v for k, v in tr.items() if k not in ("extra",)})}`
+
+## Results on the test split (n = {m["n"]}, ONNX export checked against PyTorch: {side["parity"]})
+- Accuracy {m["accuracy"]:.4f}, macro-F1 {m["macro_f1"]:.4f}, ECE {m["ece"]:.4f} (calibrated {m["ece_calibrated"]:.4f}).
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per}
+
+## Limits
+- Trained on the images under the roots above only. Other laboratories' stains, cameras and
+  magnifications can lower accuracy sharply; validate on local cells before clinical use.
+- Classes outside the eight listed (blasts, smudge cells, artefacts) are forced into one of them.
+
+Software: `{json.dumps(side["software"])}`
+"""
+
+
+def run_training(opts: RunOptions, cfg, log=print) -> dict[str, Any]:
+    """The whole run, as ``wbc train`` does it."""
+    from training.engine import train_model
+
+    g, cache_path, _ = prepare_data(opts, log)
+    if opts.search_trials:
+        cfg, _ = search(opts, cfg, g, log)
+        cache_path = Path(opts.out) / f"cache-{opts.image_size}.npz"
+    data = load_cache(cache_path)
+    train, val = data.subset("train"), data.subset("val")
+    if len(train) == 0:
+        raise ValueError("no training images after the split: give more data")
+    log(f"training on {len(train)} images, validating on {len(val)}, testing on {len(data.subset('test'))}")
+    model, info = train_model(train, val, cfg, log)
+    return evaluate_and_export(model, data, info, cfg, opts, g, log)
