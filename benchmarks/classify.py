@@ -1,0 +1,129 @@
+"""Steady-state cells/s of the classify path and time per stage (decode, preprocess, inference, report).
+
+    python benchmarks/classify.py --model models/model.onnx [--images DIR] [--n 512] [--repeats 5]
+    python benchmarks/classify.py --random-resnet50 128 224   # architecture-only timing (needs [train])
+
+Weights do not change the speed of a ResNet50, so a randomly initialised export measures the product's
+throughput before a trained model exists.  Figures are medians over ``--repeats`` runs after a warm-up;
+the machine is shared and noisy, so compare ratios measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+
+from wbcproc.config import load_settings  # noqa: E402
+from wbcproc.discovery import scan_sample  # noqa: E402
+from wbcproc.model import load_classifier, write_sidecar  # noqa: E402
+from wbcproc.pipeline import classify_candidates, summarise  # noqa: E402
+from wbcproc.report import write_reports  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sample_folder(src: Path, n: int, dest: Path) -> Path:
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and not p.name.startswith("."))
+    if not files:
+        raise SystemExit(f"no images under {src}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        shutil.copy(files[i % len(files)], dest / f"c{i:05d}{files[i % len(files)].suffix}")
+    return dest
+
+
+CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig", "erythroblast", "platelet"]
+
+
+def random_resnet50(size: int, folder: Path, int8: bool, calib_dir: Path) -> list[Path]:
+    """A randomly initialised ResNet50 export (and its static-int8 version) with sidecars."""
+    import numpy as np
+
+    from training.cache import CachedSet
+    from training.engine import build_model
+    from training.export import export_onnx, quantize_int8
+    from training.run import make_spec
+    from wbcproc.imageio import read_image
+    from wbcproc.preprocess import prepare_image
+
+    model, _ = build_model("scratch")
+    spec = make_spec(size)
+    paths = [export_onnx(model, size, folder / f"r50-{size}-fp32.onnx")]
+    if int8:
+        files = sorted(calib_dir.iterdir())[:64]
+        imgs = np.stack([prepare_image(read_image(f).bgr, spec) for f in files])
+        n = len(imgs)
+        calib = CachedSet(imgs, np.zeros(n, int), np.array(["train"] * n), np.array([""] * n), np.array([""] * n), spec)
+        paths.append(quantize_int8(paths[0], calib, folder / f"r50-{size}-int8.onnx", n_calib=64))
+    for p in paths:
+        write_sidecar(p, {"name": p.stem, "version": "bench", "classes": CLASSES, "input": {"name": "input"},
+                          "preprocess": spec.to_dict(), "parity": {"passed": True}})
+    return paths
+
+
+def bench(model: Path, folder: Path, repeats: int, threads: int, batch: int) -> dict:
+    settings = load_settings(None)
+    from dataclasses import replace
+
+    settings = replace(settings, threads=threads, batch_size=batch)
+    clf = load_classifier(model, settings.threads)
+    inv = scan_sample(folder, settings)
+    classify_candidates(inv.candidates[: batch * 2], clf, settings, thumbnails=False)  # warm-up
+    rows = []
+    out = Path(tempfile.mkdtemp())
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        inv = scan_sample(folder, settings)
+        t1 = time.perf_counter()
+        classified = classify_candidates(inv.candidates, clf, settings)
+        t2 = time.perf_counter()
+        result = summarise(inv, classified, clf, settings)
+        write_reports(result, classified.thumbnails, out)
+        t3 = time.perf_counter()
+        n = len(classified.cells)
+        rows.append({"cells_per_s": n / (t2 - t1), "scan": t1 - t0, "report": t3 - t2, **classified.timings, "n": n})
+    shutil.rmtree(out, ignore_errors=True)
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    return med
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--random-resnet50", type=int, nargs="*", metavar="SIZE")
+    ap.add_argument("--int8", action="store_true", help="also time a static-int8 version of each random model")
+    ap.add_argument("--images", type=Path, default=REPO / "tests" / "fixtures" / "cells")
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = sample_folder(args.images, args.n, tmp / "bench-sample")
+        models: list[Path] = []
+        if args.model:
+            models.append(args.model)
+        for size in args.random_resnet50 or []:
+            models += random_resnet50(size, tmp, args.int8, folder)
+        if not models:
+            raise SystemExit("give --model PATH or --random-resnet50 SIZE...")
+        print(f"{args.n} cells per run, median of {args.repeats} runs, batch {args.batch}, threads {args.threads or 'all'}")
+        print(f"{'model':<34} {'cells/s':>8} {'decode s':>9} {'prep s':>7} {'infer s':>8} {'report s':>9}")
+        for m in models:
+            r = bench(m, folder, args.repeats, args.threads, args.batch)
+            print(f"{m.name:<34} {r['cells_per_s']:>8.1f} {r['decode']:>9.2f} {r['preprocess']:>7.2f} "
+                  f"{r['inference']:>8.2f} {r['report']:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
