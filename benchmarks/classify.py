@@ -19,19 +19,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import machine
 
-from wbcproc.config import load_settings  # noqa: E402
-from wbcproc.discovery import scan_sample  # noqa: E402
-from wbcproc.model import load_classifier, write_sidecar  # noqa: E402
-from wbcproc.pipeline import classify_candidates, summarise  # noqa: E402
-from wbcproc.report import write_reports  # noqa: E402
+from wbcproc.config import load_settings
+from wbcproc.discovery import scan_sample
+from wbcproc.model import load_classifier, write_sidecar
+from wbcproc.pipeline import classify_candidates, summarise
+from wbcproc.report import write_reports
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def sample_folder(src: Path, n: int, dest: Path) -> Path:
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and not p.name.startswith("."))
+    files = sorted(
+        p for p in src.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and not p.name.startswith(".")
+    )
     if not files:
         raise SystemExit(f"no images under {src}")
     dest.mkdir(parents=True, exist_ok=True)
@@ -64,8 +66,17 @@ def random_resnet50(size: int, folder: Path, int8: bool, calib_dir: Path) -> lis
         calib = CachedSet(imgs, np.zeros(n, int), np.array(["train"] * n), np.array([""] * n), np.array([""] * n), spec)
         paths.append(quantize_int8(paths[0], calib, folder / f"r50-{size}-int8.onnx", n_calib=64))
     for p in paths:
-        write_sidecar(p, {"name": p.stem, "version": "bench", "classes": CLASSES, "input": {"name": "input"},
-                          "preprocess": spec.to_dict(), "parity": {"passed": True}})
+        write_sidecar(
+            p,
+            {
+                "name": p.stem,
+                "version": "bench",
+                "classes": CLASSES,
+                "input": {"name": "input"},
+                "preprocess": spec.to_dict(),
+                "parity": {"passed": True},
+            },
+        )
     return paths
 
 
@@ -117,12 +128,16 @@ def main() -> None:
             models += random_resnet50(size, tmp, args.int8, folder)
         if not models:
             raise SystemExit("give --model PATH or --random-resnet50 SIZE...")
-        print(f"{args.n} cells per run, median of {args.repeats} runs, batch {args.batch}, threads {args.threads or 'all'}")
+        print(
+            f"{args.n} cells per run, median of {args.repeats} runs, batch {args.batch}, threads {args.threads or 'all'}"
+        )
         print(f"{'model':<34} {'cells/s':>8} {'decode s':>9} {'prep s':>7} {'infer s':>8} {'report s':>9}")
         for m in models:
             r = bench(m, folder, args.repeats, args.threads, args.batch)
-            print(f"{m.name:<34} {r['cells_per_s']:>8.1f} {r['decode']:>9.2f} {r['preprocess']:>7.2f} "
-                  f"{r['inference']:>8.2f} {r['report']:>9.2f}")
+            print(
+                f"{m.name:<34} {r['cells_per_s']:>8.1f} {r['decode']:>9.2f} {r['preprocess']:>7.2f} "
+                f"{r['inference']:>8.2f} {r['report']:>9.2f}"
+            )
 
 
 if __name__ == "__main__":

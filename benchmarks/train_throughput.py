@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import machine
 
 
 def main() -> None:
@@ -64,7 +64,9 @@ def main() -> None:
             if step >= args.warmup:
                 times.append(time.perf_counter() - t0)
         med = statistics.median(times)
-        print(f"{size} px, batch {args.batch}: {args.batch / med:.1f} images/s (median step {med * 1000:.0f} ms, {len(times)} steps)")
+        print(
+            f"{size} px, batch {args.batch}: {args.batch / med:.1f} images/s (median step {med * 1000:.0f} ms, {len(times)} steps)"
+        )
 
 
 if __name__ == "__main__":

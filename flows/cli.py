@@ -166,9 +166,9 @@ def _direct_runner(model: Path | None, settings):
     def run(folder: Path, out: Path):
         clf = load_classifier(model, settings.threads)
         inv = scan_sample(folder, settings)
-        classified = classify_candidates(inv.candidates, clf, settings)
+        classified = classify_candidates(inv.candidates, clf, settings, image_type=inv.metadata.image_type)
         result = summarise(inv, classified, clf, settings)
-        return result, write_reports(result, classified.thumbnails, out)
+        return result, write_reports(result, classified.thumbnails, out, classified.overviews)
 
     return run
 
@@ -230,6 +230,65 @@ def classify(
             typer.echo(f"{line['label']:<13} {line['confidence']:.3f}  {line['file']}")
         else:
             typer.echo(f"{'REJECTED':<13} {'':5}  {line['file']}: {line['error']}")
+
+
+@app.command()
+def locate(
+    images: Annotated[list[Path], typer.Argument(help="Smear field images.")],
+    model: Annotated[Path | None, typer.Option(help="Model for the crops (default: the model in use).")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per image.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
+) -> None:
+    """Find the white cells in field images, classify each crop, print boxes (x0, y0, x1, y1)."""
+    from wbcproc.discovery import Candidate, check_image_header, display_name
+    from wbcproc.fields import crop_cell
+    from wbcproc.fields import locate as locate_cells
+    from wbcproc.imageio import ImageRejected, read_image
+    from wbcproc.model import ModelError, load_classifier
+    from wbcproc.preprocess import prepare_image, to_input
+
+    settings = _load_settings(config)
+    try:
+        clf = load_classifier(model, settings.threads)
+    except ModelError as exc:
+        if model is not None:
+            raise _fail(str(exc)) from None
+        clf = None
+        typer.echo(f"wbc: no model, boxes only (label and confidence are null): {exc}".splitlines()[0], err=True)
+    import numpy as np
+
+    for path in images:
+        name = display_name(str(path))
+        head = check_image_header(path, name, settings)
+        if not isinstance(head, Candidate):
+            line: dict[str, Any] = {"file": name, "cells": [], "error": head.reason}
+        else:
+            try:
+                bgr = read_image(path).bgr
+            except ImageRejected as exc:
+                line = {"file": name, "cells": [], "error": exc.reason}
+            else:
+                res = locate_cells(bgr)
+                cells = []
+                crops = [crop_cell(bgr, d, res.rbc_diameter_px) for d in res.detections]
+                probs = None
+                if clf is not None and crops:
+                    spec = clf.info.preprocess
+                    probs = clf.probabilities(to_input(np.stack([prepare_image(c, spec) for c in crops]), spec))
+                for i, d in enumerate(res.detections):
+                    cell = {"box": list(d.box), "score": d.score, "label": None, "confidence": None, "edge": d.edge}
+                    if probs is not None:
+                        k = int(probs[i].argmax())
+                        cell.update(label=clf.info.classes[k], confidence=round(float(probs[i, k]), 4))
+                    cells.append(cell)
+                line = {"file": name, "cells": cells, "rbc_diameter_px": round(res.rbc_diameter_px, 1)}
+        if jsonl:
+            typer.echo(json.dumps(line, ensure_ascii=False))
+        else:
+            shown = ", ".join(
+                f"{c['label'] or 'cell'}{'(edge)' if c['edge'] else ''} {c['box']}" for c in line["cells"]
+            )
+            typer.echo(f"{name}: {line.get('error') or shown or 'no white cells'}")
 
 
 @app.command()

@@ -47,7 +47,7 @@ def validate(folder: str, settings: Settings) -> SampleInventory:
 @task(name="classify", cache_policy=NO_CACHE)
 def classify(inventory: SampleInventory, model: str | None, settings: Settings) -> tuple[Classified, Any]:
     clf = load_classifier(model, settings.threads)
-    classified = classify_candidates(inventory.candidates, clf, settings)
+    classified = classify_candidates(inventory.candidates, clf, settings, image_type=inventory.metadata.image_type)
     get_run_logger().info(
         "classified %d cells with %s %s in %.2f s of inference",
         len(classified.cells),
@@ -71,7 +71,8 @@ def aggregate(inventory: SampleInventory, classified: Classified, clf: Any, sett
     cache_policy=NO_CACHE,
 )
 def write(result: dict[str, Any], classified: Classified, out_dir: str) -> dict[str, str]:
-    return {k: str(v) for k, v in write_reports(result, classified.thumbnails, out_dir).items()}
+    paths = write_reports(result, classified.thumbnails, out_dir, classified.overviews)
+    return {k: str(v) for k, v in paths.items()}
 
 
 def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
             labels[key] = it.label
         else:
             rejected.append({"file": key, "reason": res.reason})
-    classified = classify_candidates(candidates, clf, settings, thumbnails=False)
+    classified = classify_candidates(candidates, clf, settings, thumbnails=False, image_type="cell")
     rejected += [{"file": r.file, "reason": r.reason} for r in classified.rejected]
     y_true = np.array([CLASSES.index(labels[c.file]) for c in classified.cells], dtype=np.int64)
     y_pred = np.array([CLASSES.index(c.label) for c in classified.cells], dtype=np.int64)

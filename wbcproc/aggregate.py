@@ -24,11 +24,14 @@ class CellResult:
     runner_up_confidence: float
     review: bool
     notes: tuple[str, ...] = ()
+    box: tuple[int, int, int, int] | None = None  # for cells found in a field image
+    field: str | None = None  # the field image's file name
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class"] = d.pop("label")
         d["notes"] = list(self.notes)
+        d["box"] = None if self.box is None else list(self.box)
         return d
 
 

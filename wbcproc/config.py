@@ -46,6 +46,7 @@ class ReferenceIntervals:
 class Settings:
     max_pixels: int = 50_000_000
     min_side_px: int = 32
+    field_min_px: int = 600
     batch_size: int = 32
     threads: int = 0
     review_threshold: float | None = None
@@ -125,7 +126,7 @@ def load_reference_intervals(path: str | Path | None = None) -> ReferenceInterva
 
 
 _KNOWN = {
-    "input": {"max_pixels", "min_side_px"},
+    "input": {"max_pixels", "min_side_px", "field_min_px"},
     "inference": {"batch_size", "threads", "review_threshold"},
     "flags": {"min_wbc", "max_review_share"},
     "reference": {"file"},
@@ -169,6 +170,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     settings = Settings(
         max_pixels=int(inp["max_pixels"]),
         min_side_px=int(inp["min_side_px"]),
+        field_min_px=int(inp["field_min_px"]),
         batch_size=int(inf["batch_size"]),
         threads=int(inf["threads"]),
         review_threshold=(None if inf.get("review_threshold") is None else float(inf["review_threshold"])),

@@ -37,6 +37,7 @@ METADATA_KEYS = {
     "wbc_count": "analyser WBC count, x10^9/L (enables absolute counts)",
     "age_group": "patient age group, e.g. 'adult' (selects reference intervals when configured)",
     "notes": "free text",
+    "image_type": "'cell' (single-cell crops), 'field' (smear fields) or 'auto' (by image size; default)",
 }
 
 
@@ -88,6 +89,7 @@ class SampleMetadata:
     wbc_count: float | None = None
     age_group: str | None = None
     notes: str | None = None
+    image_type: str = "auto"
     unknown: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     present: bool = False
@@ -98,6 +100,7 @@ class SampleMetadata:
             "wbc_count": self.wbc_count,
             "age_group": self.age_group,
             "notes": self.notes,
+            "image_type": self.image_type,
             "unknown_keys": self.unknown,
             "errors": self.errors,
         }
@@ -143,6 +146,11 @@ def read_metadata(path: Path) -> SampleMetadata:
                 meta.age_group = value.strip()
             else:
                 meta.errors.append(f"age_group {value!r} is not a non-empty string")
+        elif key == "image_type":
+            if value in ("cell", "field", "auto"):
+                meta.image_type = value
+            else:
+                meta.errors.append(f"image_type {value!r} is not one of 'cell', 'field', 'auto'; 'auto' used")
         elif key == "notes":
             meta.notes = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         else:

@@ -22,6 +22,7 @@ from wbcproc.aggregate import CellResult, Differential, differential
 from wbcproc.classes import CLASSES, WBC_CLASSES
 from wbcproc.config import Settings, load_settings
 from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
+from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import interval_flags, sample_flags
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
@@ -36,6 +37,19 @@ class Classified:
     rejected: list[Rejected]
     thumbnails: dict[str, bytes]
     timings: dict[str, float] = field(default_factory=dict)
+    fields: list[dict[str, Any]] = field(default_factory=list)
+    overviews: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class _Unit:
+    """One cell image to classify: a whole single-cell file, or a crop from a field."""
+
+    name: str
+    bgr: np.ndarray
+    notes: tuple[str, ...]
+    box: tuple[int, int, int, int] | None = None
+    field: str | None = None
 
 
 def _thumbnail(bgr: np.ndarray) -> bytes:
@@ -46,9 +60,53 @@ def _thumbnail(bgr: np.ndarray) -> bytes:
     return buf.tobytes() if ok else b""
 
 
-def _batches(items: list[Candidate], size: int) -> Iterator[list[Candidate]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def is_field(cand: Candidate, settings: Settings, image_type: str = "auto") -> bool:
+    """Single-cell crop or smear field: sample metadata decides, else the image size."""
+    if image_type in ("cell", "field"):
+        return image_type == "field"
+    return max(cand.width, cand.height) >= settings.field_min_px
+
+
+def _units(
+    candidates: list[Candidate],
+    settings: Settings,
+    image_type: str,
+    rejected: list[Rejected],
+    fields_out: list[dict[str, Any]],
+    t: dict[str, float],
+) -> Iterator[_Unit]:
+    for cand in candidates:
+        t0 = time.perf_counter()
+        try:
+            decoded = read_image(cand.path)
+        except ImageRejected as exc:
+            rejected.append(Rejected(cand.file, exc.reason, exc.code))
+            t["decode"] += time.perf_counter() - t0
+            continue
+        t["decode"] += time.perf_counter() - t0
+        if not is_field(cand, settings, image_type):
+            yield _Unit(cand.file, decoded.bgr, decoded.notes)
+            continue
+        t1 = time.perf_counter()
+        res = locate(decoded.bgr)
+        t["locate"] = t.get("locate", 0.0) + time.perf_counter() - t1
+        counted = [d for d in res.detections if not d.edge]
+        fields_out.append(
+            {
+                "file": cand.file,
+                "rbc_diameter_px": round(res.rbc_diameter_px, 1),
+                "scale_measured": res.scale_measured,
+                "detections": [{"box": list(d.box), "score": d.score, "edge": d.edge} for d in res.detections],
+                "counted": len(counted),
+                "edge_not_counted": len(res.detections) - len(counted),
+                "_bgr": decoded.bgr,
+            }
+        )
+        if not counted and not res.detections:
+            fields_out[-1]["note"] = "no white cell found in this field"
+        for i, det in enumerate(counted, start=1):
+            crop = crop_cell(decoded.bgr, det, res.rbc_diameter_px)
+            yield _Unit(f"{cand.file}#{i}", crop, decoded.notes, det.box, cand.file)
 
 
 def classify_candidates(
@@ -57,11 +115,12 @@ def classify_candidates(
     settings: Settings,
     *,
     thumbnails: bool = True,
+    image_type: str = "auto",
     on_batch: Callable[[int], None] | None = None,
 ) -> Classified:
-    """Decode, preprocess and classify in batches; decode failures become rejections.
+    """Decode, (locate,) preprocess and classify in batches; decode failures become rejections.
 
-    Memory stays bounded by one batch of decoded images (plus small thumbnails), whatever the folder size.
+    Memory stays bounded by one batch of decoded cells (plus small thumbnails), whatever the folder size.
     """
     info = classifier.info
     spec = info.preprocess
@@ -69,29 +128,14 @@ def classify_candidates(
     cells: list[CellResult] = []
     rejected: list[Rejected] = []
     thumbs: dict[str, bytes] = {}
+    fields: list[dict[str, Any]] = []
     t = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
-    for batch in _batches(candidates, settings.batch_size):
-        prepared, kept, notes = [], [], []
-        for cand in batch:
-            t0 = time.perf_counter()
-            try:
-                decoded = read_image(cand.path)
-            except ImageRejected as exc:
-                rejected.append(Rejected(cand.file, exc.reason, exc.code))
-                t["decode"] += time.perf_counter() - t0
-                continue
-            t1 = time.perf_counter()
-            t["decode"] += t1 - t0
-            prepared.append(prepare_image(decoded.bgr, spec))
-            if thumbnails:
-                thumbs[cand.file] = _thumbnail(decoded.bgr)
-            t["preprocess"] += time.perf_counter() - t1
-            kept.append(cand)
-            notes.append(decoded.notes)
-        if not kept:
-            if on_batch:
-                on_batch(len(batch))
-            continue
+    batch: list[_Unit] = []
+    prepared: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not batch:
+            return
         t2 = time.perf_counter()
         x = to_input(np.stack(prepared), spec)
         t3 = time.perf_counter()
@@ -99,23 +143,72 @@ def classify_candidates(
         t["preprocess"] += t3 - t2
         t["inference"] += time.perf_counter() - t3
         order = np.argsort(-probs, axis=1)
-        for i, cand in enumerate(kept):
+        for i, unit in enumerate(batch):
             top, second = int(order[i, 0]), int(order[i, 1])
             conf = float(probs[i, top])
             cells.append(
                 CellResult(
-                    file=cand.file,
+                    file=unit.name,
                     label=info.classes[top],
                     confidence=round(conf, 6),
                     runner_up=info.classes[second],
                     runner_up_confidence=round(float(probs[i, second]), 6),
                     review=conf < threshold,
-                    notes=notes[i],
+                    notes=unit.notes,
+                    box=unit.box,
+                    field=unit.field,
                 )
             )
         if on_batch:
             on_batch(len(batch))
-    return Classified(cells, rejected, thumbs, t)
+        batch.clear()
+        prepared.clear()
+
+    for unit in _units(candidates, settings, image_type, rejected, fields, t):
+        t1 = time.perf_counter()
+        prepared.append(prepare_image(unit.bgr, spec))
+        if thumbnails:
+            thumbs[unit.name] = _thumbnail(unit.bgr)
+        t["preprocess"] += time.perf_counter() - t1
+        batch.append(unit)
+        if len(batch) >= settings.batch_size:
+            flush()
+    flush()
+    overviews = {}
+    for f in fields:
+        bgr = f.pop("_bgr")
+        if thumbnails:
+            labels = {c.box: c for c in cells if c.field == f["file"]}
+            overviews[f["file"]] = overview_png(bgr, f["detections"], labels)
+    return Classified(cells, rejected, thumbs, t, fields, overviews)
+
+
+def overview_png(bgr: np.ndarray, detections: list[dict[str, Any]], labels: dict) -> bytes:
+    """The field with each detection's box and class (orange: cut by the border, not counted)."""
+    img = bgr.copy()
+    h, w = img.shape[:2]
+    s = 1200 / max(h, w) if max(h, w) > 1200 else 1.0
+    if s < 1:
+        img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    thick = max(2, round(min(img.shape[:2]) / 200))
+    for d in detections:
+        x0, y0, x1, y1 = (round(v * s) for v in d["box"])
+        cell = labels.get(tuple(d["box"]))
+        colour = (0, 165, 255) if d["edge"] else (0, 160, 0)
+        cv2.rectangle(img, (x0, y0), (x1, y1), colour, thick)
+        text = "edge" if d["edge"] else (f"{cell.label} {cell.confidence:.2f}" if cell else "")
+        cv2.putText(
+            img,
+            text,
+            (x0 + 3, max(12, y0 - 5)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5 * thick / 2,
+            colour,
+            max(1, thick // 2),
+            cv2.LINE_AA,
+        )
+    ok, buf = cv2.imencode(".png", img)
+    return buf.tobytes() if ok else b""
 
 
 def summarise(
@@ -153,6 +246,7 @@ def summarise(
         "review_threshold": threshold,
         "flags": flags,
         "cells": [c.as_dict() for c in classified.cells],
+        "fields": classified.fields,
         "rejected": [{"file": r.file, "reason": r.reason, "code": r.code} for r in rejected],
         "ignored": [{"file": i.file, "reason": i.reason} for i in inventory.ignored],
         "metadata": meta.as_dict(),
@@ -194,6 +288,8 @@ def process_sample(
     settings = settings or load_settings()
     classifier = load_classifier(model, settings.threads)
     inventory = scan_sample(folder, settings)
-    classified = classify_candidates(inventory.candidates, classifier, settings)
+    classified = classify_candidates(
+        inventory.candidates, classifier, settings, image_type=inventory.metadata.image_type
+    )
     result = summarise(inventory, classified, classifier, settings)
-    return write_reports(result, classified.thumbnails, out_dir)
+    return write_reports(result, classified.thumbnails, out_dir, classified.overviews)

@@ -24,12 +24,27 @@ def report_paths(sample_id: str, out_dir: str | Path) -> dict[str, Path]:
     return {"xlsx": out / f"{stem}.xlsx", "fhir": out / f"{stem}.fhir.json", "json": out / f"{stem}.json"}
 
 
-def write_reports(result: dict[str, Any], thumbnails: dict[str, bytes], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``<id>.xlsx``, ``<id>.fhir.json`` and finally ``<id>.json`` into ``out_dir``."""
+def write_reports(
+    result: dict[str, Any],
+    thumbnails: dict[str, bytes],
+    out_dir: str | Path,
+    overviews: dict[str, bytes] | None = None,
+) -> dict[str, Path]:
+    """Write field overviews, ``<id>.xlsx``, ``<id>.fhir.json`` and finally ``<id>.json`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = report_paths(result["sample_id"], out)
-    xlsx = workbook_bytes(result, thumbnails)
+    overviews = overviews or {}
+    if overviews:
+        folder = out / f"{safe_stem(result['sample_id'])}.fields"
+        folder.mkdir(exist_ok=True)
+        for f in result.get("fields", []):
+            png = overviews.get(f["file"])
+            if png:
+                target = folder / f"{safe_stem(f['file'])}.png"
+                atomic_write_bytes(target, png)
+                f["overview"] = str(target.relative_to(out))
+    xlsx = workbook_bytes(result, thumbnails, overviews)
     fhir = fhir_bundle(result)
     atomic_write_bytes(paths["xlsx"], xlsx)
     atomic_write_json(paths["fhir"], fhir)

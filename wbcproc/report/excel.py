@@ -234,12 +234,38 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
     ws.column_dimensions["B"].width = 110
 
 
-def workbook_bytes(result: dict[str, Any], thumbnails: dict[str, bytes]) -> bytes:
+def _fields(ws: Worksheet, r: dict[str, Any], overviews: dict[str, bytes]) -> None:
+    _header(ws, 1, ["Field image", "Red-cell diameter (px)", "Cells counted", "Cut by border (not counted)"])
+    row = 2
+    for f in r["fields"]:
+        put(ws, row, 1, f["file"])
+        put(ws, row, 2, f["rbc_diameter_px"])
+        put(ws, row, 3, f["counted"])
+        put(ws, row, 4, f["edge_not_counted"])
+        row += 1
+        png = overviews.get(f["file"])
+        if png:
+            img = XLImage(io.BytesIO(png))
+            scale = min(1.0, 640 / max(img.width, 1))
+            img.width, img.height = int(img.width * scale), int(img.height * scale)
+            img.anchor = f"A{row}"
+            ws.add_image(img)
+            row += int(img.height / 20) + 2
+    ws.column_dimensions["A"].width = 34
+    for col in "BCD":
+        ws.column_dimensions[col].width = 24
+
+
+def workbook_bytes(
+    result: dict[str, Any], thumbnails: dict[str, bytes], overviews: dict[str, bytes] | None = None
+) -> bytes:
     wb = Workbook()
     ws = wb.active
     ws.title = "Summary"
     _summary(ws, result)
     _cells(wb.create_sheet("Cells"), result, thumbnails)
+    if result.get("fields"):
+        _fields(wb.create_sheet("Fields"), result, overviews or {})
     _rejected(wb.create_sheet("Rejected"), result)
     _about(wb.create_sheet("About"), result)
     buf = io.BytesIO()

@@ -1,0 +1,73 @@
+"""WBC localisation on BCCD fields: recall and precision at IoU >= 0.3 against the VOC WBC boxes, and speed.
+
+    python benchmarks/locate_bccd.py ../shared/data/bccd [--show-errors]
+
+Edge cells count as detections here (the annotations include cells cut by the border).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine
+
+from wbcproc.fields import iou, locate
+
+
+def wbc_boxes(xml: Path) -> list[tuple[int, int, int, int]]:
+    out = []
+    for obj in ET.parse(xml).getroot().iter("object"):
+        if obj.findtext("name") == "WBC":
+            b = obj.find("bndbox")
+            out.append(tuple(int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return out
+
+
+def match(pred, gt, thr=0.3):
+    used, tp = set(), 0
+    for p in pred:
+        best, bj = 0.0, -1
+        for j, g in enumerate(gt):
+            if j not in used and iou(p, g) > best:
+                best, bj = iou(p, g), j
+        if best >= thr:
+            used.add(bj)
+            tp += 1
+    return tp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bccd", type=Path)
+    ap.add_argument("--show-errors", action="store_true")
+    args = ap.parse_args()
+    tp = fp = fn = 0
+    times = []
+    for img_path in sorted((args.bccd / "JPEGImages").glob("*.jpg")):
+        gt = wbc_boxes(args.bccd / "Annotations" / (img_path.stem + ".xml"))
+        img = cv2.imread(str(img_path))
+        t0 = time.perf_counter()
+        res = locate(img)
+        times.append(time.perf_counter() - t0)
+        pred = [d.box for d in res.detections]
+        m = match(pred, gt)
+        tp, fp, fn = tp + m, fp + len(pred) - m, fn + len(gt) - m
+        if args.show_errors and (m < len(gt) or m < len(pred)):
+            print(f"{img_path.name}: gt {gt} pred {pred} rbc {res.rbc_diameter_px:.0f}")
+    print(f"machine: {machine()}")
+    print(
+        f"fields {len(times)}, WBC boxes {tp + fn}: recall {tp / (tp + fn):.3f}, precision {tp / max(1, tp + fp):.3f} "
+        f"(tp {tp}, fp {fp}, fn {fn}); median {1000 * statistics.median(times):.1f} ms/field"
+    )
+
+
+if __name__ == "__main__":
+    main()
