@@ -233,6 +233,48 @@ def classify(
 
 
 @app.command()
+def serve(
+    inbox: Annotated[Path, typer.Option(help="Watched folder: one sub-folder per sample.")],
+    out: Annotated[Path, typer.Option(help="Where reports are written.")],
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 4200,
+    host: Annotated[str, typer.Option(help="Address of the embedded server (loopback by default).")] = "127.0.0.1",
+    home: Annotated[Path | None, typer.Option(help="App home (SQLite, ledger, runs); default $WBC_HOME.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model .onnx (default: the model in use).")] = None,
+    quiet: Annotated[float, typer.Option("--quiet-seconds", min=0.0, help="No change for this long = settled.")] = 5.0,
+    scan: Annotated[float, typer.Option("--scan-seconds", min=0.1, help="Scan interval.")] = 1.0,
+    marker: Annotated[str, typer.Option(help="A file of this name marks a folder complete at once.")] = "READY",
+    polling: Annotated[bool, typer.Option("--polling", help="Poll the inbox (SMB/NFS shares).")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave processed folders in the inbox.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1)] = 2,
+    retrain_cron: Annotated[str, typer.Option("--retrain-cron", help="Cron of the retrain deployment.")] = "0 3 * * 0",
+    train_data: Annotated[list[Path] | None, typer.Option("--train-data", help="Data roots for retraining.")] = None,
+) -> None:
+    """Run the Prefect server + UI, the deployments and the inbox watcher until SIGTERM/SIGINT."""
+    import logging
+
+    from flows.serve import ServeOptions
+    from flows.serve import serve as run_serve
+    from wbcproc.model import ModelError, load_classifier
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
+    try:
+        load_classifier(model)  # refuse to start without a usable model: every run would fail
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+    opts = ServeOptions(inbox=inbox, out=out, port=port, host=host, home=home, config=config, model=model,
+                        quiet_s=quiet, scan_s=scan, marker=marker, polling=polling, move_done=not keep,
+                        concurrency=concurrency, retrain_cron=retrain_cron,
+                        train_data=[str(d) for d in (train_data or [])])
+    try:
+        code = run_serve(opts)
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def locate(
     images: Annotated[list[Path], typer.Argument(help="Smear field images.")],
     model: Annotated[Path | None, typer.Option(help="Model for the crops (default: the model in use).")] = None,

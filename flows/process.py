@@ -70,8 +70,8 @@ def aggregate(inventory: SampleInventory, classified: Classified, clf: Any, sett
     retry_condition_fn=_retry_io,
     cache_policy=NO_CACHE,
 )
-def write(result: dict[str, Any], classified: Classified, out_dir: str) -> dict[str, str]:
-    paths = write_reports(result, classified.thumbnails, out_dir, classified.overviews)
+def write(result: dict[str, Any], classified: Classified, out_dir: str, version: int = 1) -> dict[str, str]:
+    paths = write_reports(result, classified.thumbnails, out_dir, classified.overviews, version)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -121,14 +121,16 @@ def _run_name() -> str:
 
 @flow(name="process-sample", flow_run_name=_run_name, log_prints=False)
 def process_sample_flow(
-    folder: str, out_dir: str, model: str | None = None, config: str | None = None
+    folder: str, out_dir: str, model: str | None = None, config: str | None = None, report_version: int = 1
 ) -> dict[str, Any]:
-    """Classify one sample folder and write its Excel, JSON and FHIR reports."""
+    """Classify one sample folder and write its Excel, JSON and FHIR reports (``report_version`` > 1: a
+    changed re-drop of a sample already reported, written as ``<id>.v<N>.*``)."""
     settings = load_settings(config)
     inventory = validate(folder, settings)
     classified, clf = classify(inventory, model, settings)
     result = aggregate(inventory, classified, clf, settings)
-    paths = write(result, classified, out_dir)
+    result["report_version"] = report_version
+    paths = write(result, classified, out_dir, report_version)
     key = "differential-" + "".join(ch if ch.isalnum() else "-" for ch in result["sample_id"].lower())[:40]
     create_table_artifact(
         key=key.strip("-") or "differential",

@@ -18,9 +18,15 @@ from wbcproc.report.fhir import fhir_bundle
 __all__ = ["atomic_write_bytes", "atomic_write_json", "report_paths", "write_batch_summary", "write_reports"]
 
 
-def report_paths(sample_id: str, out_dir: str | Path) -> dict[str, Path]:
-    out = Path(out_dir)
+def report_stem(sample_id: str, version: int = 1) -> str:
+    """File stem of a sample's reports; a changed re-drop of the same sample is written as ``.v2``, ``.v3``..."""
     stem = safe_stem(sample_id)
+    return stem if version <= 1 else f"{stem}.v{version}"
+
+
+def report_paths(sample_id: str, out_dir: str | Path, version: int = 1) -> dict[str, Path]:
+    out = Path(out_dir)
+    stem = report_stem(sample_id, version)
     return {"xlsx": out / f"{stem}.xlsx", "fhir": out / f"{stem}.fhir.json", "json": out / f"{stem}.json"}
 
 
@@ -29,14 +35,15 @@ def write_reports(
     thumbnails: dict[str, bytes],
     out_dir: str | Path,
     overviews: dict[str, bytes] | None = None,
+    version: int = 1,
 ) -> dict[str, Path]:
     """Write field overviews, ``<id>.xlsx``, ``<id>.fhir.json`` and finally ``<id>.json`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = report_paths(result["sample_id"], out)
+    paths = report_paths(result["sample_id"], out, version)
     overviews = overviews or {}
     if overviews:
-        folder = out / f"{safe_stem(result['sample_id'])}.fields"
+        folder = out / f"{report_stem(result['sample_id'], version)}.fields"
         folder.mkdir(exist_ok=True)
         for f in result.get("fields", []):
             png = overviews.get(f["file"])

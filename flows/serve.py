@@ -1,0 +1,216 @@
+"""``wbc serve``: the embedded default - Prefect server + UI, deployments, runner and inbox watcher.
+
+One process tree:  wbc serve ── prefect server (own process group, SQLite under the app's home)
+                             ├─ Prefect Runner (polls every second, runs flow runs as child processes)
+                             └─ InboxWatcher thread (watchdog + scans, starts deployment runs)
+SIGTERM/SIGINT stop the watcher, the runner (its runs are cancelled and re-run after a restart) and the
+server, then any child left, within 30 s.  With ``PREFECT_API_URL`` set, no server is started and the
+existing one is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wbcproc.registry import app_home
+
+log = logging.getLogger("wbc.serve")
+PROCESS_DEPLOYMENT = "process-sample/process-sample"
+RETRAIN_DEPLOYMENT = "retrain/retrain"
+
+
+@dataclass
+class ServeOptions:
+    inbox: Path
+    out: Path
+    port: int = 4200
+    host: str = "127.0.0.1"
+    home: Path | None = None
+    config: Path | None = None
+    model: Path | None = None
+    quiet_s: float = 5.0
+    scan_s: float = 1.0
+    marker: str = "READY"
+    polling: bool = False
+    move_done: bool = True
+    concurrency: int = 2
+    retrain_cron: str = "0 3 * * 0"
+    train_data: list[str] = field(default_factory=list)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> subprocess.Popen:
+    """``prefect server start`` in its own process group, SQLite under ``home``; waits until healthy."""
+    env = dict(os.environ)
+    env.setdefault("PREFECT_HOME", str(home / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PREFECT_SERVER_API_HOST"] = host
+    env["PREFECT_SERVER_API_PORT"] = str(port)
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    logf = open(home / "prefect-server.log", "ab")  # noqa: SIM115 - the child keeps it open
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+        env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://{host}:{port}/api"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {proc.returncode}; see {home / 'prefect-server.log'}")
+        if _healthy(url):
+            return proc
+        time.sleep(0.5)
+    stop_process_group(proc)
+    raise RuntimeError(f"the Prefect server did not become healthy within {timeout:.0f} s on {url}")
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d.name))
+                out += _children(int(d.name))
+    return out
+
+
+def _kill_children(timeout: float = 10.0) -> None:
+    kids = _children(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for k in kids:
+            try:
+                os.kill(k, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and any(Path(f"/proc/{k}").exists() for k in kids):
+            time.sleep(0.2)
+        kids = [k for k in kids if Path(f"/proc/{k}").exists()]
+        if not kids:
+            return
+
+
+def serve(opts: ServeOptions) -> int:
+    home = Path(opts.home or app_home())
+    home.mkdir(parents=True, exist_ok=True)
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        log.info("starting Prefect server on http://%s:%d (home %s)", opts.host, opts.port, home)
+        server = start_server(home, opts.host, opts.port)
+        os.environ["PREFECT_API_URL"] = f"http://{opts.host}:{opts.port}/api"
+        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    try:
+        return asyncio.run(_serve_async(opts, home))
+    finally:
+        if server is not None:
+            stop_process_group(server)
+        _kill_children()
+
+
+async def _serve_async(opts: ServeOptions, home: Path) -> int:
+    # Prefect is imported only now, after PREFECT_API_URL points at the server.
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.process import process_sample_flow
+    from flows.retrain import retrain_flow
+    from flows.watcher import InboxWatcher
+    from wbcproc.inbox import Ledger
+
+    out = opts.out.resolve()
+    inbox = opts.inbox.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    params = {"out_dir": str(out), "model": None if opts.model is None else str(opts.model),
+              "config": None if opts.config is None else str(opts.config)}
+    proc = await process_sample_flow.ato_deployment(
+        name="process-sample", parameters=params, concurrency_limit=opts.concurrency, tags=["wbc", "sample"],
+        description="Classify one sample folder (started by the inbox watcher).",
+        entrypoint_type=EntrypointType.MODULE_PATH,  # installed code: independent of the working directory
+    )
+    train_data = opts.train_data or [str(home / "training-data")]
+    retr = await retrain_flow.ato_deployment(
+        name="retrain", cron=opts.retrain_cron, concurrency_limit=1, tags=["wbc", "retrain"],
+        parameters={"data": train_data, "runs_dir": str(home / "runs")},
+        description="Weekly refit; promotes only a better model.",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    # one slot more than sample processing allows: a retrain can never take the samples' slots
+    runner = Runner(name="wbc-serve", query_seconds=1, limit=opts.concurrency + 1, pause_on_shutdown=False)
+    for dep in (proc, retr):
+        await runner.aadd_deployment(dep)
+    ledger = Ledger(home / "ledger.sqlite")
+
+    def submit(folder: Path, fp: str, version: int) -> str:
+        run = run_deployment(
+            PROCESS_DEPLOYMENT, parameters={"folder": str(folder), "report_version": version}, timeout=0,
+            idempotency_key=f"{folder.name}:{fp}:{version}", flow_run_name=folder.name,
+        )
+        return str(run.id)
+
+    def state_of(run_id: str) -> tuple[str | None, str | None]:
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(run_id)
+        if fr.state is None:
+            return None, None
+        return fr.state.type.value, fr.state.message
+
+    watcher = InboxWatcher(inbox, ledger, submit, state_of, quiet_s=opts.quiet_s, scan_s=opts.scan_s,
+                           marker=opts.marker, polling=opts.polling, move_done=opts.move_done)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner_task = asyncio.create_task(runner.start())
+    await asyncio.sleep(0)
+    await asyncio.to_thread(watcher.start)
+    print(f"wbc serve: UI http://{opts.host}:{opts.port}  inbox {inbox}  out {out}", flush=True)
+    done, _ = await asyncio.wait({runner_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if runner_task in done and runner_task.exception() is not None:
+        log.error("runner stopped: %s", runner_task.exception())
+        code = 1
+    await asyncio.to_thread(watcher.stop)
+    runner.stop()
+    try:
+        await asyncio.wait_for(runner_task, timeout=15)
+    except (TimeoutError, asyncio.CancelledError, Exception):  # shutting down: report, do not hang
+        runner_task.cancel()
+    ledger.close()
+    print("wbc serve: stopped", flush=True)
+    return code

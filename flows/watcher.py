@@ -1,0 +1,173 @@
+"""The inbox watcher: watchdog events + periodic scans -> settled folders -> deployment runs.
+
+Runs in a thread beside the Prefect runner.  Each settled folder is fingerprinted, looked up in the
+ledger and, when new, started as a run of the ``process-sample`` deployment (named after the sample,
+with an idempotency key) so it appears in the UI.  Finished folders move to ``archive/``, failed ones to
+``failed/`` with the error beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from wbcproc.inbox import Ledger, SettleTracker, fingerprint
+
+log = logging.getLogger("wbc.watcher")
+SPECIAL = {"archive", "failed"}
+DONE_STATES = {"COMPLETED"}
+FAILED_STATES = {"FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class InFlight:
+    fingerprint: str
+    version: int
+    run_id: str
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, inbox: Path, tracker: SettleTracker, wake: threading.Event) -> None:
+        self.inbox, self.tracker, self.wake = inbox, tracker, wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            rel = Path(str(event.src_path)).relative_to(self.inbox)
+        except ValueError:
+            return
+        if rel.parts and rel.parts[0] not in SPECIAL:
+            self.tracker.touch(rel.parts[0])
+            self.wake.set()
+
+
+def _unique(dest: Path) -> Path:
+    if not dest.exists():
+        return dest
+    n = 2
+    while dest.with_name(f"{dest.name}.{n}").exists():
+        n += 1
+    return dest.with_name(f"{dest.name}.{n}")
+
+
+class InboxWatcher:
+    def __init__(
+        self,
+        inbox: Path,
+        ledger: Ledger,
+        submit: Callable[[Path, str, int], str],
+        state_of: Callable[[str], tuple[str | None, str | None]],
+        *,
+        quiet_s: float = 5.0,
+        scan_s: float = 1.0,
+        marker: str = "READY",
+        polling: bool = False,
+        move_done: bool = True,
+    ) -> None:
+        self.inbox = inbox
+        self.ledger = ledger
+        self.submit = submit
+        self.state_of = state_of
+        self.scan_s = scan_s
+        self.marker = marker
+        self.move_done = move_done
+        self.tracker = SettleTracker(quiet_s=quiet_s, marker=marker)
+        self.in_flight: dict[str, InFlight] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._observer = PollingObserver(timeout=scan_s) if polling else Observer()
+        self._thread = threading.Thread(target=self._loop, name="wbc-watcher", daemon=True)
+
+    # --- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        for entry in self.ledger.pending():  # restart: runs submitted before we went down
+            if (self.inbox / entry.folder).is_dir() and entry.flow_run_id:
+                self.in_flight[entry.folder] = InFlight(entry.fingerprint, entry.version, entry.flow_run_id)
+        self._observer.schedule(_Handler(self.inbox, self.tracker, self._wake), str(self.inbox), recursive=True)
+        self._observer.start()
+        self._thread.start()
+        log.info("watching %s (catch-up scan included)", self.inbox)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._observer.stop()
+        self._observer.join(timeout)
+        self._thread.join(timeout)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scan_once()
+            except Exception:  # the watcher must outlive any single bad folder
+                log.exception("inbox scan failed")
+            self._wake.wait(self.scan_s)
+            self._wake.clear()
+
+    def scan_once(self) -> None:
+        for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir()):
+            name = folder.name
+            if name in SPECIAL or name.startswith(".") or name in self.in_flight:
+                continue
+            if self.tracker.check(folder):
+                self._take(folder)
+        for name, inf in list(self.in_flight.items()):
+            state, message = self.state_of(inf.run_id)
+            if state in DONE_STATES:
+                self.ledger.record(name, inf.fingerprint, inf.version, "completed", inf.run_id)
+                self._finish(name, "archive", None)
+            elif state in FAILED_STATES:
+                self.ledger.record(name, inf.fingerprint, inf.version, "failed", inf.run_id, message)
+                self._finish(name, "failed", f"run {inf.run_id} ended {state}: {message or ''}".strip())
+
+    def _take(self, folder: Path) -> None:
+        name = folder.name
+        fp = fingerprint(folder, self.marker)
+        seen = self.ledger.get(name, fp)
+        if seen is not None and seen.state == "completed":
+            log.info("%s: same content already reported (version %d); not processed again", name, seen.version)
+            self._move(folder, "archive", f"{name}.duplicate", None)
+            self.tracker.forget(name)
+            return
+        if seen is not None and seen.state == "submitted" and seen.flow_run_id:
+            self.in_flight[name] = InFlight(fp, seen.version, seen.flow_run_id)
+            return
+        version = seen.version if seen is not None else self.ledger.next_version(name)
+        run_id = self.submit(folder, fp, version)
+        self.ledger.record(name, fp, version, "submitted", run_id)
+        self.in_flight[name] = InFlight(fp, version, run_id)
+        log.info("%s: submitted as run %s (report version %d)", name, run_id, version)
+
+    def _finish(self, name: str, where: str, error: str | None) -> None:
+        self.in_flight.pop(name, None)
+        self.tracker.forget(name)
+        folder = self.inbox / name
+        if folder.is_dir() and (self.move_done or where == "failed"):
+            self._move(folder, where, name, error)
+
+    def _move(self, folder: Path, where: str, dest_name: str, error: str | None) -> None:
+        target_dir = self.inbox / where
+        target_dir.mkdir(exist_ok=True)
+        dest = _unique(target_dir / dest_name)
+        shutil.move(str(folder), str(dest))
+        if error:
+            (dest.parent / f"{dest.name}.error.txt").write_text(error + "\n", encoding="utf-8")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

@@ -1,0 +1,74 @@
+"""Settle rule and ledger (fast, no server)."""
+
+from __future__ import annotations
+
+import shutil
+
+from helpers import copy_cells, fixture_images
+
+from wbcproc.inbox import Ledger, SettleTracker, fingerprint
+
+
+def test_settles_only_after_quiet_and_two_equal_scans(tmp_path):
+    folder = tmp_path / "S"
+    copy_cells(folder, 3)
+    t = SettleTracker(quiet_s=5)
+    assert not t.check(folder, now=0)  # first scan: nothing to compare with
+    assert not t.check(folder, now=3)  # same listing, but not quiet long enough
+    assert t.check(folder, now=5.1)
+    shutil.copy(fixture_images()[5], folder / "late.jpg")  # a file arrives: clock restarts
+    assert not t.check(folder, now=6)
+    assert not t.check(folder, now=10)
+    assert t.check(folder, now=11.1)
+    t.touch("S", now=12)  # a file-system event (e.g. a size change within the same second)
+    assert not t.check(folder, now=15)
+    assert t.check(folder, now=17.1)
+
+
+def test_growing_file_is_not_settled(tmp_path):
+    folder = tmp_path / "S"
+    folder.mkdir()
+    f = folder / "a.jpg"
+    t = SettleTracker(quiet_s=1)
+    for i in range(5):
+        f.write_bytes(b"x" * (i + 1) * 1000)
+        assert not t.check(folder, now=i * 2.0)
+
+
+def test_marker_settles_at_once_and_empty_never(tmp_path):
+    folder = tmp_path / "S"
+    folder.mkdir()
+    t = SettleTracker(quiet_s=100)
+    assert not t.check(folder, now=0) and not t.check(folder, now=500)  # empty folder
+    copy_cells(folder, 2)
+    (folder / "READY").touch()
+    assert t.check(folder, now=501)
+
+
+def test_fingerprint_ignores_marker_and_os_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    copy_cells(a, 3)
+    copy_cells(b, 3)
+    (b / "READY").touch()
+    (b / ".DS_Store").write_bytes(b"junk")
+    assert fingerprint(a) == fingerprint(b)
+    (b / extra_name()).write_bytes(b"1")
+    assert fingerprint(a) != fingerprint(b)
+
+
+def extra_name() -> str:
+    return "extra.jpg"
+
+
+def test_ledger_versions_and_restart(tmp_path):
+    db = tmp_path / "ledger.sqlite"
+    led = Ledger(db)
+    assert led.next_version("S") == 1
+    led.record("S", "fp1", 1, "submitted", "run-1")
+    led.record("S", "fp1", 1, "completed")
+    assert led.get("S", "fp1").state == "completed" and led.get("S", "fp1").flow_run_id == "run-1"
+    assert led.next_version("S") == 2
+    led.record("S", "fp2", 2, "submitted", "run-2")
+    led.close()
+    again = Ledger(db)  # survives a restart
+    assert [(e.folder, e.version) for e in again.pending()] == [("S", 2)]

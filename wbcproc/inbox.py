@@ -1,0 +1,157 @@
+"""The inbox: when has a sample folder fully arrived, has it been seen before, and what became of it.
+
+Pure logic and a small SQLite ledger; the watchdog observer and Prefect wiring live in ``flows/``.
+
+*Settled*: a folder is ready when it holds a marker file (``READY`` by default), or when nothing in it
+changed for ``quiet_s`` seconds *and* two scans ``scan_s`` apart saw the same names, sizes and mtimes.
+A scanner copying file by file over a network share keeps changing sizes and mtimes, so a partial folder
+is never taken.
+
+*Exactly once*: the ledger is keyed by (folder name, content fingerprint).  The same content dropped
+again is recognised and not processed a second time; changed content under the same name gets the next
+version number, so its report is written as a new version, never over the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from wbcproc.discovery import SYSTEM_FILES
+
+Listing = tuple[tuple[str, int, int], ...]
+
+
+def listing(folder: Path) -> Listing:
+    """Names, sizes and mtimes (ns) of a folder's entries; hidden/OS files included (they can be partial)."""
+    out = []
+    with os.scandir(folder) as it:
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            out.append((e.name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
+def fingerprint(folder: Path, marker: str = "READY") -> str:
+    """SHA-256 over the names and contents of the folder's files (not the marker, not OS clutter)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name == marker or name.lower() in SYSTEM_FILES:
+            continue
+        p = folder / name
+        if not p.is_file() or p.is_symlink():
+            h.update(f"{name}\0-\n".encode("utf-8", "surrogateescape"))
+            continue
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        with p.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass
+class SettleTracker:
+    """Per-folder state of the settle rule.  ``touch`` on a file-system event, ``check`` on each scan."""
+
+    quiet_s: float = 5.0
+    marker: str = "READY"
+    _last: dict[str, tuple[Listing, float]] = field(default_factory=dict)
+    _event: dict[str, float] = field(default_factory=dict)
+
+    def touch(self, name: str, now: float | None = None) -> None:
+        self._event[name] = time.monotonic() if now is None else now
+
+    def forget(self, name: str) -> None:
+        self._last.pop(name, None)
+        self._event.pop(name, None)
+
+    def check(self, folder: Path, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        name = folder.name
+        if (folder / self.marker).exists():
+            return True
+        try:
+            current = listing(folder)
+        except FileNotFoundError:
+            self.forget(name)
+            return False
+        previous = self._last.get(name)
+        if previous is None or previous[0] != current:
+            self._last[name] = (current, now)
+            return False
+        quiet_since = max(previous[1], self._event.get(name, 0.0))
+        return bool(current) and now - quiet_since >= self.quiet_s
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    folder: str
+    fingerprint: str
+    version: int
+    state: str  # submitted | completed | failed
+    flow_run_id: str | None
+    updated_at: str
+    message: str | None
+
+
+class Ledger:
+    """SQLite ledger of every folder taken from the inbox (WAL; safe across restarts and kill -9)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS runs (folder TEXT NOT NULL, fingerprint TEXT NOT NULL, version INTEGER NOT NULL,"
+            " state TEXT NOT NULL, flow_run_id TEXT, updated_at TEXT NOT NULL, message TEXT,"
+            " PRIMARY KEY (folder, fingerprint))"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _row(self, r) -> LedgerEntry:
+        return LedgerEntry(*r)
+
+    def get(self, folder: str, fp: str) -> LedgerEntry | None:
+        r = self._db.execute(
+            "SELECT folder, fingerprint, version, state, flow_run_id, updated_at, message FROM runs"
+            " WHERE folder=? AND fingerprint=?", (folder, fp)
+        ).fetchone()
+        return None if r is None else self._row(r)
+
+    def next_version(self, folder: str) -> int:
+        r = self._db.execute("SELECT MAX(version) FROM runs WHERE folder=?", (folder,)).fetchone()
+        return (r[0] or 0) + 1
+
+    def record(self, folder: str, fp: str, version: int, state: str, flow_run_id: str | None = None,
+               message: str | None = None) -> None:
+        self._db.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?) ON CONFLICT(folder, fingerprint) DO UPDATE SET"
+            " state=excluded.state, flow_run_id=COALESCE(excluded.flow_run_id, runs.flow_run_id),"
+            " updated_at=excluded.updated_at, message=excluded.message",
+            (folder, fp, version, state, flow_run_id, datetime.now(UTC).isoformat(timespec="seconds"), message),
+        )
+
+    def pending(self) -> list[LedgerEntry]:
+        rows = self._db.execute(
+            "SELECT folder, fingerprint, version, state, flow_run_id, updated_at, message FROM runs"
+            " WHERE state='submitted'"
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def all(self) -> list[LedgerEntry]:
+        rows = self._db.execute(
+            "SELECT folder, fingerprint, version, state, flow_run_id, updated_at, message FROM runs ORDER BY folder, version"
+        ).fetchall()
+        return [self._row(r) for r in rows]
