@@ -249,6 +249,10 @@ def serve(
     concurrency: Annotated[int, typer.Option(min=1)] = 2,
     retrain_cron: Annotated[str, typer.Option("--retrain-cron", help="Cron of the retrain deployment.")] = "0 3 * * 0",
     train_data: Annotated[list[Path] | None, typer.Option("--train-data", help="Data roots for retraining.")] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(help="Put runs on this process work pool for `wbc worker`s instead of running them here."),
+    ] = None,
 ) -> None:
     """Run the Prefect server + UI, the deployments and the inbox watcher until SIGTERM/SIGINT."""
     import logging
@@ -263,15 +267,61 @@ def serve(
         load_classifier(model)  # refuse to start without a usable model: every run would fail
     except ModelError as exc:
         raise _fail(str(exc)) from None
-    opts = ServeOptions(inbox=inbox, out=out, port=port, host=host, home=home, config=config, model=model,
-                        quiet_s=quiet, scan_s=scan, marker=marker, polling=polling, move_done=not keep,
-                        concurrency=concurrency, retrain_cron=retrain_cron,
-                        train_data=[str(d) for d in (train_data or [])])
+    opts = ServeOptions(
+        inbox=inbox,
+        out=out,
+        port=port,
+        host=host,
+        home=home,
+        config=config,
+        model=model,
+        quiet_s=quiet,
+        scan_s=scan,
+        marker=marker,
+        polling=polling,
+        move_done=not keep,
+        concurrency=concurrency,
+        retrain_cron=retrain_cron,
+        train_data=[str(d) for d in (train_data or [])],
+        pool=pool,
+    )
     try:
         code = run_serve(opts)
     except RuntimeError as exc:
         raise _fail(str(exc)) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="Work pool to pull runs from (as given to `wbc serve --pool`).")] = "wbc",
+    limit: Annotated[int, typer.Option(min=1, help="Runs at a time on this machine.")] = 1,
+    name: Annotated[str | None, typer.Option(help="Worker name shown in the UI (default: host name).")] = None,
+    poll: Annotated[float, typer.Option("--poll-seconds", min=0.5, help="How often to ask for work.")] = 1.0,
+) -> None:
+    """Pull sample runs from a Prefect server (PREFECT_API_URL) and run them here: scale out to N machines."""
+    import socket
+    import sys
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise _fail("set PREFECT_API_URL to the server's API (e.g. http://lab-server:4200/api)", 2)
+    env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS=str(poll), PREFECT_WORKER_PREFETCH_SECONDS="5")
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--limit",
+        str(limit),
+        "--name",
+        name or f"wbc-{socket.gethostname()}",
+    ]
+    os.execve(sys.executable, cmd, env)  # become the worker: signals reach it directly
 
 
 @app.command()

@@ -45,11 +45,22 @@ class ServeOptions:
     concurrency: int = 2
     retrain_cron: str = "0 3 * * 0"
     train_data: list[str] = field(default_factory=list)
+    pool: str | None = None  # work pool: runs are executed by `wbc worker`s (any machine), not in-process
+
+
+def _auth_header() -> dict[str, str]:
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    if not auth:
+        return {}
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
 
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+        req = urllib.request.Request(f"{url}/health", headers=_auth_header())
+        with urllib.request.urlopen(req, timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -67,13 +78,18 @@ def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> su
     logf = open(home / "prefect-server.log", "ab")  # noqa: SIM115 - the child keeps it open
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
-        env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://{host}:{port}/api"
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with code {proc.returncode}; see {home / 'prefect-server.log'}")
+            raise RuntimeError(
+                f"the Prefect server exited with code {proc.returncode}; see {home / 'prefect-server.log'}"
+            )
         if _healthy(url):
             return proc
         time.sleep(0.5)
@@ -124,6 +140,19 @@ def _kill_children(timeout: float = 10.0) -> None:
             return
 
 
+async def ensure_pool(name: str) -> None:
+    """Create the process work pool ``name`` if it does not exist yet."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        try:
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
 def serve(opts: ServeOptions) -> int:
     home = Path(opts.home or app_home())
     home.mkdir(parents=True, exist_ok=True)
@@ -132,6 +161,9 @@ def serve(opts: ServeOptions) -> int:
         log.info("starting Prefect server on http://%s:%d (home %s)", opts.host, opts.port, home)
         server = start_server(home, opts.host, opts.port)
         os.environ["PREFECT_API_URL"] = f"http://{opts.host}:{opts.port}/api"
+        if os.environ.get("PREFECT_SERVER_API_AUTH_STRING") and not os.environ.get("PREFECT_API_AUTH_STRING"):
+            # basic auth on the embedded server: our own clients (runner, watcher, runs) use the same string
+            os.environ["PREFECT_API_AUTH_STRING"] = os.environ["PREFECT_SERVER_API_AUTH_STRING"]
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     try:
         return asyncio.run(_serve_async(opts, home))
@@ -156,30 +188,52 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
     out = opts.out.resolve()
     inbox = opts.inbox.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params = {"out_dir": str(out), "model": None if opts.model is None else str(opts.model),
-              "config": None if opts.config is None else str(opts.config)}
+    params = {
+        "out_dir": str(out),
+        "model": None if opts.model is None else str(opts.model),
+        "config": None if opts.config is None else str(opts.config),
+    }
     proc = await process_sample_flow.ato_deployment(
-        name="process-sample", parameters=params, concurrency_limit=opts.concurrency, tags=["wbc", "sample"],
+        # No deployment-level limit: the runner's `limit` (or each worker's --limit) bounds sample runs; a
+        # deployment limit would be global across workers and makes Prefect re-queue runs ~20 s later.
+        name="process-sample",
+        parameters=params,
+        tags=["wbc", "sample"],
         description="Classify one sample folder (started by the inbox watcher).",
         entrypoint_type=EntrypointType.MODULE_PATH,  # installed code: independent of the working directory
     )
     train_data = opts.train_data or [str(home / "training-data")]
     retr = await retrain_flow.ato_deployment(
-        name="retrain", cron=opts.retrain_cron, concurrency_limit=1, tags=["wbc", "retrain"],
+        name="retrain",
+        cron=opts.retrain_cron,
+        concurrency_limit=1,
+        tags=["wbc", "retrain"],
         parameters={"data": train_data, "runs_dir": str(home / "runs")},
         description="Weekly refit; promotes only a better model.",
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    # one slot more than sample processing allows: a retrain can never take the samples' slots
-    runner = Runner(name="wbc-serve", query_seconds=1, limit=opts.concurrency + 1, pause_on_shutdown=False)
-    for dep in (proc, retr):
-        await runner.aadd_deployment(dep)
+    runner = None
+    if opts.pool:
+        await ensure_pool(opts.pool)
+        await proc.aapply(work_pool_name=opts.pool)
+        await retr.aapply(work_pool_name=opts.pool)
+        log.info(
+            "deployments registered on work pool %r: start workers with `wbc worker --pool %s`", opts.pool, opts.pool
+        )
+    else:
+        # one slot more than sample processing allows: a retrain can never take the samples' slots
+        runner = Runner(name="wbc-serve", query_seconds=1, limit=opts.concurrency + 1, pause_on_shutdown=False)
+        for dep in (proc, retr):
+            await runner.aadd_deployment(dep)
     ledger = Ledger(home / "ledger.sqlite")
 
     def submit(folder: Path, fp: str, version: int) -> str:
         run = run_deployment(
-            PROCESS_DEPLOYMENT, parameters={"folder": str(folder), "report_version": version}, timeout=0,
-            idempotency_key=f"{folder.name}:{fp}:{version}", flow_run_name=folder.name,
+            PROCESS_DEPLOYMENT,
+            parameters={"folder": str(folder), "report_version": version},
+            timeout=0,
+            idempotency_key=f"{folder.name}:{fp}:{version}",
+            flow_run_name=folder.name,
         )
         return str(run.id)
 
@@ -190,13 +244,22 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
             return None, None
         return fr.state.type.value, fr.state.message
 
-    watcher = InboxWatcher(inbox, ledger, submit, state_of, quiet_s=opts.quiet_s, scan_s=opts.scan_s,
-                           marker=opts.marker, polling=opts.polling, move_done=opts.move_done)
+    watcher = InboxWatcher(
+        inbox,
+        ledger,
+        submit,
+        state_of,
+        quiet_s=opts.quiet_s,
+        scan_s=opts.scan_s,
+        marker=opts.marker,
+        polling=opts.polling,
+        move_done=opts.move_done,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner_task = asyncio.create_task(runner.start())
+    runner_task = asyncio.create_task(runner.start() if runner is not None else asyncio.Event().wait())
     await asyncio.sleep(0)
     await asyncio.to_thread(watcher.start)
     print(f"wbc serve: UI http://{opts.host}:{opts.port}  inbox {inbox}  out {out}", flush=True)
@@ -206,7 +269,10 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
         log.error("runner stopped: %s", runner_task.exception())
         code = 1
     await asyncio.to_thread(watcher.stop)
-    runner.stop()
+    if runner is not None:
+        runner.stop()
+    else:
+        runner_task.cancel()
     try:
         await asyncio.wait_for(runner_task, timeout=15)
     except (TimeoutError, asyncio.CancelledError, Exception):  # shutting down: report, do not hang

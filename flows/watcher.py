@@ -12,6 +12,7 @@ import logging
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,12 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from wbcproc.inbox import Ledger, SettleTracker, fingerprint
+from wbcproc.inbox import Ledger, Listing, SettleTracker, fingerprint, listing
 
 log = logging.getLogger("wbc.watcher")
+# watchdog's inotify backend warns when a watched sub-folder is moved away and a new one of the same name
+# arrives (exactly what an inbox does); it re-registers the watch, so the warning carries no information.
+warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning)
 SPECIAL = {"archive", "failed"}
 DONE_STATES = {"COMPLETED"}
 FAILED_STATES = {"FAILED", "CRASHED", "CANCELLED"}
@@ -81,6 +85,7 @@ class InboxWatcher:
         self.move_done = move_done
         self.tracker = SettleTracker(quiet_s=quiet_s, marker=marker)
         self.in_flight: dict[str, InFlight] = {}
+        self.kept: dict[str, Listing] = {}  # processed folders left in place (move_done=False), as last seen
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._observer = PollingObserver(timeout=scan_s) if polling else Observer()
@@ -119,6 +124,13 @@ class InboxWatcher:
             name = folder.name
             if name in SPECIAL or name.startswith(".") or name in self.in_flight:
                 continue
+            if name in self.kept:
+                try:
+                    if listing(folder) == self.kept[name]:
+                        continue  # already reported and unchanged
+                except FileNotFoundError:
+                    continue
+                del self.kept[name]
             if self.tracker.check(folder):
                 self._take(folder)
         for name, inf in list(self.in_flight.items()):
@@ -136,7 +148,10 @@ class InboxWatcher:
         seen = self.ledger.get(name, fp)
         if seen is not None and seen.state == "completed":
             log.info("%s: same content already reported (version %d); not processed again", name, seen.version)
-            self._move(folder, "archive", f"{name}.duplicate", None)
+            if self.move_done:
+                self._move(folder, "archive", f"{name}.duplicate", None)
+            else:
+                self.kept[name] = listing(folder)
             self.tracker.forget(name)
             return
         if seen is not None and seen.state == "submitted" and seen.flow_run_id:
@@ -154,6 +169,8 @@ class InboxWatcher:
         folder = self.inbox / name
         if folder.is_dir() and (self.move_done or where == "failed"):
             self._move(folder, where, name, error)
+        elif folder.is_dir():
+            self.kept[name] = listing(folder)
 
     def _move(self, folder: Path, where: str, dest_name: str, error: str | None) -> None:
         target_dir = self.inbox / where

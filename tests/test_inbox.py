@@ -72,3 +72,47 @@ def test_ledger_versions_and_restart(tmp_path):
     led.close()
     again = Ledger(db)  # survives a restart
     assert [(e.folder, e.version) for e in again.pending()] == [("S", 2)]
+
+
+def _watcher(tmp_path, **kw):
+    """The watcher's decisions with the Prefect boundary replaced by a record of submitted runs (the real
+    deployment path is tested end to end in test_serve.py)."""
+    from flows.watcher import InboxWatcher
+
+    runs: dict[str, str] = {}
+
+    def submit(folder, fp, version):
+        runs[f"run-{len(runs)}"] = f"{folder.name}:v{version}"
+        return f"run-{len(runs) - 1}"
+
+    w = InboxWatcher(
+        tmp_path / "inbox", Ledger(tmp_path / "l.sqlite"), submit, lambda rid: ("COMPLETED", None), quiet_s=0, **kw
+    )
+    (tmp_path / "inbox").mkdir()
+    return w, runs
+
+
+def test_kept_folders_are_not_taken_for_duplicates(tmp_path):
+    w, runs = _watcher(tmp_path, move_done=False)
+    copy_cells(tmp_path / "inbox" / "K", 3)
+    for _ in range(6):
+        w.scan_once()
+    assert list(runs.values()) == ["K:v1"]
+    assert (tmp_path / "inbox" / "K").is_dir() and not (tmp_path / "inbox" / "archive").exists()
+    shutil.copy(fixture_images()[10], tmp_path / "inbox" / "K" / "more.jpg")  # changed in place: new version
+    for _ in range(4):
+        w.scan_once()
+    assert list(runs.values()) == ["K:v1", "K:v2"]
+
+
+def test_done_folders_are_archived_and_duplicates_recognised(tmp_path):
+    w, runs = _watcher(tmp_path)
+    copy_cells(tmp_path / "inbox" / "A", 3)
+    for _ in range(4):
+        w.scan_once()
+    assert (tmp_path / "inbox" / "archive" / "A").is_dir()
+    copy_cells(tmp_path / "inbox" / "A", 3)
+    for _ in range(4):
+        w.scan_once()
+    assert list(runs.values()) == ["A:v1"]
+    assert (tmp_path / "inbox" / "archive" / "A.duplicate").is_dir()

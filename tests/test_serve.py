@@ -48,9 +48,26 @@ class Serve:
         env.update(WBC_HOME=str(self.home), PREFECT_HOME=str(self.root / "prefect"), WBC_MODEL=str(self.model))
         self.log = open(self.root / f"serve-{time.time():.0f}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [WBC, "serve", "--inbox", str(self.inbox), "--out", str(self.out), "--port", str(self.port),
-             "--quiet-seconds", "2", "--scan-seconds", "0.5", "--retrain-cron", "0 4 * * 1"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                WBC,
+                "serve",
+                "--inbox",
+                str(self.inbox),
+                "--out",
+                str(self.out),
+                "--port",
+                str(self.port),
+                "--quiet-seconds",
+                "2",
+                "--scan-seconds",
+                "0.5",
+                "--retrain-cron",
+                "0 4 * * 1",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         assert _wait(lambda: "wbc serve: UI" in self.text(), 150), self.text()[-3000:]
 
@@ -58,9 +75,12 @@ class Serve:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("serve-*.log")))
 
     def api(self, path: str, body: dict | None = None):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/api{path}",
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST" if body is not None else "GET",
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
@@ -100,8 +120,13 @@ def test_marker_file_and_ui_run(served):
     (dest / "READY").touch()
     assert _wait(lambda: (served.out / "MARK-1.json").exists(), 60)
     runs = served.api("/flow_runs/filter", {"flow_runs": {"name": {"any_": ["MARK-1"]}}})
-    assert _wait(lambda: served.api("/flow_runs/filter", {"flow_runs": {"name": {"any_": ["MARK-1"]}}})[0]["state_type"]
-                 == "COMPLETED", 30)
+    assert _wait(
+        lambda: (
+            served.api("/flow_runs/filter", {"flow_runs": {"name": {"any_": ["MARK-1"]}}})[0]["state_type"]
+            == "COMPLETED"
+        ),
+        30,
+    )
     assert runs and runs[0]["name"] == "MARK-1"
     arts = served.api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}})
     assert {a["type"] for a in arts} == {"table", "markdown"}
@@ -142,3 +167,129 @@ def test_sigterm_stops_everything_and_restart_catches_up(served):
     copy_cells(served.inbox / "LATE-1", 3)  # arrives while the service is down
     served.start()
     assert _wait(lambda: (served.out / "LATE-1.json").exists(), 60), served.text()[-3000:]
+
+
+def test_two_workers_share_20_folders(tmp_path, tiny_model):
+    """Scale-out: serve puts runs on a work pool, two process workers pull them; each folder exactly once."""
+    root = tmp_path
+    s = Serve(root, tiny_model)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(WBC_HOME=str(s.home), PREFECT_HOME=str(root / "prefect"), WBC_MODEL=str(tiny_model))
+    s.log = open(root / "serve-pool.log", "w")  # noqa: SIM115
+    s.proc = subprocess.Popen(
+        [
+            WBC,
+            "serve",
+            "--inbox",
+            str(s.inbox),
+            "--out",
+            str(s.out),
+            "--port",
+            str(s.port),
+            "--pool",
+            "wbc-test",
+            "--quiet-seconds",
+            "1",
+            "--scan-seconds",
+            "0.5",
+        ],
+        env=env,
+        stdout=s.log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    workers = []
+    try:
+        assert _wait(lambda: "wbc serve: UI" in s.text(), 150), s.text()[-3000:]
+        wenv = dict(env, PREFECT_API_URL=f"http://127.0.0.1:{s.port}/api")
+        for name in ("w1", "w2"):
+            log = open(root / f"{name}.log", "w")  # noqa: SIM115
+            workers.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        [WBC, "worker", "--pool", "wbc-test", "--name", name, "--limit", "2"],
+                        env=wenv,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ),
+                )
+            )
+        stage = root / "stage"
+        images = fixture_images()
+        for i in range(20):
+            d = stage / f"B{i:02d}"
+            d.mkdir(parents=True)
+            for p in images[i % 5 : i % 5 + 3]:
+                shutil.copy(p, d / p.name)
+            (d / "READY").touch()
+        s.inbox.mkdir(parents=True, exist_ok=True)
+        for d in sorted(stage.iterdir()):  # dropped at once
+            d.rename(s.inbox / d.name)
+        done = lambda: len([p for p in s.out.glob("B*.json") if not p.name.endswith(".fhir.json")])  # noqa: E731
+        assert _wait(lambda: done() == 20, 400), (done(), s.text()[-2000:])
+        assert sorted(p.name for p in s.out.glob("B*.json") if ".fhir" not in p.name) == [
+            f"B{i:02d}.json" for i in range(20)
+        ]
+        runs_by = {name: (root / f"{name}.log").read_text().count("submitted to infrastructure") for name, _ in workers}
+        assert all(n > 0 for n in runs_by.values()), runs_by  # both workers took runs
+        assert sum(runs_by.values()) == 20
+    finally:
+        for _, w in workers:
+            os.killpg(w.pid, signal.SIGTERM)
+        for _, w in workers:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(w.pid, signal.SIGKILL)
+        if s.proc.poll() is None:
+            s.stop()
+
+
+def test_basic_auth(tmp_path, tiny_model):
+    """With PREFECT_SERVER_API_AUTH_STRING the API refuses requests without credentials, and the watcher,
+    runner and runs still work end to end."""
+    import base64
+    import urllib.error
+
+    s = Serve(tmp_path, tiny_model)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        WBC_HOME=str(s.home),
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        WBC_MODEL=str(tiny_model),
+        PREFECT_SERVER_API_AUTH_STRING="labadmin:s3cret",
+    )
+    s.log = open(tmp_path / "serve-auth.log", "w")  # noqa: SIM115
+    s.proc = subprocess.Popen(
+        [WBC, "serve", "--inbox", str(s.inbox), "--out", str(s.out), "--port", str(s.port), "--quiet-seconds", "1"],
+        env=env,
+        stdout=s.log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert _wait(lambda: "wbc serve: UI" in s.text(), 150), s.text()[-3000:]
+        url = f"http://127.0.0.1:{s.port}/api/flows/filter"
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(
+                urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}),
+                timeout=10,
+            )
+        assert exc.value.code == 401
+        good = base64.b64encode(b"labadmin:s3cret").decode()
+        req = urllib.request.Request(
+            url,
+            data=b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {good}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+        copy_cells(s.inbox / "AUTH-1", 3)
+        assert _wait(lambda: (s.out / "AUTH-1.json").exists(), 90), s.text()[-3000:]
+        assert "s3cret" not in (s.out / "AUTH-1.json").read_text()
+    finally:
+        if s.proc.poll() is None:
+            s.stop()

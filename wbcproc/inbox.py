@@ -126,7 +126,8 @@ class Ledger:
     def get(self, folder: str, fp: str) -> LedgerEntry | None:
         r = self._db.execute(
             "SELECT folder, fingerprint, version, state, flow_run_id, updated_at, message FROM runs"
-            " WHERE folder=? AND fingerprint=?", (folder, fp)
+            " WHERE folder=? AND fingerprint=?",
+            (folder, fp),
         ).fetchone()
         return None if r is None else self._row(r)
 
@@ -134,8 +135,9 @@ class Ledger:
         r = self._db.execute("SELECT MAX(version) FROM runs WHERE folder=?", (folder,)).fetchone()
         return (r[0] or 0) + 1
 
-    def record(self, folder: str, fp: str, version: int, state: str, flow_run_id: str | None = None,
-               message: str | None = None) -> None:
+    def record(
+        self, folder: str, fp: str, version: int, state: str, flow_run_id: str | None = None, message: str | None = None
+    ) -> None:
         self._db.execute(
             "INSERT INTO runs VALUES (?,?,?,?,?,?,?) ON CONFLICT(folder, fingerprint) DO UPDATE SET"
             " state=excluded.state, flow_run_id=COALESCE(excluded.flow_run_id, runs.flow_run_id),"

@@ -1,0 +1,140 @@
+"""Seconds from the last file of a sample written into the inbox to its report present, with `wbc serve`.
+
+    python benchmarks/drop_to_report.py [--model M.onnx | --random-resnet50 128] [--cells 100] [--trials 5]
+                                        [--quiet-seconds 2] [--marker]
+
+Starts `wbc serve` (embedded server, runner, watcher) on a free port with a fresh home, copies a
+``--cells`` folder into the inbox one file at a time, and times last-file -> ``<id>.json``.  With
+``--marker`` a READY file is written after the images (no quiet period to wait).  Prints p50/p95 and
+checks that the served report equals `wbc process` on the same folder (all fields but times/versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine
+
+REPO = Path(__file__).resolve().parents[1]
+WBC = str(Path(sys.executable).parent / "wbc")
+VOLATILE = {"processed_at", "report_version"}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _comparable(path: Path) -> dict:
+    d = json.loads(path.read_text())
+    return {k: v for k, v in d.items() if k not in VOLATILE}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--random-resnet50", type=int, metavar="SIZE")
+    ap.add_argument("--images", type=Path, default=REPO / "tests" / "fixtures" / "cells")
+    ap.add_argument("--cells", type=int, default=100)
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--quiet-seconds", type=float, default=2.0)
+    ap.add_argument("--marker", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="wbc-d2r-"))
+    model = args.model
+    if model is None:
+        from classify import random_resnet50
+
+        model = random_resnet50(args.random_resnet50 or 128, tmp, False, args.images)[0]
+    files = sorted(p for p in args.images.rglob("*.jpg"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(WBC_HOME=str(tmp / "home"), PREFECT_HOME=str(tmp / "prefect"), WBC_MODEL=str(model))
+    port = _port()
+    log = open(tmp / "serve.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            WBC,
+            "serve",
+            "--inbox",
+            str(tmp / "inbox"),
+            "--out",
+            str(tmp / "out"),
+            "--port",
+            str(port),
+            "--quiet-seconds",
+            str(args.quiet_seconds),
+            "--scan-seconds",
+            "0.25",
+            "--keep",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        end = time.monotonic() + 180
+        while "wbc serve: UI" not in (tmp / "serve.log").read_text():
+            if time.monotonic() > end or proc.poll() is not None:
+                raise SystemExit((tmp / "serve.log").read_text()[-3000:])
+            time.sleep(0.5)
+        lat = []
+        for t in range(args.trials):
+            folder = tmp / "inbox" / f"D2R-{t}"
+            folder.mkdir(parents=True)
+            for i in range(args.cells):
+                shutil.copy(files[i % len(files)], folder / f"c{i:04d}.jpg")
+            if args.marker:
+                (folder / "READY").touch()
+            t0 = time.monotonic()
+            report = tmp / "out" / f"D2R-{t}.json"
+            while not report.exists():
+                if time.monotonic() - t0 > 300:
+                    raise SystemExit(f"no report after 300 s; log: {(tmp / 'serve.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+            lat.append(time.monotonic() - t0)
+            print(f"trial {t + 1}: {lat[-1]:.2f} s", flush=True)
+        # same content as `wbc process`
+        ref_out = tmp / "ref"
+        r = subprocess.run(
+            [WBC, "process", str(tmp / "inbox" / "D2R-0"), "--out", str(ref_out), "--model", str(model)],
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if not (ref_out / "D2R-0.json").exists():
+            raise SystemExit(f"wbc process failed: {r.stderr}")
+        served = _comparable(tmp / "out" / "D2R-0.json")
+        direct = _comparable(ref_out / "D2R-0.json")
+        served["config"].pop("source", None)
+        direct["config"].pop("source", None)
+        same = served == direct
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    lat.sort()
+    p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+    print(f"machine: {machine()}")
+    print(
+        f"{args.cells} cells, {args.trials} trials, {'READY marker' if args.marker else f'quiet {args.quiet_seconds:g} s'}: "
+        f"p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s; report identical to `wbc process`: {same}"
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
