@@ -11,6 +11,7 @@ existing one is used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -128,10 +129,8 @@ def _kill_children(timeout: float = 10.0) -> None:
     kids = _children(os.getpid())
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for k in kids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(k, sig)
-            except ProcessLookupError:
-                pass
         end = time.monotonic() + timeout
         while time.monotonic() < end and any(Path(f"/proc/{k}").exists() for k in kids):
             time.sleep(0.2)
@@ -147,10 +146,8 @@ async def ensure_pool(name: str) -> None:
     from prefect.exceptions import ObjectAlreadyExists
 
     async with get_client() as client:
-        try:
+        with contextlib.suppress(ObjectAlreadyExists):
             await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-        except ObjectAlreadyExists:
-            pass
 
 
 def serve(opts: ServeOptions) -> int:
