@@ -139,6 +139,13 @@ def _kill_children(timeout: float = 10.0) -> None:
             return
 
 
+def _remove_stale_temp_files(out: Path) -> None:
+    """Temp files of report writes interrupted by a crash (hidden ``.<name>.*.tmp``; never a final name)."""
+    for p in out.rglob(".*.tmp"):
+        log.info("removing %s left by an interrupted report write", p)
+        p.unlink(missing_ok=True)
+
+
 async def ensure_pool(name: str) -> None:
     """Create the process work pool ``name`` if it does not exist yet."""
     from prefect.client.orchestration import get_client
@@ -224,15 +231,21 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
             await runner.aadd_deployment(dep)
     ledger = Ledger(home / "ledger.sqlite")
 
-    def submit(folder: Path, fp: str, version: int) -> str:
+    def submit(folder: Path, fp: str, version: int, attempt: str) -> str:
         run = run_deployment(
             PROCESS_DEPLOYMENT,
             parameters={"folder": str(folder), "report_version": version},
             timeout=0,
-            idempotency_key=f"{folder.name}:{fp}:{version}",
+            idempotency_key=f"{folder.name}:{fp}:{version}:{attempt}",
             flow_run_name=folder.name,
         )
         return str(run.id)
+
+    def crash(run_id: str, message: str) -> None:
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run_id, Crashed(message=message), force=True)
 
     def state_of(run_id: str) -> tuple[str | None, str | None]:
         with get_client(sync_client=True) as client:
@@ -241,6 +254,7 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
             return None, None
         return fr.state.type.value, fr.state.message
 
+    _remove_stale_temp_files(out)
     watcher = InboxWatcher(
         inbox,
         ledger,
@@ -251,6 +265,7 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
         marker=opts.marker,
         polling=opts.polling,
         move_done=opts.move_done,
+        crash=None if opts.pool else crash,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ warnings.filterwarnings("ignore", message="Callback with id .* already exists", 
 SPECIAL = {"archive", "failed"}
 DONE_STATES = {"COMPLETED"}
 FAILED_STATES = {"FAILED", "CRASHED", "CANCELLED"}
+STALE_STATES = {"RUNNING", "PENDING", "CANCELLING"}
 
 
 @dataclass
@@ -67,7 +68,7 @@ class InboxWatcher:
         self,
         inbox: Path,
         ledger: Ledger,
-        submit: Callable[[Path, str, int], str],
+        submit: Callable[[Path, str, int, str], str],
         state_of: Callable[[str], tuple[str | None, str | None]],
         *,
         quiet_s: float = 5.0,
@@ -75,6 +76,7 @@ class InboxWatcher:
         marker: str = "READY",
         polling: bool = False,
         move_done: bool = True,
+        crash: Callable[[str, str], None] | None = None,
     ) -> None:
         self.inbox = inbox
         self.ledger = ledger
@@ -83,6 +85,7 @@ class InboxWatcher:
         self.scan_s = scan_s
         self.marker = marker
         self.move_done = move_done
+        self.crash = crash  # set: runs found RUNNING/PENDING at start belonged to a dead runner (embedded mode)
         self.tracker = SettleTracker(quiet_s=quiet_s, marker=marker)
         self.in_flight: dict[str, InFlight] = {}
         self.kept: dict[str, Listing] = {}  # processed folders left in place (move_done=False), as last seen
@@ -95,8 +98,24 @@ class InboxWatcher:
     def start(self) -> None:
         self.inbox.mkdir(parents=True, exist_ok=True)
         for entry in self.ledger.pending():  # restart: runs submitted before we went down
-            if (self.inbox / entry.folder).is_dir() and entry.flow_run_id:
-                self.in_flight[entry.folder] = InFlight(entry.fingerprint, entry.version, entry.flow_run_id)
+            folder = self.inbox / entry.folder
+            if not folder.is_dir() or not entry.flow_run_id:
+                continue
+            run_id = entry.flow_run_id
+            state, _ = self.state_of(run_id)
+            if self.crash is not None and state in STALE_STATES:
+                # the process that ran it died with us (kill -9, power loss): mark it and run the sample again
+                self.crash(run_id, "the wbc serve process running it stopped; the sample is run again")
+                run_id = self.submit(folder, entry.fingerprint, entry.version, f"restart-{int(time.time())}")
+                self.ledger.record(entry.folder, entry.fingerprint, entry.version, "submitted", run_id)
+                log.info(
+                    "%s: run %s was left %s by a stopped service; resubmitted as %s",
+                    entry.folder,
+                    entry.flow_run_id,
+                    state,
+                    run_id,
+                )
+            self.in_flight[entry.folder] = InFlight(entry.fingerprint, entry.version, run_id)
         self._observer.schedule(_Handler(self.inbox, self.tracker, self._wake), str(self.inbox), recursive=True)
         self._observer.start()
         self._thread.start()
@@ -158,7 +177,7 @@ class InboxWatcher:
             self.in_flight[name] = InFlight(fp, seen.version, seen.flow_run_id)
             return
         version = seen.version if seen is not None else self.ledger.next_version(name)
-        run_id = self.submit(folder, fp, version)
+        run_id = self.submit(folder, fp, version, "")
         self.ledger.record(name, fp, version, "submitted", run_id)
         self.in_flight[name] = InFlight(fp, version, run_id)
         log.info("%s: submitted as run %s (report version %d)", name, run_id, version)

@@ -81,7 +81,7 @@ def _watcher(tmp_path, **kw):
 
     runs: dict[str, str] = {}
 
-    def submit(folder, fp, version):
+    def submit(folder, fp, version, attempt):
         runs[f"run-{len(runs)}"] = f"{folder.name}:v{version}"
         return f"run-{len(runs) - 1}"
 

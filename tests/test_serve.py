@@ -293,3 +293,39 @@ def test_basic_auth(tmp_path, tiny_model):
     finally:
         if s.proc.poll() is None:
             s.stop()
+
+
+def test_kill9_mid_sample_then_restart_gives_one_report(tmp_path, tiny_model):
+    """kill -9 of the whole service while a sample is in flight: after a restart the sample is processed
+    (again) and exactly one complete report exists, no temp files under final names, ledger consistent."""
+    s = Serve(tmp_path, tiny_model)
+    s.start()
+    folder = s.inbox / "K9-1"
+    stage = tmp_path / "K9-1"
+    images = fixture_images()
+    stage.mkdir()
+    for i in range(240):
+        shutil.copy(images[i % len(images)], stage / f"c{i:03d}.jpg")
+    (stage / "READY").touch()
+    stage.rename(folder)
+    assert _wait(lambda: "K9-1: submitted" in s.text(), 60)
+    time.sleep(1.5)
+    os.killpg(s.proc.pid, signal.SIGKILL)  # the whole tree: runner, run, watcher
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "prefect")], check=False)  # the server (own group)
+    s.proc.wait(30)
+    time.sleep(1)
+    s.port = _free_port()
+    s.start()
+    assert _wait(lambda: (s.out / "K9-1.json").exists() and (s.inbox / "archive" / "K9-1").is_dir(), 120), s.text()[
+        -3000:
+    ]
+    r = json.loads((s.out / "K9-1.json").read_text())
+    assert r["cells_classified"] == 240
+    finals = sorted(p.name for p in s.out.iterdir() if not p.name.startswith("."))
+    assert finals == ["K9-1.fhir.json", "K9-1.json", "K9-1.xlsx"]
+    assert list(s.out.glob(".*.tmp")) == []
+    from wbcproc.inbox import Ledger
+
+    entries = [e for e in Ledger(s.home / "ledger.sqlite").all() if e.folder == "K9-1"]
+    assert [(e.version, e.state) for e in entries] == [(1, "completed")]
+    s.stop()
