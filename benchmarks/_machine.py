@@ -24,3 +24,32 @@ def machine() -> str:
     except ImportError:
         ortv = "-"
     return f"{cpu}; {cores} cores; {platform.system()} {platform.release()}; Python {platform.python_version()}; onnxruntime {ortv}"
+
+
+PEAK_RSS_WRAPPER = (
+    "import atexit, sys\n"
+    "def _report():\n"
+    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+    "    sys.stderr.write(f'WBC_PEAK_RSS_KIB {hwm}\\n')\n"
+    "atexit.register(_report)\n"
+    "sys.argv = ['wbc'] + sys.argv[1:]\n"
+    "from flows.cli import main\n"
+    "main()\n"
+)
+
+
+def run_wbc_peak_rss(args: list[str]) -> tuple[int, int, str]:
+    """Run `wbc ARGS` in a fresh interpreter; return (exit code, its own peak RSS in KiB, stderr).
+
+    The child reports VmHWM of its own address space at exit: ru_maxrss would include the parent's pages
+    at fork time (it survives exec), which misreports when the parent is large (e.g. has torch loaded).
+    """
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, *args], capture_output=True, text=True)
+    kib = 0
+    for line in r.stderr.splitlines():
+        if line.startswith("WBC_PEAK_RSS_KIB "):
+            kib = int(line.split()[1])
+    return r.returncode, kib, r.stderr

@@ -51,7 +51,7 @@ _RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNOR
 
 def safe_stem(sample_id: str) -> str:
     """A file-name stem for outputs that cannot escape the output folder or hit reserved names."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", display_name(sample_id)).strip("._ ")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", display_name(sample_id)).strip("._ -")
     if not stem:
         stem = "sample"
     if _RESERVED.match(stem):
