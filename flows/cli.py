@@ -289,7 +289,11 @@ def serve(
         code = run_serve(opts)
     except RuntimeError as exc:
         raise _fail(str(exc)) from None
-    raise typer.Exit(code)
+    # Everything we started is stopped and flushed; leave now rather than let interpreter shutdown wait on
+    # Prefect background threads that would retry a server that is gone.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,24 @@ def _kill_children(timeout: float = 10.0) -> None:
             return
 
 
+_EXECUTED: set[str] = set()
+
+
+def _execute_in_process(run) -> None:
+    """Run a PENDING flow run of ``process-sample`` here (once per run id)."""
+    from prefect.flow_engine import run_flow
+
+    from flows.process import process_sample_flow
+
+    if str(run.id) in _EXECUTED:
+        return
+    _EXECUTED.add(str(run.id))
+    try:
+        run_flow(process_sample_flow, flow_run=run, parameters=run.parameters, return_type="state")
+    except Exception:  # the engine records the failure on the run; the watcher moves the folder
+        log.exception("run %s failed", run.id)
+
+
 def _remove_stale_temp_files(out: Path) -> None:
     """Temp files of report writes interrupted by a crash (hidden ``.<name>.*.tmp``; never a final name)."""
     for p in out.rglob(".*.tmp"):
@@ -231,14 +250,28 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
             await runner.aadd_deployment(dep)
     ledger = Ledger(home / "ledger.sqlite")
 
+    executor = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="wbc-run")
+
     def submit(folder: Path, fp: str, version: int, attempt: str) -> str:
-        run = run_deployment(
-            PROCESS_DEPLOYMENT,
-            parameters={"folder": str(folder), "report_version": version},
-            timeout=0,
-            idempotency_key=f"{folder.name}:{fp}:{version}:{attempt}",
-            flow_run_name=folder.name,
-        )
+        params = {"folder": str(folder), "report_version": version}
+        key = f"{folder.name}:{fp}:{version}:{attempt}"
+        if opts.pool:  # workers elsewhere pull it
+            run = run_deployment(
+                PROCESS_DEPLOYMENT, parameters=params, timeout=0, idempotency_key=key, flow_run_name=folder.name
+            )
+            return str(run.id)
+        # Embedded mode: create the deployment's run as PENDING (so the runner's poller, which takes
+        # SCHEDULED runs, leaves it alone) and execute it in this process, where Prefect and the ONNX
+        # Runtime session are already warm: a fresh flow-run process costs ~3 s before any work.
+        from prefect.states import Pending
+
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name(PROCESS_DEPLOYMENT)
+            run = client.create_flow_run_from_deployment(
+                dep.id, parameters=params, name=folder.name, idempotency_key=key, state=Pending()
+            )
+        if run.state is not None and run.state.type.value == "PENDING":  # not an earlier run with this key
+            executor.submit(_execute_in_process, run)
         return str(run.id)
 
     def crash(run_id: str, message: str) -> None:
@@ -281,14 +314,20 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
         log.error("runner stopped: %s", runner_task.exception())
         code = 1
     await asyncio.to_thread(watcher.stop)
-    if runner is not None:
-        runner.stop()
-    else:
+    await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+    if runner is not None and not runner.stopping:
+        await runner.astop()
+    elif runner is None:
         runner_task.cancel()
     try:
         await asyncio.wait_for(runner_task, timeout=15)
     except (TimeoutError, asyncio.CancelledError, Exception):  # shutting down: report, do not hang
         runner_task.cancel()
     ledger.close()
+    # Flush Prefect's log/event services while the server still answers (in-process runs use them).
+    from prefect._internal.concurrency.services import QueueService
+
+    with contextlib.suppress(Exception):
+        await QueueService.drain_all(timeout=5)
     print("wbc serve: stopped", flush=True)
     return code
