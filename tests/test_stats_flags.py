@@ -152,3 +152,11 @@ def test_bad_config_is_reported(tmp_path, text, match):
     cfg.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_settings(cfg)
+
+
+def test_age_group_outside_the_intervals_is_flagged():
+    settings = load_settings(None)
+    d = differential(_labels(neutrophil=60, lymphocyte=40))
+    assert sample_flags(d, settings, n_rejected=0, metadata_errors=[], age_group="Adult") == []
+    (flag,) = sample_flags(d, settings, n_rejected=0, metadata_errors=[], age_group="neonate")
+    assert flag["code"] == "REFERENCE_AGE_MISMATCH" and "neonate" in flag["message"]

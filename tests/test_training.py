@@ -225,3 +225,37 @@ def test_retrain_flow_promotes_only_when_better(prefect_server, tmp_path, labell
             state.result()
     with pytest.raises(RegistryError):
         reg.promote("nope", reason="x")
+
+
+def test_budgeted_search_writes_its_table(tmp_path, labelled_set):
+    from training.run import search
+
+    opts = RunOptions(
+        data=[str(labelled_set)], out=str(tmp_path), image_size=32, search_trials=2, search_epochs=1, search_sizes=(32,)
+    )
+    g = gather([labelled_set])
+    base = TrainConfig(epochs=1, batch_size=16, init="scratch", device="cpu")
+    chosen, rows = search(opts, base, g, log=lambda *_: None)
+    import csv
+
+    table = list(csv.DictReader(open(tmp_path / "search.csv")))
+    assert len(rows) == len(table) == 2
+    assert {"lr", "batch_size", "freeze_stages", "image_size", "val_macro_f1"} <= set(table[0])
+    best = max(rows, key=lambda r: r["val_macro_f1"])
+    assert (chosen.lr, chosen.batch_size, chosen.freeze_stages) == (
+        best["lr"],
+        best["batch_size"],
+        best["freeze_stages"],
+    )
+
+
+def test_int8_quantisation_gives_a_working_model(tmp_path, trained_run):
+    from training.cache import load_cache
+    from training.export import ort_logits, quantize_int8
+
+    out, _ = trained_run
+    data = load_cache(out / "cache-32.npz")
+    q = quantize_int8(out / "model.onnx", data.subset("train"), tmp_path / "model.int8.onnx", n_calib=16)
+    logits = ort_logits(q, data.subset("test"))
+    assert logits.shape == (len(data.subset("test")), 8)
+    assert q.stat().st_size < (out / "model.onnx").stat().st_size / 2  # int8 weights

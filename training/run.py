@@ -51,6 +51,7 @@ class RunOptions:
     quantize: bool = False
     search_trials: int = 0
     search_epochs: int = 3
+    search_sizes: tuple[int, ...] = (96, 128, 160)
     parity_tol: float = 1e-2
 
 
@@ -90,7 +91,7 @@ def search(opts: RunOptions, base, g: Gathered, log=print) -> tuple[Any, list[di
         "lr": [3e-4, 1e-3, 3e-3],
         "batch_size": [64, 128, 256],
         "freeze_stages": [0, 1, 2],
-        "image_size": sorted({opts.image_size, 96, 128, 160}),
+        "image_size": sorted({opts.image_size, *opts.search_sizes}),
     }
     rows: list[dict[str, Any]] = []
     caches: dict[int, CachedSet] = {}

@@ -34,11 +34,13 @@ class ReferenceIntervals:
     absolute: dict[str, tuple[float, float]]
     nrbc_max_per_100_wbc: float
     path: str = ""
+    age_groups: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["percent"] = {k: list(v) for k, v in self.percent.items()}
         d["absolute"] = {k: list(v) for k, v in self.absolute.items()}
+        d["age_groups"] = list(self.age_groups)
         return d
 
 
@@ -122,6 +124,7 @@ def load_reference_intervals(path: str | Path | None = None) -> ReferenceInterva
         absolute=absolute,
         nrbc_max_per_100_wbc=nrbc,
         path=shown,
+        age_groups=tuple(str(a).lower() for a in raw.get("age_groups", [])),
     )
 
 

@@ -113,10 +113,25 @@ def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str
 
 
 def sample_flags(
-    diff: Differential, settings: Settings, *, n_rejected: int, metadata_errors: list[str]
+    diff: Differential,
+    settings: Settings,
+    *,
+    n_rejected: int,
+    metadata_errors: list[str],
+    age_group: str | None = None,
 ) -> list[dict[str, Any]]:
     """Sample-level warnings (cell = None) that qualify the whole result."""
     flags = []
+    ref = settings.reference
+    if age_group and ref.age_groups and age_group.lower() not in ref.age_groups:
+        flags.append(
+            sample_flag(
+                "REFERENCE_AGE_MISMATCH",
+                f"patient age group {age_group!r} is not covered by the reference intervals {ref.name!r} "
+                f"({ref.population or ', '.join(ref.age_groups)}): high/low flags may not apply; configure "
+                "intervals for this age group",
+            )
+        )
     if diff.wbc_total == 0:
         flags.append(sample_flag("NO_WBC", "no white cells were counted: no differential can be given", 0))
     elif diff.wbc_total < settings.min_wbc:

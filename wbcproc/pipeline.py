@@ -227,7 +227,9 @@ def summarise(
     rejected = [*inventory.rejected, *classified.rejected]
     rejected.sort(key=lambda r: r.file)
     flags = interval_flags(diff, settings.reference)
-    flags += sample_flags(diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors)
+    flags += sample_flags(
+        diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors, age_group=meta.age_group
+    )
     info = classifier.info
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
     return {
