@@ -238,7 +238,8 @@ def test_budgeted_search_writes_its_table(tmp_path, labelled_set):
     chosen, rows = search(opts, base, g, log=lambda *_: None)
     import csv
 
-    table = list(csv.DictReader(open(tmp_path / "search.csv")))
+    with open(tmp_path / "search.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
     assert len(rows) == len(table) == 2
     assert {"lr", "batch_size", "freeze_stages", "image_size", "val_macro_f1"} <= set(table[0])
     best = max(rows, key=lambda r: r["val_macro_f1"])
