@@ -138,6 +138,8 @@ def process_sample_flow(
         description=f"Differential of {result['sample_id']} ({result['wbc_total']} WBC)",
     )
     flags = "\n".join(f"- **{f['code']}**: {f['message']}" for f in result["flags"]) or "- none"
+    if any(f["code"] == "DOMAIN_SHIFT" for f in result["flags"]):
+        flags = "> **DOMAIN SHIFT: these images are unlike the model's training data. Verify manually.**\n\n" + flags
     create_markdown_artifact(
         markdown=(
             f"# {result['sample_id']}\n\nModel: {result['model']['name']} {result['model']['version']}\n\n"

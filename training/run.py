@@ -243,6 +243,7 @@ def evaluate_and_export(
         "software": _versions(),
         "intended_use": "Decision support for white-cell differentials on single-cell images; not a diagnosis.",
     }
+    sidecar["domain"] = domain_reference(data)
     write_sidecar(onnx_path, sidecar)
     full = {
         "test": metrics,
@@ -262,6 +263,17 @@ def evaluate_and_export(
         "metrics": metrics,
         "parity": par,
     }
+
+
+def domain_reference(data: CachedSet) -> dict[str, Any]:
+    """Reference statistics of the training split's inputs, threshold calibrated on validation + test."""
+    from wbcproc.domain import cell_features, fit_reference
+
+    order = data.spec.colour_order
+    feats = np.array([cell_features(im, order) for im in data.images])
+    train = feats[data.splits == "train"]
+    held = feats[data.splits != "train"]
+    return fit_reference(train, held if len(held) else train)
 
 
 def model_card(side: dict[str, Any], m: dict[str, Any], opts: RunOptions) -> str:

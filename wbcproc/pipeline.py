@@ -22,6 +22,7 @@ from wbcproc.aggregate import CellResult, Differential, differential
 from wbcproc.classes import CLASSES, WBC_CLASSES
 from wbcproc.config import Settings, load_settings
 from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
+from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import interval_flags, sample_flags
 from wbcproc.imageio import ImageRejected, read_image
@@ -39,6 +40,7 @@ class Classified:
     timings: dict[str, float] = field(default_factory=dict)
     fields: list[dict[str, Any]] = field(default_factory=list)
     overviews: dict[str, bytes] = field(default_factory=dict)
+    domain_features: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +131,7 @@ def classify_candidates(
     rejected: list[Rejected] = []
     thumbs: dict[str, bytes] = {}
     fields: list[dict[str, Any]] = []
+    feats: list[np.ndarray] = []
     t = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
     batch: list[_Unit] = []
     prepared: list[np.ndarray] = []
@@ -167,6 +170,7 @@ def classify_candidates(
     for unit in _units(candidates, settings, image_type, rejected, fields, t):
         t1 = time.perf_counter()
         prepared.append(prepare_image(unit.bgr, spec))
+        feats.append(cell_features(prepared[-1], spec.colour_order))
         if thumbnails:
             thumbs[unit.name] = _thumbnail(unit.bgr)
         t["preprocess"] += time.perf_counter() - t1
@@ -180,7 +184,7 @@ def classify_candidates(
         if thumbnails:
             labels = {c.box: c for c in cells if c.field == f["file"]}
             overviews[f["file"]] = overview_png(bgr, f["detections"], labels)
-    return Classified(cells, rejected, thumbs, t, fields, overviews)
+    return Classified(cells, rejected, thumbs, t, fields, overviews, feats)
 
 
 def overview_png(bgr: np.ndarray, detections: list[dict[str, Any]], labels: dict) -> bytes:
@@ -230,6 +234,24 @@ def summarise(
     flags += sample_flags(
         diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors, age_group=meta.age_group
     )
+    domain = assess(np.array(classified.domain_features), classifier.info.raw.get("domain"))
+    if domain is not None and domain["shifted"]:
+        flags.insert(
+            0,
+            {
+                "cell": None,
+                "direction": None,
+                "code": "DOMAIN_SHIFT",
+                "value": domain["distance"],
+                "interval": None,
+                "ci_outside": None,
+                "message": (
+                    f"these images differ from the model's training images (stain/camera/framing distance "
+                    f"{domain['distance']:.2f} > calibrated {domain['threshold']:.2f}): the differential may be "
+                    "wrong; verify by manual review before use"
+                ),
+            },
+        )
     info = classifier.info
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
     return {
@@ -249,6 +271,7 @@ def summarise(
         "flags": flags,
         "cells": [c.as_dict() for c in classified.cells],
         "fields": classified.fields,
+        "domain": domain,
         "rejected": [{"file": r.file, "reason": r.reason, "code": r.code} for r in rejected],
         "ignored": [{"file": i.file, "reason": i.reason} for i in inventory.ignored],
         "metadata": meta.as_dict(),

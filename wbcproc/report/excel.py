@@ -56,6 +56,12 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
             kind = "abs" if "_ABS_" in f["code"] else "pct"
             flags_by_cell[(f["cell"], kind)] = f
     put(ws, 1, 1, "White-cell differential", bold=True).font = Font(bold=True, size=14)
+    shift = next((f for f in r["flags"] if f["code"] == "DOMAIN_SHIFT"), None)
+    if shift is not None:  # the most important warning goes where nobody can miss it
+        banner = put(ws, 1, 3, "DOMAIN SHIFT - images unlike the training data: verify every cell before use")
+        banner.font = Font(bold=True, color="FFFFFF", size=12)
+        banner.fill = PatternFill("solid", start_color="C00000", end_color="C00000")
+        ws.merge_cells(start_row=1, start_column=3, end_row=1, end_column=8)
     rows = [
         ("Sample", r["sample_id"]),
         ("Processed", r["processed_at"]),
