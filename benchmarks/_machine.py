@@ -53,3 +53,35 @@ def run_wbc_peak_rss(args: list[str]) -> tuple[int, int, str]:
         if line.startswith("WBC_PEAK_RSS_KIB "):
             kib = int(line.split()[1])
     return r.returncode, kib, r.stderr
+
+
+def start_serve(tmp, model, *args: str):
+    """Start `wbc serve` with a fresh home under ``tmp`` on a free port; return (process, port) once up."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tmp = Path(tmp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(WBC_HOME=str(tmp / "home"), PREFECT_HOME=str(tmp / "prefect"), WBC_MODEL=str(model))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wbc = str(Path(sys.executable).parent / "wbc")
+    log = open(tmp / "serve.log", "w")  # noqa: SIM115 - the child writes to it for its whole life
+    proc = subprocess.Popen(
+        [wbc, "serve", "--inbox", str(tmp / "inbox"), "--out", str(tmp / "out"), "--port", str(port), *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    end = time.monotonic() + 180
+    while "wbc serve: UI" not in (tmp / "serve.log").read_text():
+        if time.monotonic() > end or proc.poll() is not None:
+            raise SystemExit((tmp / "serve.log").read_text()[-3000:])
+        time.sleep(0.5)
+    return proc, port

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,17 +24,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine
+from _machine import machine, start_serve
 
 REPO = Path(__file__).resolve().parents[1]
 WBC = str(Path(sys.executable).parent / "wbc")
 VOLATILE = {"processed_at", "report_version"}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _comparable(path: Path) -> dict:
@@ -60,37 +53,10 @@ def main() -> None:
 
         model = random_resnet50(args.random_resnet50 or 128, tmp, False, args.images)[0]
     files = sorted(p for p in args.images.rglob("*.jpg"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(WBC_HOME=str(tmp / "home"), PREFECT_HOME=str(tmp / "prefect"), WBC_MODEL=str(model))
-    port = _port()
-    log = open(tmp / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            WBC,
-            "serve",
-            "--inbox",
-            str(tmp / "inbox"),
-            "--out",
-            str(tmp / "out"),
-            "--port",
-            str(port),
-            "--quiet-seconds",
-            str(args.quiet_seconds),
-            "--scan-seconds",
-            "0.25",
-            "--keep",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    proc, _port = start_serve(
+        tmp, model, "--quiet-seconds", str(args.quiet_seconds), "--scan-seconds", "0.25", "--keep"
     )
     try:
-        end = time.monotonic() + 180
-        while "wbc serve: UI" not in (tmp / "serve.log").read_text():
-            if time.monotonic() > end or proc.poll() is not None:
-                raise SystemExit((tmp / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
         lat = []
         for t in range(args.trials):
             folder = tmp / "inbox" / f"D2R-{t}"
@@ -109,6 +75,7 @@ def main() -> None:
             print(f"trial {t + 1}: {lat[-1]:.2f} s", flush=True)
         # same content as `wbc process`
         ref_out = tmp / "ref"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         r = subprocess.run(
             [WBC, "process", str(tmp / "inbox" / "D2R-0"), "--out", str(ref_out), "--model", str(model)],
             env=env,

@@ -13,16 +13,14 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine
+from _machine import machine, start_serve
 
 REPO = Path(__file__).resolve().parents[1]
 WBC = str(Path(sys.executable).parent / "wbc")
@@ -62,32 +60,7 @@ def main() -> None:
 
         model = random_resnet50(128, tmp, False, REPO / "tests" / "fixtures" / "cells")[0]
     files = sorted((REPO / "tests" / "fixtures" / "cells").rglob("*.jpg"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(WBC_HOME=str(tmp / "home"), PREFECT_HOME=str(tmp / "prefect"), WBC_MODEL=str(model))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            WBC,
-            "serve",
-            "--inbox",
-            str(tmp / "inbox"),
-            "--out",
-            str(tmp / "out"),
-            "--port",
-            str(port),
-            "--quiet-seconds",
-            "1",
-            "--scan-seconds",
-            "0.5",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc, _port = start_serve(tmp, model, "--quiet-seconds", "1", "--scan-seconds", "0.5")
     n_dropped = 0
 
     def drop(name: str, stage: Path) -> None:
@@ -103,10 +76,6 @@ def main() -> None:
         return sorted(p.name for p in (tmp / "out").glob("*.json") if not p.name.endswith(".fhir.json"))
 
     try:
-        while "wbc serve: UI" not in (tmp / "serve.log").read_text():
-            if proc.poll() is not None:
-                raise SystemExit((tmp / "serve.log").read_text()[-2000:])
-            time.sleep(0.5)
         base = rss_mib(proc.pid)
         stage = tmp / "stage"
         for i in range(args.burst):

@@ -199,11 +199,3 @@ class InboxWatcher:
         if error:
             (dest.parent / f"{dest.name}.error.txt").write_text(error + "\n", encoding="utf-8")
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()

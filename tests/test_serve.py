@@ -43,28 +43,17 @@ class Serve:
         self.model = model
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(WBC_HOME=str(self.home), PREFECT_HOME=str(self.root / "prefect"), WBC_MODEL=str(self.model))
+    def start(self, args: tuple[str, ...] | None = None, env: dict[str, str] | None = None) -> None:
+        """Start `wbc serve` on this folder's inbox/out/home; wait until it says it is up."""
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        full_env.update(WBC_HOME=str(self.home), PREFECT_HOME=str(self.root / "prefect"), WBC_MODEL=str(self.model))
+        full_env.update(env or {})
+        if args is None:
+            args = ("--quiet-seconds", "2", "--scan-seconds", "0.5", "--retrain-cron", "0 4 * * 1")
         self.log = open(self.root / f"serve-{time.time():.0f}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [
-                WBC,
-                "serve",
-                "--inbox",
-                str(self.inbox),
-                "--out",
-                str(self.out),
-                "--port",
-                str(self.port),
-                "--quiet-seconds",
-                "2",
-                "--scan-seconds",
-                "0.5",
-                "--retrain-cron",
-                "0 4 * * 1",
-            ],
-            env=env,
+            [WBC, "serve", "--inbox", str(self.inbox), "--out", str(self.out), "--port", str(self.port), *args],
+            env=full_env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -175,32 +164,9 @@ def test_two_workers_share_20_folders(tmp_path, tiny_model):
     s = Serve(root, tiny_model)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(WBC_HOME=str(s.home), PREFECT_HOME=str(root / "prefect"), WBC_MODEL=str(tiny_model))
-    s.log = open(root / "serve-pool.log", "w")  # noqa: SIM115
-    s.proc = subprocess.Popen(
-        [
-            WBC,
-            "serve",
-            "--inbox",
-            str(s.inbox),
-            "--out",
-            str(s.out),
-            "--port",
-            str(s.port),
-            "--pool",
-            "wbc-test",
-            "--quiet-seconds",
-            "1",
-            "--scan-seconds",
-            "0.5",
-        ],
-        env=env,
-        stdout=s.log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     workers = []
     try:
-        assert _wait(lambda: "wbc serve: UI" in s.text(), 150), s.text()[-3000:]
+        s.start(("--pool", "wbc-test", "--quiet-seconds", "1", "--scan-seconds", "0.5"))
         wenv = dict(env, PREFECT_API_URL=f"http://127.0.0.1:{s.port}/api")
         for name in ("w1", "w2"):
             log = open(root / f"{name}.log", "w")  # noqa: SIM115
@@ -254,23 +220,8 @@ def test_basic_auth(tmp_path, tiny_model):
     import urllib.error
 
     s = Serve(tmp_path, tiny_model)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        WBC_HOME=str(s.home),
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        WBC_MODEL=str(tiny_model),
-        PREFECT_SERVER_API_AUTH_STRING="labadmin:s3cret",
-    )
-    s.log = open(tmp_path / "serve-auth.log", "w")  # noqa: SIM115
-    s.proc = subprocess.Popen(
-        [WBC, "serve", "--inbox", str(s.inbox), "--out", str(s.out), "--port", str(s.port), "--quiet-seconds", "1"],
-        env=env,
-        stdout=s.log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     try:
-        assert _wait(lambda: "wbc serve: UI" in s.text(), 150), s.text()[-3000:]
+        s.start(("--quiet-seconds", "1"), env={"PREFECT_SERVER_API_AUTH_STRING": "labadmin:s3cret"})
         url = f"http://127.0.0.1:{s.port}/api/flows/filter"
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(
