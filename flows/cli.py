@@ -389,9 +389,21 @@ def locate(
 
 @app.command()
 def train(
-    data: Annotated[list[Path], typer.Option("--data", help="Root of class folders; repeat for more roots.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    data: Annotated[
+        list[Path] | None, typer.Option("--data", help="Root of class folders; repeat for more roots.")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Train from this packed cache instead of --data.")] = None,
+    shards_only: Annotated[
+        bool, typer.Option("--shards-only", help="Write fp16 weight shards and stop (GPU side).")
+    ] = False,
+    from_shards: Annotated[
+        Path | None, typer.Option("--from-shards", help="Skip training: evaluate/export these shards (CPU side).")
+    ] = None,
+    pack_only: Annotated[
+        bool, typer.Option("--pack-only", help="Only gather, split and write the cache (to carry to a GPU).")
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=0)] = 30,
     image_size: Annotated[int, typer.Option("--image-size", min=16, max=512)] = 128,
     init: Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict.")] = "imagenet",
     freeze_stages: Annotated[int, typer.Option("--freeze-stages", min=0, max=5)] = 0,
@@ -428,8 +440,24 @@ def train(
         seed=seed,
         patience=patience,
     )
+    if not data and cache is None:
+        raise _fail("give --data (class folders) or --cache (a packed cache)", 2)
+    if pack_only:
+        from training.run import RunOptions as _RO
+        from training.run import prepare_data
+
+        g, cache_path, failed = prepare_data(
+            _RO(data=[str(d) for d in data or []], out=str(out), image_size=image_size, resize=resize),
+            log=lambda m: typer.echo(m, err=True),
+        )
+        typer.echo(
+            json.dumps(
+                {"cache": str(cache_path), "images": len(g.items) - len(failed), "bytes": cache_path.stat().st_size}
+            )
+        )
+        return
     opts = RunOptions(
-        data=[str(d) for d in data],
+        data=[str(d) for d in (data or [])],
         out=str(out),
         image_size=image_size,
         resize=resize,
@@ -439,7 +467,14 @@ def train(
         search_epochs=search_epochs,
     )
     try:
-        res = run_training(opts, cfg, log=lambda m: typer.echo(m, err=True))
+        res = run_training(
+            opts,
+            cfg,
+            log=lambda m: typer.echo(m, err=True),
+            cache=None if cache is None else str(cache),
+            shards_only=shards_only,
+            from_shards=None if from_shards is None else str(from_shards),
+        )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))

@@ -198,4 +198,3 @@ class InboxWatcher:
         shutil.move(str(folder), str(dest))
         if error:
             (dest.parent / f"{dest.name}.error.txt").write_text(error + "\n", encoding="utf-8")
-

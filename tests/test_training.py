@@ -260,3 +260,68 @@ def test_int8_quantisation_gives_a_working_model(tmp_path, trained_run):
     logits = ort_logits(q, data.subset("test"))
     assert logits.shape == (len(data.subset("test")), 8)
     assert q.stat().st_size < (out / "model.onnx").stat().st_size / 2  # int8 weights
+
+
+def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
+    """The GPU recipe: train from the packed cache only, bring weights back as fp16 shards (< 16 MiB
+    each), rebuild + export + parity on the CPU."""
+    out, _ = trained_run
+    cache = out / "cache-32.npz"
+    cfg = TrainConfig(epochs=1, batch_size=16, init="scratch", device="cpu", seed=1)
+    gpu = run_training(
+        RunOptions(data=[], out=str(tmp_path / "gpu"), image_size=32),
+        cfg,
+        log=lambda *_: None,
+        cache=str(cache),
+        shards_only=True,
+    )
+    shards = [Path(p) for p in gpu["shards"]]
+    assert len(shards) >= 2 and all(p.stat().st_size < 16 * 1024 * 1024 for p in shards)
+    assert not (tmp_path / "gpu" / "model.onnx").exists()
+    cpu = run_training(
+        RunOptions(data=[], out=str(tmp_path / "cpu"), image_size=32, version="from-shards"),
+        cfg,
+        log=lambda *_: None,
+        cache=str(cache),
+        from_shards=str(tmp_path / "gpu"),
+    )
+    assert cpu["parity_passed"] is True
+    info = read_sidecar(tmp_path / "cpu" / "model.onnx")
+    assert info.version == "from-shards" and info.raw["training"]["best_epoch"] == 1
+
+
+def test_device_script_runs_without_opencv(tmp_path, trained_run):
+    """training.gpu_train needs only torch/torchvision/numpy: run it with OpenCV made unimportable."""
+    out, _ = trained_run
+    code = (
+        "import sys, runpy; sys.modules['cv2'] = None; "
+        "sys.argv = ['gpu_train'] + sys.argv[1:]; runpy.run_module('training.gpu_train', run_name='__main__')"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--cache",
+            str(out / "cache-32.npz"),
+            "--out",
+            str(tmp_path / "dev"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["shards"] and 0 <= summary["test_accuracy"] <= 1
+    assert (tmp_path / "dev" / "train_info.json").is_file()
+    from training.gpu_train import load_cache_torch
+
+    a, b = load_cache_torch(out / "cache-32.npz"), load_cache(out / "cache-32.npz")
+    assert np.abs(a.images.astype(int) - b.images.astype(int)).mean() < 1.0  # same pixels as the OpenCV path

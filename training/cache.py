@@ -9,35 +9,18 @@ enough to carry to a GPU machine, and an epoch reads no source images.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from training.data import Gathered, Item
+from training.dataset import CachedSet
 from wbcproc.classes import CLASSES
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, prepare_image
 
 JPEG_QUALITY = 90
-
-
-@dataclass
-class CachedSet:
-    images: np.ndarray  # uint8 N x S x S x 3, in the spec's colour order
-    labels: np.ndarray  # int64 indices into CLASSES
-    splits: np.ndarray  # str
-    sha256: np.ndarray  # str
-    files: np.ndarray  # str
-    spec: PreprocessSpec
-
-    def subset(self, split: str) -> CachedSet:
-        m = self.splits == split
-        return CachedSet(self.images[m], self.labels[m], self.splits[m], self.sha256[m], self.files[m], self.spec)
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def build_cache(gathered: Gathered, spec: PreprocessSpec, path: str | Path) -> tuple[Path, list[tuple[str, str]]]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from training.cache import CachedSet
+from training.dataset import CachedSet
 from training.metrics import classification_metrics
 from wbcproc.classes import CLASSES
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from wbcproc.model import softmax
+from wbcproc.stats import softmax  # numpy only: no OpenCV import chain on a bare GPU machine
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:

@@ -206,7 +206,7 @@ def evaluate_and_export(
         rgb=data.spec.colour_order == "RGB",
     )
     version = opts.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    counts = g.counts()
+    counts = g.counts() if g is not None else cache_counts(data)
     sidecar = {
         "name": MODEL_NAME,
         "version": version,
@@ -250,7 +250,7 @@ def evaluate_and_export(
         "parity": par,
         "quantization": quant,
         "history": train_info["history"],
-        "data": g.summary() | {"per_split_class": counts},
+        "data": (g.summary() if g is not None else {"from_cache": True}) | {"per_split_class": counts},
     }
     (run_dir / "metrics.json").write_text(json.dumps(full, indent=2) + "\n")
     (run_dir / "card.md").write_text(model_card(sidecar, metrics, opts))
@@ -338,18 +338,65 @@ Software: `{json.dumps(side["software"])}`
 """
 
 
-def run_training(opts: RunOptions, cfg, log=print) -> dict[str, Any]:
-    """The whole run, as ``wbc train`` does it."""
-    from training.engine import train_model
+def cache_counts(data: CachedSet) -> dict[str, dict[str, int]]:
+    out = {s: dict.fromkeys(CLASSES, 0) for s in ("train", "val", "test")}
+    for label, split in zip(data.labels, data.splits, strict=True):
+        out[str(split)][CLASSES[int(label)]] += 1
+    return out
 
-    g, cache_path, _ = prepare_data(opts, log)
-    if opts.search_trials:
-        cfg, _ = search(opts, cfg, g, log)
-        cache_path = Path(opts.out) / f"cache-{opts.image_size}.npz"
+
+def run_training(
+    opts: RunOptions,
+    cfg,
+    log=print,
+    *,
+    cache: str | None = None,
+    shards_only: bool = False,
+    from_shards: str | None = None,
+) -> dict[str, Any]:
+    """The whole run, as ``wbc train`` does it.
+
+    ``cache``: train from an existing cache (a GPU machine that has only the packed set).
+    ``shards_only``: after training write fp16 weight shards + ``train_info.json`` and stop (the GPU side).
+    ``from_shards``: skip training, load those weights, then evaluate, export and check parity (the CPU side).
+    """
+    from training.engine import build_model, train_model
+
+    g = None
+    if cache is not None:
+        cache_path = Path(cache)
+        Path(opts.out).mkdir(parents=True, exist_ok=True)
+    else:
+        g, cache_path, _ = prepare_data(opts, log)
+        if opts.search_trials:
+            cfg, _ = search(opts, cfg, g, log)
+            cache_path = Path(opts.out) / f"cache-{opts.image_size}.npz"
     data = load_cache(cache_path)
+    if from_shards is not None:
+        from training.shards import load_shards
+
+        model, _ = build_model("scratch")
+        model.load_state_dict(load_shards(from_shards))
+        info = json.loads((Path(from_shards) / "train_info.json").read_text())
+        log(f"weights from {from_shards} (trained on {info.get('device')}); evaluating and exporting here")
+        return evaluate_and_export(model, data, info, cfg, opts, g, log)
     train, val = data.subset("train"), data.subset("val")
     if len(train) == 0:
         raise ValueError("no training images after the split: give more data")
     log(f"training on {len(train)} images, validating on {len(val)}, testing on {len(data.subset('test'))}")
     model, info = train_model(train, val, cfg, log)
+    if shards_only:
+        from training.shards import save_shards
+
+        paths = save_shards(model.state_dict(), opts.out)
+        (Path(opts.out) / "train_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        log(f"wrote {len(paths)} fp16 weight shards to {opts.out}")
+        return {
+            "run_dir": opts.out,
+            "version": None,
+            "accuracy": None,
+            "macro_f1": info["best_val_macro_f1"],
+            "parity_passed": None,
+            "shards": [str(p) for p in paths],
+        }
     return evaluate_and_export(model, data, info, cfg, opts, g, log)

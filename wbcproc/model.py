@@ -21,6 +21,7 @@ import numpy as np
 
 from wbcproc.classes import check_class_list
 from wbcproc.preprocess import PreprocessSpec
+from wbcproc.stats import softmax
 
 SIDECAR_FORMAT = "wbc-model-sidecar"
 SIDECAR_VERSION = 1
@@ -218,12 +219,6 @@ class Classifier:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return softmax(self.logits(batch) / self.info.temperature)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 _CACHE: dict[tuple[str, str, int], Classifier] = {}

@@ -57,3 +57,10 @@ def clopper_pearson(x: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     # upper: P(X <= x | p) = alpha/2 (decreasing in p)
     upper = 1.0 if x == n else _bisect(lambda p: _binom_cdf(x, n, p) - alpha / 2, 0.0, 1.0)
     return lower, upper
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

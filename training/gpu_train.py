@@ -1,0 +1,111 @@
+"""Train on a bare GPU machine from a packed cache: needs only torch, torchvision and numpy there.
+
+The recipe for the shipped model (issue: ship the default model), with the device tool's limits in mind
+(64 MiB in, 8 files of 16 MiB out):
+
+  here (CPU):   wbc train --data ../shared/data/pbc --out runs/pack --image-size 128 --pack-only
+                mkdir -p gpu && cp runs/pack/cache-128.npz gpu/   (~50 MB; the device carries it in)
+  device (GPU): python3 -m training.gpu_train --cache gpu/cache-128.npz --out $OUT --epochs 40 --seed 0
+                -> $OUT/weights-00N.pt (fp16 shards < 16 MiB) + train_info.json (+ test metrics)
+  here (CPU):   wbc train --cache runs/pack/cache-128.npz --from-shards <fetched dir> --out runs/final
+                -> model.onnx + sidecar (temperature, review threshold, domain reference), parity check,
+                   metrics.json, card.md; then `wbc models register/promote` or copy to models/
+
+JPEGs of the cache are decoded with Pillow (torchvision's own dependency; no OpenCV needed there); preprocessing after that is
+the same ``training.engine`` code ``wbc train`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.dataset import CachedSet
+from training.engine import TrainConfig, predict_logits, train_model
+from training.metrics import classification_metrics
+from training.shards import save_shards
+from wbcproc.classes import CLASSES
+
+
+def load_cache_torch(path: str | Path) -> CachedSet:
+    """The cache written by ``training.cache.build_cache``, decoded without OpenCV."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta["classes"] != list(CLASSES):
+            raise ValueError(f"cache {path} has classes {meta['classes']}; expected {list(CLASSES)}")
+        jpeg, offsets = z["jpeg"], z["offsets"]
+        s = int(meta["spec"]["input_size"])
+        images = np.empty((len(offsets) - 1, s, s, 3), np.uint8)
+        for i in range(len(offsets) - 1):
+            with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as im:
+                # OpenCV wrote the spec-ordered array as if it were BGR; Pillow decodes to RGB: reverse back
+                images[i] = np.asarray(im.convert("RGB"))[:, :, ::-1]
+        spec = SimpleNamespace(**{k: meta["spec"][k] for k in ("input_size", "mean", "std", "scale", "colour_order")})
+        return CachedSet(images, z["labels"], z["splits"], z["sha256"], z["files"], spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--freeze-stages", type=int, default=0)
+    ap.add_argument("--init", default="scratch")
+    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    t0 = time.time()
+    data = load_cache_torch(args.cache)
+    print(f"cache: {len(data)} images at {data.spec.input_size} px, decoded in {time.time() - t0:.1f} s", flush=True)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        freeze_stages=args.freeze_stages,
+        init=args.init,
+        device=args.device,
+        seed=args.seed,
+        patience=args.patience,
+    )
+    model, info = train_model(data.subset("train"), data.subset("val"), cfg, log=lambda m: print(m, flush=True))
+    test = data.subset("test")
+    m = classification_metrics(test.labels, predict_logits(model, test, torch.device("cpu")).argmax(1), CLASSES)
+    info["test_torch"] = {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
+    }
+    info["config"] = cfg.as_dict()
+    out = Path(args.out)
+    paths = save_shards(model.state_dict(), out)
+    (out / "train_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    print(
+        json.dumps(
+            {
+                "shards": [p.name for p in paths],
+                "test_accuracy": m["accuracy"],
+                "test_macro_f1": m["macro_f1"],
+                "seconds": round(time.time() - t0, 1),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
