@@ -17,26 +17,35 @@ import numpy as np
 from training.data import Gathered, Item
 from training.dataset import CachedSet
 from wbcproc.classes import CLASSES
+from wbcproc.config import load_settings
+from wbcproc.discovery import Rejected, check_image_header
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, prepare_image
 
 JPEG_QUALITY = 90
 
 
-def build_cache(gathered: Gathered, spec: PreprocessSpec, path: str | Path) -> tuple[Path, list[tuple[str, str]]]:
+def build_cache(
+    gathered: Gathered, spec: PreprocessSpec, path: str | Path, quality: int = JPEG_QUALITY
+) -> tuple[Path, list[tuple[str, str]]]:
     """Write the cache; returns its path and the items that failed to decode (path, reason)."""
     path = Path(path)
     blobs: list[bytes] = []
     kept: list[Item] = []
     failed: list[tuple[str, str]] = []
+    settings = load_settings(None)  # the runtime's header checks (pixel limit, size, format) apply here too
     for it in gathered.items:
         try:
+            head = check_image_header(it.path, str(it.path), settings)
+            if isinstance(head, Rejected):
+                failed.append((str(it.path), head.reason))
+                continue
             decoded = read_image(it.path)
         except ImageRejected as exc:
             failed.append((str(it.path), exc.reason))
             continue
         prepared = prepare_image(decoded.bgr, spec)
-        ok, buf = cv2.imencode(".jpg", prepared, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        ok, buf = cv2.imencode(".jpg", prepared, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             failed.append((str(it.path), "could not be re-encoded"))
             continue
@@ -53,7 +62,7 @@ def build_cache(gathered: Gathered, spec: PreprocessSpec, path: str | Path) -> t
         splits=np.array([it.split for it in kept]),
         sha256=np.array([it.sha256 for it in kept]),
         files=np.array([str(it.path) for it in kept]),
-        meta=np.array(json.dumps({"spec": spec.to_dict(), "classes": list(CLASSES), "quality": JPEG_QUALITY})),
+        meta=np.array(json.dumps({"spec": spec.to_dict(), "classes": list(CLASSES), "quality": quality})),
     )
     tmp.replace(path)
     return path, failed

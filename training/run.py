@@ -52,6 +52,7 @@ class RunOptions:
     search_trials: int = 0
     search_epochs: int = 3
     search_sizes: tuple[int, ...] = (96, 128, 160)
+    cache_quality: int = 90
     parity_tol: float = 1e-2
 
 
@@ -70,10 +71,10 @@ def prepare_data(opts: RunOptions, log=print) -> tuple[Gathered, Path, list[tupl
     )
     write_split(g.items, run_dir / "split.csv")
     cache_path, failed = build_cache(
-        g, make_spec(opts.image_size, opts.resize), run_dir / f"cache-{opts.image_size}.npz"
+        g, make_spec(opts.image_size, opts.resize), run_dir / f"cache-{opts.image_size}.npz", quality=opts.cache_quality
     )
     for f, reason in failed:
-        log(f"skipped (decode): {f}: {reason}")
+        log(f"skipped: {f}: {reason}")
     summary = g.summary()
     summary["decode_failures"] = [{"file": f, "reason": r} for f, r in failed]
     summary["roots"] = [str(Path(d).resolve()) for d in opts.data]
