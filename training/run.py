@@ -53,6 +53,8 @@ class RunOptions:
     search_epochs: int = 3
     search_sizes: tuple[int, ...] = (96, 128, 160)
     cache_quality: int = 90
+    cache: str | None = None  # set by run_training when it trained from a packed cache
+    from_shards: str | None = None  # set when the weights came from a GPU run's shards
     parity_tol: float = 1e-2
 
 
@@ -297,6 +299,8 @@ def model_card(side: dict[str, Any], m: dict[str, Any], opts: RunOptions) -> str
             f"--seed {tr['seed']}",
             f"--lr {tr['lr']}",
             f"--batch-size {tr['batch_size']}",
+            *([f"--cache {opts.cache}"] if opts.cache else []),
+            *([f"--from-shards {opts.from_shards}"] if opts.from_shards else []),
         ]
     )
     return f"""# Model card: {side["name"]} {side["version"]}
@@ -364,6 +368,7 @@ def run_training(
     from training.engine import build_model, train_model
 
     g = None
+    opts.cache, opts.from_shards = cache, from_shards
     if cache is not None:
         cache_path = Path(cache)
         Path(opts.out).mkdir(parents=True, exist_ok=True)
