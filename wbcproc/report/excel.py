@@ -262,6 +262,16 @@ def _fields(ws: Worksheet, r: dict[str, Any], overviews: dict[str, bytes]) -> No
         ws.column_dimensions[col].width = 24
 
 
+def _print_setup(ws: Worksheet, *, landscape: bool = True) -> None:
+    """Physicians print reports: every sheet fits the page width, headers repeat on each page."""
+    ws.page_setup.orientation = "landscape" if landscape else "portrait"
+    ws.page_setup.paperSize = ws.PAPERSIZE_A4
+    ws.sheet_properties.pageSetUpPr.fitToPage = True
+    ws.page_setup.fitToWidth = 1
+    ws.page_setup.fitToHeight = 0
+    ws.print_options.gridLines = False
+
+
 def workbook_bytes(
     result: dict[str, Any], thumbnails: dict[str, bytes], overviews: dict[str, bytes] | None = None
 ) -> bytes:
@@ -274,6 +284,9 @@ def workbook_bytes(
         _fields(wb.create_sheet("Fields"), result, overviews or {})
     _rejected(wb.create_sheet("Rejected"), result)
     _about(wb.create_sheet("About"), result)
+    for sheet in wb.worksheets:
+        _print_setup(sheet, landscape=sheet.title != "About")
+    wb["Cells"].print_title_rows = "1:1"
     buf = io.BytesIO()
     wb.save(buf)
     return buf.getvalue()
