@@ -263,6 +263,13 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
+    settings = _load_settings(config)
+    if marker not in settings.marker_files:
+        raise _fail(
+            f"--marker {marker!r} is not among the config's [input] marker_files {list(settings.marker_files)}: "
+            "add it there, or reports would list the marker as a rejected file",
+            2,
+        )
     try:
         load_classifier(model)  # refuse to start without a usable model: every run would fail
     except ModelError as exc:

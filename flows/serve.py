@@ -141,6 +141,7 @@ def _kill_children(timeout: float = 10.0) -> None:
 
 
 _EXECUTED: set[str] = set()
+_FINISHED: set[str] = set()  # in-process executions that have returned (whatever state the API got)
 
 
 def _execute_in_process(run) -> None:
@@ -156,6 +157,8 @@ def _execute_in_process(run) -> None:
         run_flow(process_sample_flow, flow_run=run, parameters=run.parameters, return_type="state")
     except Exception:  # the engine records the failure on the run; the watcher moves the folder
         log.exception("run %s failed", run.id)
+    finally:
+        _FINISHED.add(str(run.id))
 
 
 def _remove_stale_temp_files(out: Path) -> None:
@@ -179,24 +182,37 @@ async def ensure_pool(name: str) -> None:
 def serve(opts: ServeOptions) -> int:
     home = Path(opts.home or app_home())
     home.mkdir(parents=True, exist_ok=True)
-    server = None
+    servers: list[subprocess.Popen] = []
     if not os.environ.get("PREFECT_API_URL"):
         log.info("starting Prefect server on http://%s:%d (home %s)", opts.host, opts.port, home)
-        server = start_server(home, opts.host, opts.port)
+        servers.append(start_server(home, opts.host, opts.port))
         os.environ["PREFECT_API_URL"] = f"http://{opts.host}:{opts.port}/api"
         if os.environ.get("PREFECT_SERVER_API_AUTH_STRING") and not os.environ.get("PREFECT_API_AUTH_STRING"):
             # basic auth on the embedded server: our own clients (runner, watcher, runs) use the same string
             os.environ["PREFECT_API_AUTH_STRING"] = os.environ["PREFECT_SERVER_API_AUTH_STRING"]
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     try:
-        return asyncio.run(_serve_async(opts, home))
+        return asyncio.run(_serve_async(opts, home, servers))
     finally:
-        if server is not None:
+        for server in servers:
             stop_process_group(server)
         _kill_children()
 
 
-async def _serve_async(opts: ServeOptions, home: Path) -> int:
+async def _supervise_server(servers: list[subprocess.Popen], home: Path, opts: ServeOptions) -> None:
+    """Restart the embedded server if it dies (same SQLite database, same port): runs continue after."""
+    while servers:
+        await asyncio.sleep(2)
+        if servers[0].poll() is not None:
+            log.warning("the Prefect server exited (code %s); restarting it", servers[0].returncode)
+            try:
+                servers[0] = await asyncio.to_thread(start_server, home, opts.host, opts.port)
+                log.info("Prefect server restarted")
+            except RuntimeError as exc:
+                log.error("could not restart the Prefect server: %s", exc)
+
+
+async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.Popen]) -> int:
     # Prefect is imported only now, after PREFECT_API_URL points at the server.
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -299,12 +315,14 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
         polling=opts.polling,
         move_done=opts.move_done,
         crash=None if opts.pool else crash,
+        finished_locally=None if opts.pool else (lambda run_id: run_id in _FINISHED),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner_task = asyncio.create_task(runner.start() if runner is not None else asyncio.Event().wait())
+    supervisor = asyncio.create_task(_supervise_server(servers, home, opts))
     await asyncio.sleep(0)
     await asyncio.to_thread(watcher.start)
     print(f"wbc serve: UI http://{opts.host}:{opts.port}  inbox {inbox}  out {out}", flush=True)
@@ -313,6 +331,7 @@ async def _serve_async(opts: ServeOptions, home: Path) -> int:
     if runner_task in done and runner_task.exception() is not None:
         log.error("runner stopped: %s", runner_task.exception())
         code = 1
+    supervisor.cancel()
     await asyncio.to_thread(watcher.stop)
     await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
     if runner is not None and not runner.stopping:

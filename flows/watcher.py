@@ -31,6 +31,7 @@ SPECIAL = {"archive", "failed"}
 DONE_STATES = {"COMPLETED"}
 FAILED_STATES = {"FAILED", "CRASHED", "CANCELLED"}
 STALE_STATES = {"RUNNING", "PENDING", "CANCELLING"}
+ORPHAN_GRACE_S = 10.0
 
 
 @dataclass
@@ -77,6 +78,7 @@ class InboxWatcher:
         polling: bool = False,
         move_done: bool = True,
         crash: Callable[[str, str], None] | None = None,
+        finished_locally: Callable[[str], bool] | None = None,
     ) -> None:
         self.inbox = inbox
         self.ledger = ledger
@@ -86,6 +88,10 @@ class InboxWatcher:
         self.marker = marker
         self.move_done = move_done
         self.crash = crash  # set: runs found RUNNING/PENDING at start belonged to a dead runner (embedded mode)
+        # set: tells whether an in-process execution of a run has returned; a run that has returned but whose
+        # state never became final (the API was down at the end, e.g. a server restart) is run again
+        self.finished_locally = finished_locally
+        self._orphan_since: dict[str, float] = {}
         self.tracker = SettleTracker(quiet_s=quiet_s, marker=marker)
         self.in_flight: dict[str, InFlight] = {}
         self.kept: dict[str, Listing] = {}  # processed folders left in place (move_done=False), as last seen
@@ -160,6 +166,20 @@ class InboxWatcher:
             elif state in FAILED_STATES:
                 self.ledger.record(name, inf.fingerprint, inf.version, "failed", inf.run_id, message)
                 self._finish(name, "failed", f"run {inf.run_id} ended {state}: {message or ''}".strip())
+            elif self.finished_locally is not None and self.finished_locally(inf.run_id):
+                since = self._orphan_since.setdefault(inf.run_id, time.monotonic())
+                if time.monotonic() - since > ORPHAN_GRACE_S:
+                    self._rerun(name, inf, state)
+
+    def _rerun(self, name: str, inf: InFlight, state: str | None) -> None:
+        """A run whose execution ended here without a final state: mark it crashed and run the sample again."""
+        self._orphan_since.pop(inf.run_id, None)
+        if self.crash is not None:
+            self.crash(inf.run_id, f"its execution ended while its state was {state}; the sample is run again")
+        run_id = self.submit(self.inbox / name, inf.fingerprint, inf.version, f"rerun-{int(time.time())}")
+        self.ledger.record(name, inf.fingerprint, inf.version, "submitted", run_id)
+        self.in_flight[name] = InFlight(inf.fingerprint, inf.version, run_id)
+        log.warning("%s: run %s ended without a final state (%s); resubmitted as %s", name, inf.run_id, state, run_id)
 
     def _take(self, folder: Path) -> None:
         name = folder.name

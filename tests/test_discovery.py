@@ -67,6 +67,7 @@ def test_each_entry_is_sorted_once(tmp_path, settings):
     (folder / ".hidden.jpg").write_bytes(good)
     (folder / "sub").mkdir()
     (folder / "sample.json").write_text('{"wbc_count": 6.1}')
+    (folder / "READY").touch()
     gif = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 100, 100)).save(gif, "GIF")
     (folder / "anim.jpg").write_bytes(gif.getvalue())
@@ -84,6 +85,7 @@ def test_each_entry_is_sorted_once(tmp_path, settings):
     assert out[".hidden.jpg"] == ("ignored", "hidden file")
     assert out["sub"][0] == "ignored"
     assert out["sample.json"] == ("ignored", "sample metadata")
+    assert out["READY"] == ("ignored", "completion marker")
 
 
 def test_pixel_limit_is_configurable_and_checked_from_header(tmp_path):

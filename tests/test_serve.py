@@ -280,3 +280,36 @@ def test_kill9_mid_sample_then_restart_gives_one_report(tmp_path, tiny_model):
     entries = [e for e in Ledger(s.home / "ledger.sqlite").all() if e.folder == "K9-1"]
     assert [(e.version, e.state) for e in entries] == [(1, "completed")]
     s.stop()
+
+
+def test_server_restart_while_a_run_is_in_flight(tmp_path, tiny_model):
+    """The embedded Prefect server dies mid-sample: serve restarts it and the sample still gets exactly one
+    complete report (the run is re-done if its end could not be recorded)."""
+    s = Serve(tmp_path, tiny_model)
+    s.start()
+    try:
+        stage = tmp_path / "SR-1"
+        stage.mkdir()
+        images = fixture_images()
+        for i in range(240):
+            shutil.copy(images[i % len(images)], stage / f"c{i:03d}.jpg")
+        (stage / "READY").touch()
+        stage.rename(s.inbox / "SR-1")
+        assert _wait(lambda: "SR-1: submitted" in s.text(), 60)
+        time.sleep(1.0)
+        subprocess.run(["pkill", "-9", "-f", f"prefect server start --host 127.0.0.1 --port {s.port}"], check=True)
+        assert _wait(lambda: "Prefect server restarted" in s.text(), 120), s.text()[-3000:]
+        assert _wait(lambda: (s.out / "SR-1.json").exists() and (s.inbox / "archive" / "SR-1").is_dir(), 180), s.text()[
+            -3000:
+        ]
+        r = json.loads((s.out / "SR-1.json").read_text())
+        assert r["cells_classified"] == 240 and r["rejected"] == []
+        assert {"file": "READY", "reason": "completion marker"} in r["ignored"]
+        assert sorted(p.name for p in s.out.iterdir() if not p.name.startswith(".")) == [
+            "SR-1.fhir.json",
+            "SR-1.json",
+            "SR-1.xlsx",
+        ]
+    finally:
+        if s.proc.poll() is None:
+            s.stop()

@@ -49,6 +49,7 @@ class Settings:
     max_pixels: int = 50_000_000
     min_side_px: int = 32
     field_min_px: int = 600
+    marker_files: tuple[str, ...] = ("READY",)
     batch_size: int = 32
     threads: int = 0
     review_threshold: float | None = None
@@ -129,7 +130,7 @@ def load_reference_intervals(path: str | Path | None = None) -> ReferenceInterva
 
 
 _KNOWN = {
-    "input": {"max_pixels", "min_side_px", "field_min_px"},
+    "input": {"max_pixels", "min_side_px", "field_min_px", "marker_files"},
     "inference": {"batch_size", "threads", "review_threshold"},
     "flags": {"min_wbc", "max_review_share"},
     "reference": {"file"},
@@ -174,6 +175,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
         max_pixels=int(inp["max_pixels"]),
         min_side_px=int(inp["min_side_px"]),
         field_min_px=int(inp["field_min_px"]),
+        marker_files=tuple(str(m) for m in inp.get("marker_files", ["READY"])),
         batch_size=int(inf["batch_size"]),
         threads=int(inf["threads"]),
         review_threshold=(None if inf.get("review_threshold") is None else float(inf["review_threshold"])),

@@ -257,6 +257,9 @@ def scan_sample(folder: str | Path, settings: Settings) -> SampleInventory:
             metadata = read_metadata(path)
             ignored.append(Ignored(name, "sample metadata"))
             continue
+        if raw_name in settings.marker_files:
+            ignored.append(Ignored(name, "completion marker"))
+            continue
         if lower in SYSTEM_FILES or lower.startswith("._"):
             ignored.append(Ignored(name, "operating-system file"))
             continue
