@@ -313,3 +313,24 @@ def test_server_restart_while_a_run_is_in_flight(tmp_path, tiny_model):
     finally:
         if s.proc.poll() is None:
             s.stop()
+
+
+def test_read_only_output_sends_the_folder_to_failed_with_the_reason(tmp_path, tiny_model):
+    mnt = tmp_path / "ro-out"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        s = Serve(tmp_path, tiny_model)
+        s.out = mnt
+        s.start(("--quiet-seconds", "1", "--scan-seconds", "0.5"))
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        copy_cells(s.inbox / "RO-1", 3)
+        assert _wait(lambda: (s.inbox / "failed" / "RO-1.error.txt").is_file(), 120), s.text()[-3000:]
+        assert (s.inbox / "failed" / "RO-1").is_dir()  # nothing lost: the sample waits in failed/
+        assert "Read-only file system" in (s.inbox / "failed" / "RO-1.error.txt").read_text()
+        assert os.listdir(mnt) == []
+        s.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
