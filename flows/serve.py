@@ -77,6 +77,7 @@ def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> su
     env["PREFECT_SERVER_API_HOST"] = host
     env["PREFECT_SERVER_API_PORT"] = str(port)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    reap_stale_server(home)
     logf = open(home / "prefect-server.log", "ab")  # noqa: SIM115 - the child keeps it open
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
@@ -85,6 +86,7 @@ def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> su
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    (home / SERVER_PID_FILE).write_text(f"{proc.pid}\n")
     url = f"http://{host}:{port}/api"
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -97,6 +99,39 @@ def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> su
         time.sleep(0.5)
     stop_process_group(proc)
     raise RuntimeError(f"the Prefect server did not become healthy within {timeout:.0f} s on {url}")
+
+
+SERVER_PID_FILE = "prefect-server.pid"
+
+
+def reap_stale_server(home: Path, timeout: float = 15.0) -> None:
+    """Stop a Prefect server left running by a `wbc serve` that was killed (kill -9, power cut): it would
+    hold the port and the SQLite database.  Only a process whose command line is a Prefect server is
+    touched, so a recycled pid is safe."""
+    pid_file = home / SERVER_PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return
+    if "prefect" in cmdline and "server start" in cmdline:
+        log.warning("stopping a Prefect server (pid %d) left by a previous wbc serve", pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+            end = time.monotonic() + timeout
+            while time.monotonic() < end and Path(f"/proc/{pid}").exists():
+                _reap_zombie(pid)
+                time.sleep(0.2)
+            if not Path(f"/proc/{pid}").exists():
+                break
+    pid_file.unlink(missing_ok=True)
+
+
+def _reap_zombie(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
