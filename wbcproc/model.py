@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from wbcproc.atomic import atomic_write_json
 from wbcproc.classes import check_class_list
 from wbcproc.preprocess import PreprocessSpec
 from wbcproc.stats import softmax
@@ -150,9 +151,7 @@ def write_sidecar(onnx_path: str | Path, sidecar: dict[str, Any]) -> Path:
     check_class_list(data["classes"], where="write_sidecar")
     PreprocessSpec.from_dict(data["preprocess"])
     side = sidecar_path_for(onnx_path)
-    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, side)
+    atomic_write_json(side, data)
     return side
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wbcproc.atomic import atomic_write_json
 from wbcproc.model import ModelError, read_sidecar
 
 RUN_FILES_OPTIONAL = ("card.md", "metrics.json", "confusion.png", "misclassified.png", "split.csv")
@@ -75,19 +76,6 @@ class VersionEntry:
     metrics: dict[str, Any]
     created_at: str
     current: bool
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Registry:
@@ -190,7 +178,7 @@ class Registry:
             raise RegistryError(f"refusing to promote {version!r}: its ONNX parity check did not pass ({parity})")
         record = {"version": version, "promoted_at": datetime.now(UTC).isoformat(), "reason": reason}
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self._current_file(), json.dumps(record, indent=2) + "\n")
+        atomic_write_json(self._current_file(), record)
         self.log_decision({**record, "promoted": True})
 
     def log_decision(self, record: dict[str, Any]) -> None:

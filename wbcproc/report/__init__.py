@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from wbcproc.atomic import atomic_write_bytes, atomic_write_json
 from wbcproc.discovery import safe_stem
-from wbcproc.report._atomic import atomic_write_bytes, atomic_write_json
 from wbcproc.report.excel import batch_summary_bytes, workbook_bytes
 from wbcproc.report.fhir import fhir_bundle
 

@@ -1,4 +1,4 @@
-"""Atomic file writes: temp file beside the target, fsync, os.replace."""
+"""Atomic file writes: temp file beside the target, fsync, os.replace (reports, sidecars, registry pointer)."""
 
 from __future__ import annotations
 
