@@ -158,17 +158,11 @@ def process(
 
 
 def _direct_runner(model: Path | None, settings):
-    from wbcproc.discovery import scan_sample
     from wbcproc.model import load_classifier
-    from wbcproc.pipeline import classify_candidates, summarise
-    from wbcproc.report import write_reports
+    from wbcproc.pipeline import run_sample
 
     def run(folder: Path, out: Path):
-        clf = load_classifier(model, settings.threads)
-        inv = scan_sample(folder, settings)
-        classified = classify_candidates(inv.candidates, clf, settings, image_type=inv.metadata.image_type)
-        result = summarise(inv, classified, clf, settings)
-        return result, write_reports(result, classified.thumbnails, out, classified.overviews)
+        return run_sample(folder, out, load_classifier(model, settings.threads), settings)
 
     return run
 

@@ -300,6 +300,20 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
+def run_sample(
+    folder: str | Path, out_dir: str | Path, classifier: Classifier, settings: Settings
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Scan, classify, summarise and write all reports for one folder; returns the result and the paths."""
+    from wbcproc.report import write_reports
+
+    inventory = scan_sample(folder, settings)
+    classified = classify_candidates(
+        inventory.candidates, classifier, settings, image_type=inventory.metadata.image_type
+    )
+    result = summarise(inventory, classified, classifier, settings)
+    return result, write_reports(result, classified.thumbnails, out_dir, classified.overviews)
+
+
 def process_sample(
     folder: str | Path,
     out_dir: str | Path,
@@ -307,14 +321,6 @@ def process_sample(
     model: str | Path | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Path]:
-    """Scan, classify, summarise and write all reports for one sample folder; returns the paths written."""
-    from wbcproc.report import write_reports
-
+    """:func:`run_sample` with the model and settings resolved the default way; returns the paths written."""
     settings = settings or load_settings()
-    classifier = load_classifier(model, settings.threads)
-    inventory = scan_sample(folder, settings)
-    classified = classify_candidates(
-        inventory.candidates, classifier, settings, image_type=inventory.metadata.image_type
-    )
-    result = summarise(inventory, classified, classifier, settings)
-    return write_reports(result, classified.thumbnails, out_dir, classified.overviews)
+    return run_sample(folder, out_dir, load_classifier(model, settings.threads), settings)[1]
