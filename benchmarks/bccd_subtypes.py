@@ -48,7 +48,7 @@ def main() -> None:
         if len(counted) != 1:
             continue
         crop = crop_cell(img, counted[0], res.rbc_diameter_px)
-        probs = clf.probabilities(to_input(np.stack([prepare_image(crop, spec)]), spec))[0]
+        probs = clf.probabilities(to_input(np.stack([prepare_image(crop, spec, framed=True)]), spec))[0]
         pred = clf.info.classes[int(probs.argmax())]
         n += 1
         agree += pred == labels[0]

@@ -371,7 +371,9 @@ def locate(
                 probs = None
                 if clf is not None and crops:
                     spec = clf.info.preprocess
-                    probs = clf.probabilities(to_input(np.stack([prepare_image(c, spec) for c in crops]), spec))
+                    probs = clf.probabilities(
+                        to_input(np.stack([prepare_image(c, spec, framed=True) for c in crops]), spec)
+                    )
                 for i, d in enumerate(res.detections):
                     cell = {"box": list(d.box), "score": d.score, "label": None, "confidence": None, "edge": d.edge}
                     if probs is not None:
@@ -423,6 +425,13 @@ def train(
     search: Annotated[int, typer.Option("--search", min=0, help="Random-search trials before training.")] = 0,
     search_epochs: Annotated[int, typer.Option("--search-epochs", min=1)] = 3,
     quantize: Annotated[bool, typer.Option("--quantize", help="Try static int8; kept only within 0.2 points.")] = False,
+    normalise: Annotated[
+        bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
+    ] = True,
+    augment: Annotated[str, typer.Option(help="robust (other labs' stains/cameras) | basic")] = "robust",
+    time_budget: Annotated[
+        float, typer.Option("--time-budget", min=0.0, help="Seconds; fewer epochs if needed.")
+    ] = 0.0,
 ) -> None:
     """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train])."""
     try:
@@ -432,7 +441,13 @@ def train(
         raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
+    if augment not in ("robust", "basic"):
+        raise _fail(f"--augment {augment!r}: expected robust or basic", 2)
+    from training.engine import ROBUST_AUGMENTATION
+
     cfg = TrainConfig(
+        **(ROBUST_AUGMENTATION if augment == "robust" else {}),
+        time_budget_s=time_budget,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -457,6 +472,7 @@ def train(
                 image_size=image_size,
                 resize=resize,
                 cache_quality=cache_quality,
+                normalise=normalise,
             ),
             log=lambda m: typer.echo(m, err=True),
         )
@@ -475,6 +491,7 @@ def train(
         quantize=quantize,
         search_trials=search,
         search_epochs=search_epochs,
+        normalise=normalise,
     )
     try:
         res = run_training(

@@ -325,3 +325,61 @@ def test_device_script_runs_without_opencv(tmp_path, trained_run):
 
     a, b = load_cache_torch(out / "cache-32.npz"), load_cache(out / "cache-32.npz")
     assert np.abs(a.images.astype(int) - b.images.astype(int)).mean() < 1.0  # same pixels as the OpenCV path
+
+
+def test_robust_augmentation_changes_colour_and_resolution_within_range():
+    from training.engine import ROBUST_AUGMENTATION
+
+    cfg = TrainConfig(**ROBUST_AUGMENTATION, rotate=False)
+    x = torch.rand(64, 3, 32, 32) * 0.5 + 0.25
+    y = augment(x, cfg, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    # per-image colour casts differ (stain / white-balance jitter), not only brightness
+    cast = (y.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).std(dim=0)
+    assert float(cast.min()) > 0.01
+    # off by default: the basic config leaves colour alone when jitter is off
+    plain = TrainConfig(rotate=False, colour_jitter=0, hue_jitter=0, blur_prob=0)
+    assert torch.allclose(augment(x, plain, torch.Generator().manual_seed(1)), x)
+
+
+def test_time_budget_plans_fewer_epochs(tmp_path, labelled_set):
+    from training.engine import train_model
+
+    opts = RunOptions(data=[str(labelled_set)], out=str(tmp_path / "r"), image_size=32)
+    _g, cache_path, _ = __import__("training.run", fromlist=["prepare_data"]).prepare_data(opts, log=lambda *_: None)
+    data = load_cache(cache_path)
+    cfg = TrainConfig(epochs=50, batch_size=16, init="scratch", device="cpu", time_budget_s=0.001, patience=100)
+    _model, info = train_model(data.subset("train"), data.subset("val"), cfg, log=lambda *_: None)
+    assert info["epochs_planned"] == 2 and len(info["history"]) == 2
+
+
+def test_bccd_crops_are_a_framed_second_source(tmp_path):
+    """BCCD fields -> labelled crops in train/holdout roots with a FRAMED marker; gather marks them; the
+    cache skips re-framing for them exactly as inference does for field crops; evaluation too."""
+    from helpers import FIXTURES
+
+    from training.bccd import export_crops
+
+    bccd = tmp_path / "bccd"
+    (bccd / "Annotations").mkdir(parents=True)
+    (bccd / "JPEGImages").mkdir()
+    for p in (FIXTURES / "fields").glob("BloodImage_*"):
+        shutil.copy(p, bccd / ("Annotations" if p.suffix == ".xml" else "JPEGImages") / p.name)
+    (bccd / "labels.csv").write_text(
+        "image,wbc_categories\nBloodImage_00003.jpg,NEUTROPHIL\nBloodImage_00009.jpg,EOSINOPHIL\n"
+        "BloodImage_00020.jpg,LYMPHOCYTE\nBloodImage_00040.jpg,MONOCYTE\nBloodImage_00041.jpg,\n"
+    )
+    counts = export_crops(bccd, tmp_path / "crops", holdout=0.5)
+    assert sum(sum(c.values()) for c in counts.values()) == 4  # the unlabelled field gives nothing
+    roots = [tmp_path / "crops" / p for p in ("train", "holdout")]
+    g = gather(roots)
+    assert len(g.items) == 4 and all(it.framed for it in g.items)
+    assert not g.skipped  # the FRAMED marker is not reported as a stray file
+    spec = make_spec(32, background=(203.0, 229.0, 255.0))
+    path, failed = build_cache(g, spec, tmp_path / "c.npz")
+    data = load_cache(path)
+    for i in range(len(data)):
+        bgr = read_image(data.files[i]).bgr
+        framed = np.abs(data.images[i].astype(int) - prepare_image(bgr, spec, framed=True).astype(int)).mean()
+        reframed = np.abs(data.images[i].astype(int) - prepare_image(bgr, spec).astype(int)).mean()
+        assert framed < 8 and framed < reframed  # (JPEG in the cache: not bit-exact)

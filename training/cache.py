@@ -44,7 +44,7 @@ def build_cache(
         except ImageRejected as exc:
             failed.append((str(it.path), exc.reason))
             continue
-        prepared = prepare_image(decoded.bgr, spec)
+        prepared = prepare_image(decoded.bgr, spec, framed=it.framed)
         ok, buf = cv2.imencode(".jpg", prepared, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             failed.append((str(it.path), "could not be re-encoded"))

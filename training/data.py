@@ -17,6 +17,7 @@ from wbcproc.classes import CLASSES
 from wbcproc.discovery import IMAGE_EXTENSIONS, SYSTEM_FILES, display_name
 
 SPLITS = ("train", "val", "test")
+FRAMED_MARKER = "FRAMED"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Item:
     label: str
     sha256: str
     split: str
+    framed: bool = False  # the root holds a FRAMED marker: images are canonical squares already (field crops)
 
 
 @dataclass
@@ -71,14 +73,17 @@ def _sha256(path: Path) -> str:
 def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction: float = 0.15) -> Gathered:
     """Read ``root/<class>/*`` for each root.  Cheap checks only (names, size); decoding comes later."""
     by_hash: dict[str, list[tuple[Path, str]]] = {}
+    framed_roots: set[Path] = set()
     skipped: list[tuple[str, str]] = []
     for root in roots:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"data root {str(root)!r} is not a folder of class folders")
+        if (root / FRAMED_MARKER).is_file():
+            framed_roots.add(root)
         for sub in sorted(root.iterdir()):
             if not sub.is_dir():
-                if not sub.name.startswith("."):
+                if not sub.name.startswith(".") and sub.name != FRAMED_MARKER:
                     skipped.append((str(sub), "not a class folder"))
                 continue
             if sub.name not in CLASSES:
@@ -112,7 +117,8 @@ def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction
             continue
         keep = entries[0]
         duplicates += [(display_name(str(p)), display_name(str(keep[0]))) for p, _ in entries[1:]]
-        items.append(Item(keep[0], keep[1], digest, split_of(digest, val_fraction, test_fraction)))
+        framed = keep[0].parent.parent in framed_roots
+        items.append(Item(keep[0], keep[1], digest, split_of(digest, val_fraction, test_fraction), framed))
     items.sort(key=lambda it: (it.label, str(it.path)))
     return Gathered(items, skipped, duplicates, conflicts)
 

@@ -46,6 +46,13 @@ class TrainConfig:
     colour_jitter: float = 0.15
     hue_jitter: float = 0.05
     blur_prob: float = 0.1
+    # cross-laboratory robustness (issue: other labs); 0 switches each off
+    channel_gain: float = 0.0  # per-channel gain +-: residual white-balance error
+    stain_jitter: float = 0.0  # per-channel optical-density scale +-: stain intensity and hue
+    gamma_jitter: float = 0.0  # log-uniform gamma in [1/(1+g), 1+g]: camera response
+    lowres_prob: float = 0.0  # down- and up-sample by 1.5-3.5x: lower-resolution cameras and crops
+    noise_prob: float = 0.0  # additive Gaussian noise up to 0.03: sensor noise
+    time_budget_s: float = 0.0  # > 0: fewer epochs if they would not fit (schedule adapted after epoch 1)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -174,6 +181,24 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
             rows.append(torch.stack(row, 1))
         m = torch.stack(rows, 1)  # n x 3 x 3
         x = torch.einsum("nij,njhw->nihw", m, x)
+    if cfg.channel_gain > 0:
+        x = x * (1.0 + (rnd(n, 3, 1, 1) * 2 - 1) * cfg.channel_gain)
+    if cfg.stain_jitter > 0:
+        # Beer-Lambert: stain amount scales optical density; per-channel scales shift hue and intensity
+        od = -torch.log(x.clamp(1 / 255, 1))
+        od = od * (1.0 + (rnd(n, 3, 1, 1) * 2 - 1) * cfg.stain_jitter) + (rnd(n, 3, 1, 1) * 2 - 1) * 0.03
+        x = torch.exp(-od.clamp(min=0))
+    if cfg.gamma_jitter > 0:
+        g = torch.exp((rnd(n, 1, 1, 1) * 2 - 1) * math.log1p(cfg.gamma_jitter))
+        x = x.clamp(1e-4, 1) ** g
+    if cfg.lowres_prob > 0:
+        low = rnd(n) < cfg.lowres_prob
+        if low.any():
+            size = x.shape[-1]
+            small = max(8, int(size / (1.5 + 2.0 * float(rnd(1)))))
+            xl = F.interpolate(x[low], size=(small, small), mode="area")
+            x = x.clone()
+            x[low] = F.interpolate(xl, size=(size, size), mode="bilinear", align_corners=False)
     if cfg.blur_prob > 0:
         blur = rnd(n) < cfg.blur_prob
         if blur.any():
@@ -183,7 +208,23 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
             xb = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
             x = x.clone()
             x[blur] = xb
+    if cfg.noise_prob > 0:
+        noisy = (rnd(n, 1, 1, 1) < cfg.noise_prob).float() * rnd(n, 1, 1, 1) * 0.03
+        x = x + torch.randn(x.shape, generator=gen, device="cpu").to(dev) * noisy
     return x.clamp(0, 1)
+
+
+ROBUST_AUGMENTATION: dict[str, float] = {
+    "scale_jitter": 0.2,
+    "colour_jitter": 0.25,
+    "hue_jitter": 0.06,
+    "blur_prob": 0.25,
+    "channel_gain": 0.08,
+    "stain_jitter": 0.3,
+    "gamma_jitter": 0.3,
+    "lowres_prob": 0.3,
+    "noise_prob": 0.3,
+}
 
 
 def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -241,13 +282,13 @@ def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -
     else:
         raise ValueError(f"optimizer {cfg.optimizer!r} is unknown; expected 'adamw' or 'sgd'")
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
+    plan = {"epochs": cfg.epochs, "total": steps_per_epoch * cfg.epochs}
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
 
     def lr_lambda(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, plan["total"] - warm))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     images = torch.from_numpy(train.images)
@@ -261,7 +302,8 @@ def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -
     history: list[dict[str, Any]] = []
     best_f1, best_state, best_epoch, bad = -1.0, None, -1, 0
     t_start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    epoch = 0
+    while epoch < plan["epochs"]:
         model.train()
         _set_frozen_bn_eval(model, cfg.freeze_stages)
         perm = torch.randperm(len(train), generator=gen)
@@ -300,8 +342,14 @@ def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -
             "lr": sched.get_last_lr()[0],
         }
         history.append(rec)
+        if epoch == 0 and cfg.time_budget_s > 0:
+            per_epoch = time.perf_counter() - t_start
+            fit = max(2, int(cfg.time_budget_s // max(per_epoch, 1e-6)))
+            if fit < plan["epochs"]:
+                log(f"time budget {cfg.time_budget_s:.0f} s at {per_epoch:.1f} s/epoch: {fit} epochs, not {cfg.epochs}")
+                plan.update(epochs=fit, total=steps_per_epoch * fit)
         log(
-            f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} val acc {rec['val_accuracy']:.4f} "
+            f"epoch {epoch + 1}/{plan['epochs']}: loss {rec['loss']:.4f} val acc {rec['val_accuracy']:.4f} "
             f"macro-F1 {rec['val_macro_f1']:.4f} ({rec['images_per_s']:.0f} img/s)"
         )
         if rec["val_macro_f1"] > best_f1:
@@ -312,11 +360,13 @@ def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -
             if bad >= cfg.patience:
                 log(f"early stop: no validation macro-F1 gain for {cfg.patience} epochs")
                 break
+        epoch += 1
     if best_state is not None:
         model.load_state_dict(best_state)
     info = {
         "history": history,
         "best_epoch": best_epoch,
+        "epochs_planned": plan["epochs"],
         "best_val_macro_f1": best_f1,
         "init": init_record,
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if use_cuda else ""),

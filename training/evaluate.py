@@ -12,15 +12,36 @@ from training.metrics import classification_metrics
 from wbcproc.classes import CLASSES
 from wbcproc.config import load_settings
 from wbcproc.discovery import Candidate, check_image_header
+from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import load_classifier
 from wbcproc.pipeline import classify_candidates
+from wbcproc.preprocess import prepare_image, to_input
+
+
+def _framed_predictions(clf, items: list[Item], rejected: list[dict[str, str]]) -> tuple[list[str], list[str]]:
+    """Field crops from a FRAMED root: preprocessed as ``wbc process`` preprocesses field crops."""
+    spec = clf.info.preprocess
+    truth, pred = [], []
+    for it in items:
+        try:
+            bgr = read_image(it.path).bgr
+        except ImageRejected as exc:
+            rejected.append({"file": str(it.path), "reason": exc.reason})
+            continue
+        probs = clf.probabilities(to_input(prepare_image(bgr, spec, framed=True), spec))[0]
+        truth.append(it.label)
+        pred.append(clf.info.classes[int(probs.argmax())])
+    return truth, pred
 
 
 def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
     settings = load_settings(None)
     clf = load_classifier(model, settings.threads)
     candidates, labels, rejected = [], {}, []
+    framed_truth, framed_pred = _framed_predictions(clf, [it for it in items if it.framed], rejected)
     for it in items:
+        if it.framed:
+            continue
         key = str(it.path)
         res = check_image_header(it.path, key, settings)
         if isinstance(res, Candidate):
@@ -30,8 +51,10 @@ def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
             rejected.append({"file": key, "reason": res.reason})
     classified = classify_candidates(candidates, clf, settings, thumbnails=False, image_type="cell")
     rejected += [{"file": r.file, "reason": r.reason} for r in classified.rejected]
-    y_true = np.array([CLASSES.index(labels[c.file]) for c in classified.cells], dtype=np.int64)
-    y_pred = np.array([CLASSES.index(c.label) for c in classified.cells], dtype=np.int64)
+    truth = [labels[c.file] for c in classified.cells] + framed_truth
+    pred = [c.label for c in classified.cells] + framed_pred
+    y_true = np.array([CLASSES.index(t) for t in truth], dtype=np.int64)
+    y_pred = np.array([CLASSES.index(p) for p in pred], dtype=np.int64)
     m = classification_metrics(y_true, y_pred, CLASSES)
     m["model"] = clf.info.summary()
     m["rejected"] = rejected

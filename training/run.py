@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from training.cache import CachedSet, build_cache, load_cache
-from training.data import Gathered, gather, write_split
+from training.data import Gathered, Item, gather, write_split
 from training.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -33,8 +33,10 @@ from training.metrics import (
 from training.plots import confusion_png, gallery_png
 from wbcproc import __version__
 from wbcproc.classes import CLASSES
+from wbcproc.framing import Framing, background_colour
+from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import softmax, write_sidecar
-from wbcproc.preprocess import PreprocessSpec
+from wbcproc.preprocess import ColourNormalisation, PreprocessSpec
 
 MODEL_NAME = "wbc-resnet50"
 
@@ -56,11 +58,39 @@ class RunOptions:
     cache: str | None = None  # set by run_training when it trained from a packed cache
     from_shards: str | None = None  # set when the weights came from a GPU run's shards
     parity_tol: float = 1e-2
+    normalise: bool = True  # white balance + red-cell-ruler framing in the preprocessing (see wbcproc.framing)
 
 
-def make_spec(image_size: int, resize: str = "stretch") -> PreprocessSpec:
-    """ImageNet mean/std, RGB: the convention of torchvision's ResNet50 weights."""
-    return PreprocessSpec(input_size=image_size, resize=resize, colour_order="RGB")  # type: ignore[arg-type]
+def make_spec(
+    image_size: int, resize: str = "stretch", background: tuple[float, float, float] | None = None
+) -> PreprocessSpec:
+    """ImageNet mean/std, RGB (torchvision's ResNet50 convention); with ``background`` (BGR of the training
+    data's slide background) also white balance and red-cell-ruler framing (see ``wbcproc.framing``)."""
+    if background is None:
+        return PreprocessSpec(input_size=image_size, resize=resize, colour_order="RGB")  # type: ignore[arg-type]
+    return PreprocessSpec(
+        input_size=image_size,
+        resize=resize,  # type: ignore[arg-type]
+        colour_order="RGB",
+        colour_normalisation=ColourNormalisation("white_balance", reference=tuple(round(v, 1) for v in background)),
+        framing=Framing(),
+    )
+
+
+def fit_background(items: list[Item], n: int = 400) -> tuple[float, float, float]:
+    """Median slide-background colour (BGR) of up to ``n`` training images, spread over the list."""
+    pick = [it for it in items if it.split == "train"] or items
+    pick = pick[:: max(1, len(pick) // n)][:n]
+    colours = []
+    for it in pick:
+        try:
+            colours.append(background_colour(read_image(it.path).bgr))
+        except ImageRejected:
+            continue
+    if not colours:
+        raise ValueError("no decodable training image to measure the slide background on")
+    med = np.median(np.array(colours), axis=0)
+    return float(med[0]), float(med[1]), float(med[2])
 
 
 def prepare_data(opts: RunOptions, log=print) -> tuple[Gathered, Path, list[tuple[str, str]]]:
@@ -72,8 +102,14 @@ def prepare_data(opts: RunOptions, log=print) -> tuple[Gathered, Path, list[tupl
         f"{len(g.conflicts)} with conflicting labels excluded"
     )
     write_split(g.items, run_dir / "split.csv")
+    background = fit_background(g.items) if opts.normalise else None
+    if background is not None:
+        log(f"slide background of the training data (BGR): {[round(v, 1) for v in background]}")
     cache_path, failed = build_cache(
-        g, make_spec(opts.image_size, opts.resize), run_dir / f"cache-{opts.image_size}.npz", quality=opts.cache_quality
+        g,
+        make_spec(opts.image_size, opts.resize, background),
+        run_dir / f"cache-{opts.image_size}.npz",
+        quality=opts.cache_quality,
     )
     for f, reason in failed:
         log(f"skipped: {f}: {reason}")
@@ -174,6 +210,7 @@ def evaluate_and_export(
         review_threshold=threshold,
         review_share=float((probs.max(1) < threshold).mean()) if len(probs) else 0.0,
         split="test",
+        scored_model="PyTorch (parity-checked against the ONNX export)",
     )
     onnx_path = export_onnx(model, data.spec.input_size, run_dir / "model.onnx")
     par = parity(test_logits, ort_logits(onnx_path, test), tol=opts.parity_tol)
@@ -189,9 +226,26 @@ def evaluate_and_export(
         if kept:
             q.replace(onnx_path)
             par = {**par, "note": "parity measured on fp32 export; int8 kept within 0.2 accuracy points"}
+            # the shipped file is the int8 one: calibrate and score *it*, so the sidecar describes what ships
+            val_logits, test_logits = ort_logits(onnx_path, val), q_logits
+            temperature = fit_temperature(val_logits, val.labels)
+            threshold = review_threshold(softmax(val_logits / temperature), val.labels)
+            probs = softmax(test_logits / temperature)
+            metrics.update(classification_metrics(test.labels, probs.argmax(1), CLASSES))
+            metrics.update(
+                ece=expected_calibration_error(softmax(test_logits), test.labels),
+                ece_calibrated=expected_calibration_error(probs, test.labels),
+                nll=nll(test_logits, test.labels),
+                nll_calibrated=nll(test_logits, test.labels, temperature),
+                temperature=temperature,
+                review_threshold=threshold,
+                review_share=float((probs.max(1) < threshold).mean()) if len(probs) else 0.0,
+                scored_model="int8 ONNX (ONNX Runtime)",
+            )
         else:
             q.unlink()
         log(f"int8: {quant}")
+    metrics["per_source"] = per_source(test, probs.argmax(1))
     cm_rows = metrics["confusion"]
     confusion_png(cm_rows, list(CLASSES), run_dir / "confusion.png")
     with open(run_dir / "confusion.csv", "w", newline="") as fh:
@@ -268,6 +322,23 @@ def evaluate_and_export(
     }
 
 
+def per_source(data: CachedSet, pred: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Accuracy and macro-F1 per data root (the folder above the class folders): one lab's figure must not
+    hide another's."""
+    roots = np.array([str(Path(str(f)).parent.parent) for f in data.files])
+    out = {}
+    for root in sorted(set(roots)):
+        m = roots == root
+        cm = classification_metrics(data.labels[m], pred[m], CLASSES)
+        present = [c for c, v in cm["per_class"].items() if v["support"] > 0]
+        out[root] = {
+            "n": int(m.sum()),
+            "accuracy": cm["accuracy"],
+            "macro_f1_present_classes": float(np.mean([cm["per_class"][c]["f1"] for c in present])) if present else 0.0,
+        }
+    return out
+
+
 def domain_reference(data: CachedSet) -> dict[str, Any]:
     """Reference statistics of the training split's inputs, threshold calibrated on validation + test."""
     from wbcproc.domain import cell_features, fit_reference
@@ -328,7 +399,9 @@ files always share a split and the test split is fixed. Cells per split and clas
 Config: `{json.dumps({k: v for k, v in tr.items() if k not in ("extra",)})}`
 
 ## Results on the test split (n = {m["n"]}, ONNX export checked against PyTorch: {side["parity"]})
+- Scored: {m.get("scored_model", "?")}.
 - Accuracy {m["accuracy"]:.4f}, macro-F1 {m["macro_f1"]:.4f}, ECE {m["ece"]:.4f} (calibrated {m["ece_calibrated"]:.4f}).
+- Per source: {"; ".join(f"{Path(k).name}: n={v['n']}, accuracy {v['accuracy']:.4f}" for k, v in m.get("per_source", {}).items())}.
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|

@@ -84,7 +84,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | holes
 
 
-def _rbc_diameter(bgr: np.ndarray, nuclei: np.ndarray) -> float | None:
+def rbc_diameter(bgr: np.ndarray, nuclei: np.ndarray) -> float | None:
     """Median red-cell diameter: distance-transform peaks of the hole-filled red-cell mask."""
     g = cv2.GaussianBlur(bgr[:, :, 1], (5, 5), 0)
     bg = float(np.percentile(g, 95))
@@ -114,7 +114,7 @@ def locate(bgr: np.ndarray, params: FieldParams = FieldParams()) -> FieldResult:
     thr = max(params.min_score, float(otsu))
     nuclei = (score > thr).astype(np.uint8)
     nuclei = cv2.morphologyEx(nuclei, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    rbc = _rbc_diameter(img, nuclei)
+    rbc = rbc_diameter(img, nuclei)
     if rbc is not None and not params.rbc_range[0] * min(h, w) <= rbc <= params.rbc_range[1] * min(h, w):
         rbc = None  # implausible (clumped red cells, almost empty field): fall back to the default
     measured = rbc is not None
@@ -134,7 +134,7 @@ def locate(bgr: np.ndarray, params: FieldParams = FieldParams()) -> FieldResult:
         )
     big = [g for g in groups if g[4] >= params.lobe_min_rbc_area * rbc_area]
     small = [g for g in groups if g[4] < params.lobe_min_rbc_area * rbc_area]
-    groups = _merge_lobes(big, params.merge_gap_rbc * rbc, params.merge_max_rbc * rbc) + small
+    groups = merge_lobes(big, params.merge_gap_rbc * rbc, params.merge_max_rbc * rbc) + small
     dets: list[Detection] = []
     for gx0, gy0, gx1, gy1, stained, score_sum, n_px in groups:
         if stained < params.min_nucleus_rbc_area * rbc_area:
@@ -154,7 +154,7 @@ def locate(bgr: np.ndarray, params: FieldParams = FieldParams()) -> FieldResult:
     return FieldResult(_dedupe(dets), rbc / f, measured)
 
 
-def _merge_lobes(groups: list[list], max_gap: float, max_extent: float) -> list[list]:
+def merge_lobes(groups: list[list], max_gap: float, max_extent: float) -> list[list]:
     """Merge nucleus groups that are lobes of one cell: close to each other (gap <= ``max_gap``) and
     together no larger than one nucleus can be (longer side <= ``max_extent``)."""
     merged = True

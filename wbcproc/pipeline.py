@@ -169,7 +169,7 @@ def classify_candidates(
 
     for unit in _units(candidates, settings, image_type, rejected, fields, t):
         t1 = time.perf_counter()
-        prepared.append(prepare_image(unit.bgr, spec))
+        prepared.append(prepare_image(unit.bgr, spec, framed=unit.field is not None))
         feats.append(cell_features(prepared[-1], spec.colour_order))
         if thumbnails:
             thumbs[unit.name] = _thumbnail(unit.bgr)

@@ -18,17 +18,37 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from wbcproc.framing import Framing, frame_cell, white_balance
+
 ResizeRule = Literal["stretch", "shorter_side_crop", "letterbox"]
 RESIZE_RULES: tuple[str, ...] = ("stretch", "shorter_side_crop", "letterbox")
 
 
+COLOUR_METHODS = ("reinhard_lab", "white_balance")
+
+
 @dataclass(frozen=True)
 class ColourNormalisation:
-    """Reinhard-style colour transfer in CIELAB to reference statistics of the training data."""
+    """Colour normalisation to reference statistics of the training data.
 
-    method: Literal["reinhard_lab"] = "reinhard_lab"
+    ``white_balance`` (default of trained models): the slide background is mapped onto ``reference`` (BGR),
+    see :mod:`wbcproc.framing`.  ``reinhard_lab``: whole-image LAB mean/std transfer (Reinhard et al. 2001);
+    kept for older sidecars - it depends on how much of the frame the cell fills.
+    """
+
+    method: Literal["reinhard_lab", "white_balance"] = "reinhard_lab"
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    reference: tuple[float, float, float] = (255.0, 255.0, 255.0)
+
+    def __post_init__(self) -> None:
+        if self.method not in COLOUR_METHODS:
+            raise ValueError(f"colour normalisation {self.method!r} is unknown; expected one of {COLOUR_METHODS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.method == "white_balance":
+            return {"method": self.method, "reference": [float(v) for v in self.reference]}
+        return {"method": self.method, "mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,7 @@ class PreprocessSpec:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     pad_value: tuple[int, int, int] = (255, 255, 255)
     colour_normalisation: ColourNormalisation | None = field(default=None)
+    framing: Framing | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
@@ -56,6 +77,7 @@ class PreprocessSpec:
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         d = dict(d)
         cn = d.pop("colour_normalisation", None)
+        fr = d.pop("framing", None)
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -65,21 +87,33 @@ class PreprocessSpec:
                 d[key] = tuple(d[key])
         norm = None
         if cn:
-            if cn.get("method") != "reinhard_lab":
-                raise ValueError(f"colour normalisation {cn.get('method')!r} is unknown; expected 'reinhard_lab'")
-            norm = ColourNormalisation("reinhard_lab", tuple(cn["mean"]), tuple(cn["std"]))
-        return cls(colour_normalisation=norm, **d)
+            method = cn.get("method")
+            if method == "reinhard_lab":
+                norm = ColourNormalisation("reinhard_lab", tuple(cn["mean"]), tuple(cn["std"]))
+            elif method == "white_balance":
+                norm = ColourNormalisation("white_balance", reference=tuple(cn["reference"]))
+            else:
+                raise ValueError(f"colour normalisation {method!r} is unknown; expected one of {COLOUR_METHODS}")
+        framing = None
+        if fr:
+            fr = dict(fr)
+            for key in ("rbc_range", "side_range", "extent_per_rbc"):
+                if key in fr:
+                    fr[key] = tuple(fr[key])
+            unknown_fr = set(fr) - set(Framing.__dataclass_fields__)
+            if unknown_fr:
+                raise ValueError(f"framing has unknown keys {sorted(unknown_fr)}")
+            framing = Framing(**fr)
+        return cls(colour_normalisation=norm, framing=framing, **d)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("mean", "std", "pad_value"):
             d[key] = list(d[key])
         if self.colour_normalisation is not None:
-            d["colour_normalisation"] = {
-                "method": self.colour_normalisation.method,
-                "mean": list(self.colour_normalisation.mean),
-                "std": list(self.colour_normalisation.std),
-            }
+            d["colour_normalisation"] = self.colour_normalisation.to_dict()
+        if self.framing is not None:
+            d["framing"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.framing).items()}
         return d
 
 
@@ -125,12 +159,20 @@ def _resize(bgr: np.ndarray, size: int, rule: str, pad_value: tuple[int, int, in
     )
 
 
-def prepare_image(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """BGR uint8 (any size) -> uint8 ``input_size`` x ``input_size`` x 3 in the spec's colour order."""
+def prepare_image(bgr: np.ndarray, spec: PreprocessSpec, *, framed: bool = False) -> np.ndarray:
+    """BGR uint8 (any size) -> uint8 ``input_size`` x ``input_size`` x 3 in the spec's colour order.
+
+    Order: colour normalisation, then framing (its nucleus detection relies on normalised colour), then the
+    resize rule.  ``framed``: the image is already a canonical square (a field crop cut at the field's
+    measured red-cell scale, see :func:`wbcproc.fields.crop_cell`), so the framing step is skipped.
+    """
     if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
         raise ValueError(f"expected an 8-bit BGR image HxWx3, got dtype {bgr.dtype} shape {bgr.shape}")
-    if spec.colour_normalisation is not None:
-        bgr = reinhard_normalise(bgr, spec.colour_normalisation)
+    cn = spec.colour_normalisation
+    if cn is not None:
+        bgr = white_balance(bgr, cn.reference) if cn.method == "white_balance" else reinhard_normalise(bgr, cn)
+    if spec.framing is not None and not framed:
+        bgr, _ = frame_cell(bgr, spec.framing)
     out = _resize(bgr, int(spec.input_size), spec.resize, spec.pad_value)
     if spec.colour_order == "RGB":
         out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
@@ -146,6 +188,6 @@ def to_input(prepared: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def preprocess(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def preprocess(bgr: np.ndarray, spec: PreprocessSpec, *, framed: bool = False) -> np.ndarray:
     """One image -> a 1x3xSxS float32 model input.  Training and inference both go through this."""
-    return to_input(prepare_image(bgr, spec), spec)
+    return to_input(prepare_image(bgr, spec, framed=framed), spec)

@@ -1,0 +1,102 @@
+"""Scale and colour normalisation (wbcproc.framing) on real PBC and BCCD fixture images."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from helpers import CELLS, FIXTURES
+
+from wbcproc.framing import Framing, background_colour, frame_cell, locate_cell, white_balance
+from wbcproc.preprocess import ColourNormalisation, PreprocessSpec, prepare_image
+
+REFERENCE = (203.0, 229.0, 255.0)  # the PBC training data's slide background (BGR), as in the shipped sidecar
+
+
+def _cells(cls: str) -> list[np.ndarray]:
+    return [cv2.imread(str(p)) for p in sorted((CELLS / cls).iterdir())]
+
+
+def test_white_balance_maps_a_tinted_background_onto_the_reference():
+    img = _cells("lymphocyte")[0]
+    tinted = np.clip(img.astype(np.float32) * np.array([0.75, 0.95, 1.0]), 0, 255).astype(np.uint8)  # yellowish
+    assert np.abs(background_colour(tinted) - REFERENCE).max() > 25
+    out = white_balance(tinted, REFERENCE)
+    assert np.abs(background_colour(out) - REFERENCE).max() < 6
+    assert out.shape == tinted.shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("cls", ["neutrophil", "lymphocyte", "monocyte", "eosinophil"])
+def test_pbc_cells_are_framed_by_the_red_cell_ruler(cls):
+    rbc = []
+    for img in _cells(cls):
+        info = locate_cell(img)
+        h, w = img.shape[:2]
+        assert info.found
+        assert info.rbc_px is not None and 40 <= info.rbc_px <= 115, info  # PBC: 1st-99th pct 56-110 px
+        rbc.append(info.rbc_px)
+        assert abs(info.centre[0] - w / 2) < 0.2 * w and abs(info.centre[1] - h / 2) < 0.2 * h
+        assert info.side_px == pytest.approx(5 * info.rbc_px, rel=0.01)
+    assert 60 <= np.median(rbc) <= 90  # PBC median 74 px
+
+
+def test_framing_undoes_a_change_of_magnification():
+    """The same cell seen at half the magnification, with more slide around it, is cut to the same square.
+
+    The red-cell ruler is a measurement: on these 12 fixture cells it lands within 20 % in 9 (measured
+    when written); the test asks for at least 9 of 12 and the same cell chosen in every case."""
+    within = 0
+    cells = [c for k in ("lymphocyte", "eosinophil", "monocyte", "basophil") for c in _cells(k)]
+    for img in cells:
+        h, w = img.shape[:2]
+        small = cv2.resize(img, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        canvas = cv2.copyMakeBorder(small, h // 2, h // 2, w // 2, w // 2, cv2.BORDER_REFLECT)
+        a, b = locate_cell(img), locate_cell(canvas)
+        within += abs(b.side_px / (a.side_px / 2) - 1) <= 0.2
+        back = ((b.centre[0] - w // 2) * 2, (b.centre[1] - h // 2) * 2)
+        assert np.hypot(back[0] - a.centre[0], back[1] - a.centre[1]) < 0.2 * a.side_px
+    assert within >= 9
+
+
+def test_a_tight_crop_without_red_cells_is_framed_from_the_nucleus():
+    """A crop filled by the cell (another lab's tight crops): no red-cell ruler, so the square is set from
+    the nucleus extent and is larger than the crop (the cell shrinks to its canonical size)."""
+    for img in _cells("lymphocyte"):
+        h, w = img.shape[:2]
+        tight = cv2.resize(img[h // 2 - 60 : h // 2 + 60, w // 2 - 60 : w // 2 + 60], (120, 120))
+        info = locate_cell(tight)
+        assert info.found and info.rbc_px is None
+        assert info.side_px > 120
+        out, _ = frame_cell(tight)
+        assert out.shape[0] == out.shape[1] == round(info.side_px)
+
+
+def test_an_image_without_a_nucleus_is_only_squared():
+    blank = np.full((100, 140, 3), (203, 229, 255), np.uint8)
+    out, info = frame_cell(blank)
+    assert not info.found and out.shape == (100, 100, 3)
+
+
+def test_spec_with_framing_and_white_balance_round_trips_and_prepares():
+    spec = PreprocessSpec(
+        input_size=64,
+        colour_normalisation=ColourNormalisation("white_balance", reference=REFERENCE),
+        framing=Framing(),
+    )
+    again = PreprocessSpec.from_dict(spec.to_dict())
+    assert again == spec
+    img = _cells("eosinophil")[0]
+    out = prepare_image(img, spec)
+    assert out.shape == (64, 64, 3)
+    # framed=True (a field crop already at the field's scale) skips the framing step only
+    crop = cv2.imread(str(FIXTURES / "fields" / "BloodImage_00003.jpg"))[100:300, 100:300]
+    assert prepare_image(crop, spec, framed=True).shape == (64, 64, 3)
+
+
+def test_bad_framing_and_colour_settings_are_named():
+    with pytest.raises(ValueError, match="framing method 'magic'"):
+        PreprocessSpec.from_dict({"framing": {"method": "magic"}})
+    with pytest.raises(ValueError, match="colour normalisation 'macenko'"):
+        PreprocessSpec.from_dict({"colour_normalisation": {"method": "macenko"}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        PreprocessSpec.from_dict({"framing": {"zoom": 2}})

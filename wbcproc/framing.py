@@ -1,0 +1,160 @@
+"""Scale and colour normalisation of a single-cell image, before it is resized for the model.
+
+Why: a classifier trained on one laboratory's crops sees another laboratory's cells at another
+magnification, crop size and stain/camera colour.  Two steps make the input look alike wherever it came from
+(both run in ``wbcproc.preprocess.prepare_image``, so training applies them too, with parameters from the
+model's sidecar):
+
+``white_balance``  the slide background (the brightest pixels) is mapped onto the training data's background
+                   colour by a per-channel gain.  This removes camera white balance and illumination tint
+                   (a yellowish or bluish background), and does not depend on how much of the frame the cell
+                   fills, unlike whole-image colour transfer.
+``frame_cell``     the white cell nearest the centre is found (Romanowsky nuclei are purple: blue - green is
+                   high), and a square is cut around it whose side is ``crop_rbc`` red-cell diameters - the red
+                   cell (~7.5 µm) is the ruler of a smear, so the cell keeps its physical size in the input
+                   whatever the magnification.  Where no red cells can be measured (a tight crop filled by the
+                   cell), the side is set from the nucleus group's extent instead, with a ratio calibrated on
+                   the training data.  The square is padded with the background colour where it leaves the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from wbcproc.fields import merge_lobes, nucleus_score, rbc_diameter
+
+
+@dataclass(frozen=True)
+class Framing:
+    method: str = "rbc_ruler"
+    crop_rbc: float = 5.0  # side of the square in red-cell diameters (PBC crops: 360 px, red cells ~72 px)
+    nucleus_extent: float = 0.35  # fallback: nucleus group's longer side / square side (PBC median 0.349)
+    extent_per_rbc: tuple[float, float] = (0.5, 3.2)  # nucleus extent / red-cell diameter (PBC 0.5-99th pct)
+    work_px: int = 192  # measurements run on a copy this large (longer side)
+    min_score: float = 20.0  # blue - green floor for nucleus pixels
+    rbc_range: tuple[float, float] = (0.06, 0.34)  # plausible red-cell diameter / shorter image side
+    side_range: tuple[float, float] = (0.1, 2.0)  # the square's side / shorter image side
+
+    def __post_init__(self) -> None:
+        if self.method != "rbc_ruler":
+            raise ValueError(f"framing method {self.method!r} is unknown; expected 'rbc_ruler'")
+        if not 1.0 <= self.crop_rbc <= 20.0:
+            raise ValueError(f"framing crop_rbc {self.crop_rbc} is outside 1..20 red-cell diameters")
+        if not 0.05 <= self.nucleus_extent <= 1.0:
+            raise ValueError(f"framing nucleus_extent {self.nucleus_extent} is outside 0.05..1")
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    found: bool  # a nucleus was found (else the image is only squared around its centre)
+    rbc_px: float | None  # measured red-cell diameter in the original image, or None
+    side_px: float  # side of the cut square in the original image
+    centre: tuple[float, float]  # x, y in the original image
+    extent_px: float  # longer side of the nucleus group in the original image (0 when none found)
+
+
+def background_colour(bgr: np.ndarray) -> np.ndarray:
+    """BGR float of the slide background: per-channel median of the brightest 8 % of pixels."""
+    small = _small(bgr, 128)
+    grey = small.astype(np.float32).sum(axis=2)
+    cut = np.percentile(grey, 92)
+    sel = small[grey >= cut]
+    return np.median(sel, axis=0).astype(np.float64) if len(sel) else np.full(3, 255.0)
+
+
+def white_balance(bgr: np.ndarray, reference: tuple[float, float, float], max_gain: float = 1.8) -> np.ndarray:
+    """Per-channel gain mapping the image's background colour onto ``reference`` (BGR)."""
+    bg = np.maximum(background_colour(bgr), 1.0)
+    gain = np.clip(np.asarray(reference, np.float64) / bg, 1.0 / max_gain, max_gain)
+    lut = np.clip(np.arange(256)[:, None] * gain[None, :] + 0.5, 0, 255).astype(np.uint8)  # 256 x 3
+    return cv2.merge([cv2.LUT(bgr[:, :, c], lut[:, c]) for c in range(3)])
+
+
+def _small(bgr: np.ndarray, px: int) -> np.ndarray:
+    h, w = bgr.shape[:2]
+    f = min(1.0, px / max(h, w))
+    return cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else bgr
+
+
+def locate_cell(bgr: np.ndarray, framing: Framing = Framing()) -> FrameInfo:
+    """Where the centre cell is and how large the square around it should be (original pixels).
+
+    Measured on a ``work_px`` copy.  An image more than twice that size (a larger crop, or a lower
+    magnification) is measured on a copy up to three times finer instead, because the red-cell
+    measurement needs a few pixels of radius; if no red cell is found there, the coarse copy decides.
+    """
+    h0, w0 = bgr.shape[:2]
+    if max(h0, w0) > 2 * framing.work_px:
+        finer = _locate(bgr, framing, min(max(h0, w0), 3 * framing.work_px))
+        if finer.rbc_px is not None:
+            return finer
+    return _locate(bgr, framing, framing.work_px)
+
+
+def _locate(bgr: np.ndarray, framing: Framing, work_px: int) -> FrameInfo:
+    h0, w0 = bgr.shape[:2]
+    img = _small(bgr, work_px)
+    f = img.shape[1] / w0
+    h, w = img.shape[:2]
+    short = min(h, w)
+    score = cv2.GaussianBlur(nucleus_score(img), (5, 5), 0)
+    otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thr = max(framing.min_score, float(otsu))
+    nuclei = (score > thr).astype(np.uint8)
+    nuclei = cv2.morphologyEx(nuclei, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    rbc = rbc_diameter(img, nuclei)
+    if rbc is not None and not framing.rbc_range[0] * short <= rbc <= framing.rbc_range[1] * short:
+        rbc = None
+    scale = rbc if rbc is not None else 0.2 * short  # grouping distances in red-cell units (or a guess)
+    k = max(3, round(0.35 * scale) | 1)
+    grouped = cv2.morphologyEx(nuclei, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
+    min_area = 0.002 * h * w
+    groups = []
+    for i in range(1, n):
+        x, y, bw, bh, area = (int(v) for v in stats[i])
+        if area >= min_area:
+            groups.append([x, y, x + bw, y + bh, area, 0.0, area])
+    side_lo, side_hi = framing.side_range[0] * min(h0, w0), framing.side_range[1] * min(h0, w0)
+    if not groups:
+        side = float(np.clip(min(h0, w0), side_lo, side_hi))
+        return FrameInfo(False, None if rbc is None else rbc / f, side, (w0 / 2, h0 / 2), 0.0)
+
+    def weight(g: list) -> float:
+        d = np.hypot((g[0] + g[2]) / 2 - w / 2, (g[1] + g[3]) / 2 - h / 2)
+        return g[4] * float(np.exp(-((d / (0.3 * short)) ** 2)))
+
+    main = max(groups, key=weight)
+    # lobes of the same cell: merge only pieces close to the chosen one, never beyond one nucleus' size
+    rest = [g for g in groups if g is not main]
+    merged = merge_lobes([main, *rest], 0.6 * scale, 2.3 * scale if rbc is not None else 0.9 * short)
+    main = next(g for g in merged if g[0] <= main[0] and g[1] <= main[1] and g[2] >= main[2] and g[3] >= main[3])
+    extent = max(main[2] - main[0], main[3] - main[1])
+    cx, cy = (main[0] + main[2]) / 2, (main[1] + main[3]) / 2
+    if rbc is not None and not framing.extent_per_rbc[0] <= extent / rbc <= framing.extent_per_rbc[1]:
+        rbc = None  # a "red cell" that size next to this nucleus is something else (cytoplasm, a clump)
+    side = framing.crop_rbc * rbc if rbc is not None else extent / framing.nucleus_extent
+    side = float(np.clip(side / f, side_lo, side_hi))
+    return FrameInfo(True, None if rbc is None else rbc / f, side, (cx / f, cy / f), extent / f)
+
+
+def cut_square(bgr: np.ndarray, centre: tuple[float, float], side: float, fill: np.ndarray) -> np.ndarray:
+    """The square of ``side`` px around ``centre``; parts outside the image are ``fill`` (BGR)."""
+    s = max(2, round(side))
+    x0, y0 = round(centre[0] - s / 2), round(centre[1] - s / 2)
+    h, w = bgr.shape[:2]
+    pad = max(0, -x0, -y0, x0 + s - w, y0 + s - h)
+    if pad:
+        colour = tuple(int(v + 0.5) for v in fill)
+        bgr = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=colour)
+        x0, y0 = x0 + pad, y0 + pad
+    return np.ascontiguousarray(bgr[y0 : y0 + s, x0 : x0 + s])
+
+
+def frame_cell(bgr: np.ndarray, framing: Framing = Framing()) -> tuple[np.ndarray, FrameInfo]:
+    """The canonical square around the centre cell (see the module docstring)."""
+    info = locate_cell(bgr, framing)
+    return cut_square(bgr, info.centre, info.side_px, background_colour(bgr)), info
