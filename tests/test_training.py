@@ -376,7 +376,7 @@ def test_bccd_crops_are_a_framed_second_source(tmp_path):
     assert len(g.items) == 4 and all(it.framed for it in g.items)
     assert not g.skipped  # the FRAMED marker is not reported as a stray file
     spec = make_spec(32, background=(203.0, 229.0, 255.0))
-    path, failed = build_cache(g, spec, tmp_path / "c.npz")
+    path, _failed = build_cache(g, spec, tmp_path / "c.npz")
     data = load_cache(path)
     for i in range(len(data)):
         bgr = read_image(data.files[i]).bgr
