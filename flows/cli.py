@@ -82,7 +82,8 @@ def info(
     p = m.preprocess
     typer.echo(
         f"input:      {p.input_size}x{p.input_size} {p.colour_order}, resize {p.resize}, "
-        f"colour normalisation {'reinhard_lab' if p.colour_normalisation else 'none'}"
+        f"colour normalisation {p.colour_normalisation.method if p.colour_normalisation else 'none'}, "
+        f"framing {p.framing.method if p.framing else 'none'}"
     )
     typer.echo(f"review:     confidence < {m.review_threshold:.3f} (temperature {m.temperature:.3f})")
     metrics = m.raw.get("metrics", {})

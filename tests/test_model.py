@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +91,11 @@ def test_corrupt_onnx_with_matching_sidecar(tmp_path):
 
 
 def test_resolution_order(tmp_path, monkeypatch, tiny_model):
+    import wbcproc.model as model_mod
+
+    # the shipped default is the last resort
+    assert resolve_model_path(None) == (Path(model_mod.__file__).parent.parent / "models" / "model.onnx").resolve()
+    monkeypatch.setattr(model_mod, "packaged_model_dirs", lambda: [tmp_path / "nowhere"])
     with pytest.raises(ModelNotFoundError, match="wbc train"):
         resolve_model_path(None)
     # registry current model
@@ -104,3 +110,23 @@ def test_resolution_order(tmp_path, monkeypatch, tiny_model):
     assert resolve_model_path(None) == other / "model.onnx"
     assert resolve_model_path(tiny_model) == tiny_model
     assert resolve_model_path(tiny_model.parent) == tiny_model  # a run folder works too
+
+
+def test_shipped_default_model_loads_and_classifies_real_cells():
+    """The model in models/ (int8 ResNet50 + sidecar) loads by default and labels the PBC fixture cells.
+    The fixture cells may be training images: this checks the wiring (sidecar, preprocessing, class order),
+    the held-out figures are in models/card.md."""
+    from helpers import CELLS
+
+    from wbcproc.imageio import read_image
+    from wbcproc.model import load_classifier
+    from wbcproc.preprocess import prepare_image, to_input
+
+    clf = load_classifier(None)
+    assert clf.info.name == "wbc-resnet50" and clf.info.preprocess.framing is not None
+    files = sorted(CELLS.glob("*/*.jpg"))
+    spec = clf.info.preprocess
+    probs = clf.probabilities(to_input(np.stack([prepare_image(read_image(f).bgr, spec) for f in files]), spec))
+    predicted = [clf.info.classes[i] for i in probs.argmax(1)]
+    correct = sum(p == f.parent.name for p, f in zip(predicted, files, strict=True))
+    assert correct >= 0.9 * len(files), list(zip(predicted, [f.parent.name for f in files], strict=True))

@@ -112,11 +112,11 @@ def test_left_shift_and_nrbc_and_ci_outside():
 
 def test_sample_level_flags():
     settings = load_settings(None)
-    d = differential(_labels(neutrophil=50, lymphocyte=30), reviews=[True] * 5 + [False] * 75)
+    d = differential(_labels(neutrophil=50, lymphocyte=30), reviews=[True] * 10 + [False] * 70)
     codes = {f["code"] for f in sample_flags(d, settings, n_rejected=2, metadata_errors=["bad"])}
     assert codes == {"LOW_WBC_COUNT", "REVIEW_SHARE_HIGH", "REJECTED_FILES", "METADATA_INVALID"}
-    d = differential(_labels(neutrophil=60, lymphocyte=40), reviews=[True] * 5 + [False] * 95)
-    assert sample_flags(d, settings, n_rejected=0, metadata_errors=[]) == []  # 5 % is not over 5 %
+    d = differential(_labels(neutrophil=60, lymphocyte=40), reviews=[True] * 10 + [False] * 90)
+    assert sample_flags(d, settings, n_rejected=0, metadata_errors=[]) == []  # 10 % is not over 10 %
     assert sample_flags(differential([]), settings, n_rejected=0, metadata_errors=[])[0]["code"] == "NO_WBC"
     for f in sample_flags(d, settings, n_rejected=1, metadata_errors=[]):
         assert f["cell"] is None

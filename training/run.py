@@ -284,7 +284,8 @@ def evaluate_and_export(
         "parity": par,
         "quantization": quant,
         "data": {
-            "roots": [str(Path(d).resolve()) for d in opts.data],
+            "roots": [str(Path(d).resolve()) for d in opts.data]
+            or sorted({str(Path(str(f)).parent.parent) for f in data.files}),  # from a cache: its sources
             "per_split_class": counts,
             "split_rule": f"sha256[:8]/2^32 < {opts.test_fraction} test, < {opts.test_fraction + opts.val_fraction} val",
         },

@@ -54,7 +54,7 @@ class Settings:
     threads: int = 0
     review_threshold: float | None = None
     min_wbc: int = 100
-    max_review_share: float = 0.05
+    max_review_share: float = 0.10
     reference: ReferenceIntervals = field(default=None)  # type: ignore[assignment]
     source: str = "defaults"
 
