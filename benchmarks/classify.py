@@ -131,11 +131,14 @@ def main() -> None:
         print(
             f"{args.n} cells per run, median of {args.repeats} runs, batch {args.batch}, threads {args.threads or 'all'}"
         )
-        print(f"{'model':<34} {'cells/s':>8} {'decode s':>9} {'prep s':>7} {'infer s':>8} {'report s':>9}")
+        print(
+            f"{'model':<34} {'cells/s':>8} {'scale s':>8} {'decode s':>9} {'prep s':>7} {'infer s':>8} {'report s':>9}"
+        )
         for m in models:
             r = bench(m, folder, args.repeats, args.threads, args.batch)
             print(
-                f"{m.name:<34} {r['cells_per_s']:>8.1f} {r['decode']:>9.2f} {r['preprocess']:>7.2f} "
+                f"{m.name:<34} {r['cells_per_s']:>8.1f} {r.get('scale', 0.0):>8.2f} {r['decode']:>9.2f} "
+                f"{r['preprocess']:>7.2f} "
                 f"{r['inference']:>8.2f} {r['report']:>9.2f}"
             )
 

@@ -1,6 +1,6 @@
 """WBC localisation on BCCD fields: recall and precision at IoU >= 0.3 against the VOC WBC boxes, and speed.
 
-    python benchmarks/locate_bccd.py ../shared/data/bccd [--show-errors]
+    python benchmarks/locate_bccd.py ../shared/data/bccd [--show-errors] [--model [PATH]]
 
 Edge cells count as detections here (the annotations include cells cut by the border).
 """
@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 
 from wbcproc.fields import iou, locate
+from wbcproc.pipeline import locate_and_classify
 
 
 def wbc_boxes(xml: Path) -> list[tuple[int, int, int, int]]:
@@ -48,21 +49,41 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bccd", type=Path)
     ap.add_argument("--show-errors", action="store_true")
+    ap.add_argument(
+        "--model",
+        nargs="?",
+        const="default",
+        help="also classify the crops and drop detections called platelets, as `wbc locate` does "
+        "(no value: the model in use)",
+    )
     args = ap.parse_args()
+    clf = None
+    if args.model:
+        from wbcproc.model import load_classifier
+
+        clf = load_classifier(None if args.model == "default" else args.model)
     tp = fp = fn = 0
     times = []
     for img_path in sorted((args.bccd / "JPEGImages").glob("*.jpg")):
         gt = wbc_boxes(args.bccd / "Annotations" / (img_path.stem + ".xml"))
         img = cv2.imread(str(img_path))
         t0 = time.perf_counter()
-        res = locate(img)
+        if clf is None:
+            res = locate(img)
+            pred = [d.box for d in res.detections]
+            rbc = res.rbc_diameter_px
+        else:
+            out = locate_and_classify(img, clf)
+            pred = [tuple(c["box"]) for c in out["cells"]]
+            rbc = out["rbc_diameter_px"]
         times.append(time.perf_counter() - t0)
-        pred = [d.box for d in res.detections]
         m = match(pred, gt)
         tp, fp, fn = tp + m, fp + len(pred) - m, fn + len(gt) - m
         if args.show_errors and (m < len(gt) or m < len(pred)):
-            print(f"{img_path.name}: gt {gt} pred {pred} rbc {res.rbc_diameter_px:.0f}")
+            print(f"{img_path.name}: gt {gt} pred {pred} rbc {rbc:.0f}")
     print(f"machine: {machine()}")
+    if clf is not None:
+        print(f"with classifier {clf.info.name} {clf.info.version}: detections called platelets are dropped")
     print(
         f"fields {len(times)}, WBC boxes {tp + fn}: recall {tp / (tp + fn):.3f}, precision {tp / max(1, tp + fp):.3f} "
         f"(tp {tp}, fp {fp}, fn {fn}); median {1000 * statistics.median(times):.1f} ms/field"

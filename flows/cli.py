@@ -337,13 +337,13 @@ def locate(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per image.")] = False,
     config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
 ) -> None:
-    """Find the white cells in field images, classify each crop, print boxes (x0, y0, x1, y1)."""
+    """Find the white cells in field images, classify each crop, print boxes (x0, y0, x1, y1).
+
+    A detection the classifier calls a platelet (a clump) is listed under "platelets", not "cells"."""
     from wbcproc.discovery import Candidate, check_image_header, display_name
-    from wbcproc.fields import crop_cell
-    from wbcproc.fields import locate as locate_cells
     from wbcproc.imageio import ImageRejected, read_image
     from wbcproc.model import ModelError, load_classifier
-    from wbcproc.preprocess import prepare_image, to_input
+    from wbcproc.pipeline import locate_and_classify
 
     settings = _load_settings(config)
     try:
@@ -353,8 +353,6 @@ def locate(
             raise _fail(str(exc)) from None
         clf = None
         typer.echo(f"wbc: no model, boxes only (label and confidence are null): {exc}".splitlines()[0], err=True)
-    import numpy as np
-
     for path in images:
         name = display_name(str(path))
         head = check_image_header(path, name, settings)
@@ -366,22 +364,7 @@ def locate(
             except ImageRejected as exc:
                 line = {"file": name, "cells": [], "error": exc.reason}
             else:
-                res = locate_cells(bgr)
-                cells = []
-                crops = [crop_cell(bgr, d, res.rbc_diameter_px) for d in res.detections]
-                probs = None
-                if clf is not None and crops:
-                    spec = clf.info.preprocess
-                    probs = clf.probabilities(
-                        to_input(np.stack([prepare_image(c, spec, framed=True) for c in crops]), spec)
-                    )
-                for i, d in enumerate(res.detections):
-                    cell = {"box": list(d.box), "score": d.score, "label": None, "confidence": None, "edge": d.edge}
-                    if probs is not None:
-                        k = int(probs[i].argmax())
-                        cell.update(label=clf.info.classes[k], confidence=round(float(probs[i, k]), 4))
-                    cells.append(cell)
-                line = {"file": name, "cells": cells, "rbc_diameter_px": round(res.rbc_diameter_px, 1)}
+                line = {"file": name, **locate_and_classify(bgr, clf)}
         if jsonl:
             typer.echo(json.dumps(line, ensure_ascii=False))
         else:
@@ -506,6 +489,34 @@ def train(
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))
+
+
+@app.command()
+def reviewed(
+    workbooks: Annotated[
+        list[Path], typer.Argument(help="Report workbooks (.xlsx) with the 'Reviewed class' filled in.")
+    ],
+    sample: Annotated[
+        list[Path], typer.Option("--sample", help="The sample folder of each workbook, in the same order.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Lab data root to add the reviewed cells to.")],
+) -> None:
+    """Turn reviewed cells into training data: LAB_ROOT for `wbc train --data` / the retrain flow."""
+    from wbcproc.reviewed import export_reviewed
+
+    if len(workbooks) != len(sample):
+        raise _fail(f"give one --sample per workbook: {len(workbooks)} workbooks, {len(sample)} --sample", 2)
+    total: dict[str, int] = {}
+    for wb, folder in zip(workbooks, sample, strict=True):
+        try:
+            res = export_reviewed(wb, folder, out)
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        for k, v in res.written.items():
+            total[k] = total.get(k, 0) + v
+        for name, reason in res.skipped:
+            typer.echo(f"skipped {wb.name}: {name}: {reason}", err=True)
+    typer.echo(json.dumps({"out": str(out), "written": total}))
 
 
 @app.command()

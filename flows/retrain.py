@@ -80,6 +80,14 @@ def compare(summary: dict[str, Any], g, registry: Registry, margin: float):
     challenger["parity_passed"] = summary["parity_passed"]
     champion = None
     current = registry.current_path()
+    if current is None:
+        # nothing registered: the model in use ($WBC_MODEL or the shipped default) is the one to beat
+        from wbcproc.model import ModelError, resolve_model_path
+
+        try:
+            current = resolve_model_path(None)
+        except ModelError:
+            current = None
     if current is not None:
         champion = evaluate_items(current, test_items)
     return decide_promotion(challenger, champion, margin=margin), challenger, champion
@@ -95,6 +103,15 @@ def promote(decision, summary: dict[str, Any], registry: Registry) -> str | None
             {"version": version, "promoted": False, "reason": decision.reason, "at": datetime.now(UTC).isoformat()}
         )
     return version
+
+
+def _per_source_md(challenger: dict[str, Any], champion: dict[str, Any] | None) -> str:
+    rows = ["", "| source | test cells | challenger macro-F1 | current macro-F1 |", "|---|---|---|---|"]
+    for src, v in (challenger.get("per_source") or {}).items():
+        cur = (champion or {}).get("per_source", {}).get(src)
+        shown = "-" if cur is None else f"{cur['macro_f1']:.4f}"
+        rows.append(f"| {src} | {v['n']} | {v['macro_f1']:.4f} | {shown} |")
+    return "\n".join(rows) + "\n"
 
 
 @flow(name="retrain", log_prints=False)
@@ -156,6 +173,7 @@ def retrain_flow(
             f"# Retrain {version}\n\n- challenger macro-F1 (ONNX Runtime, test split): {challenger['macro_f1']:.4f}\n"
             f"- current model macro-F1 on the same split: {champ}\n- parity: {summary['parity']}\n"
             f"- **promoted: {decision.promote}** - {decision.reason}\n- run: `{summary['run_dir']}`\n"
+            + _per_source_md(challenger, champion)
         ),
         description="Promotion decision",
     )

@@ -32,10 +32,22 @@ def test_version_and_info(tiny_model):
     assert "input:      32x32 RGB" in r.stdout
 
 
-def test_no_model_says_how_to_get_one(tmp_path, sample):
+def test_process_uses_the_shipped_model_by_default(tmp_path, sample):
+    """No --model, no $WBC_MODEL, empty registry: the model in models/ is used, end to end (the 24 PBC
+    fixture cells may be training images: this checks the wiring, models/card.md has held-out figures)."""
     r = run("process", str(sample), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "o" / "S-001.json").read_text())
+    assert report["model"]["name"] == "wbc-resnet50" and report["model"]["version"] == "1.0.0"
+    right = sum(Path(c["file"]).stem in {p.stem for p in (CELLS / c["class"]).glob("*")} for c in report["cells"])
+    assert right >= 22 and len(report["cells"]) == 24
+    assert not any(f["code"] == "DOMAIN_SHIFT" for f in report["flags"])  # in-domain cells
+
+
+def test_missing_explicit_model_says_what_to_do(tmp_path, sample):
+    r = run("process", str(sample), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "none.onnx"))
     assert r.returncode == 1
-    assert "wbc train" in r.stderr and "--model" in r.stderr
+    assert "none.onnx" in r.stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -100,3 +100,37 @@ def test_bad_framing_and_colour_settings_are_named():
         PreprocessSpec.from_dict({"colour_normalisation": {"method": "macenko"}})
     with pytest.raises(ValueError, match="unknown keys"):
         PreprocessSpec.from_dict({"framing": {"zoom": 2}})
+
+
+def test_sample_ruler_needs_enough_measured_images():
+    from wbcproc.framing import sample_ruler
+
+    assert sample_ruler([70.0, 74.0, None, 80.0]) == 74.0
+    assert sample_ruler([70.0, None, None]) is None  # fewer than three measured
+    assert sample_ruler([70.0, 72.0, 74.0] + [None] * 10) is None  # under 30 % measured
+
+
+def test_the_sample_ruler_replaces_missing_or_outlying_measurements_only():
+    img = _cells("lymphocyte")[0]
+    own = locate_cell(img)
+    _, info = frame_cell(img, rbc_px=own.rbc_px * 1.1)  # agrees within 25 %: the image's own framing stays
+    out_agree, _ = frame_cell(img, rbc_px=own.rbc_px * 1.1)
+    assert out_agree.shape[0] == round(own.side_px)
+    out_far, _ = frame_cell(img, rbc_px=own.rbc_px * 0.5)  # disagrees: the sample's ruler decides
+    assert out_far.shape[0] == round(5 * own.rbc_px * 0.5)
+    h, w = img.shape[:2]
+    tight = cv2.resize(img[h // 2 - 60 : h // 2 + 60, w // 2 - 60 : w // 2 + 60], (120, 120))
+    out_tight, info = frame_cell(tight, rbc_px=40.0)  # nothing measured in a tight crop: the ruler decides
+    assert info.rbc_px is None and out_tight.shape[0] == 200
+
+
+def test_a_sample_report_states_its_ruler(tmp_path):
+    from helpers import copy_cells
+
+    from wbcproc.pipeline import process_sample
+
+    sample = tmp_path / "S-9"
+    copy_cells(sample)
+    report = __import__("json").loads(process_sample(sample, tmp_path / "out")["json"].read_text())
+    scale = report["scale"]
+    assert 60 <= scale["rbc_px"] <= 90 and scale["measured"] >= 20 and scale["images"] == 24

@@ -40,3 +40,24 @@ def test_register_promote_and_refuse(tmp_path):
     assert history[0]["version"] == "1" and history[0]["promoted"]
     with pytest.raises(RegistryError, match="no model version"):
         reg.show("9")
+
+
+def test_promotion_needs_every_sizeable_source_to_improve():
+    """Adapting to a new lab: better overall is not enough - better on the original test split and on the
+    lab's own held-out cells, each (sources with fewer than 20 test cells are not decisive)."""
+    champ = {
+        "macro_f1": 0.90,
+        "per_source": {"/d/pbc": {"n": 1800, "macro_f1": 0.97}, "/d/lab": {"n": 60, "macro_f1": 0.60}},
+    }
+    both = {
+        "macro_f1": 0.93,
+        "parity_passed": True,
+        "per_source": {"/d/pbc": {"n": 1800, "macro_f1": 0.972}, "/d/lab": {"n": 60, "macro_f1": 0.85}},
+    }
+    d = decide_promotion(both, champ)
+    assert d.promote and "per source" in d.reason and "lab" in d.reason
+    lab_only = {**both, "per_source": {"/d/pbc": {"n": 1800, "macro_f1": 0.95}, "/d/lab": {"n": 60, "macro_f1": 0.9}}}
+    d = decide_promotion(lab_only, champ)
+    assert not d.promote and "/d/pbc" in d.reason
+    tiny_lab = {**both, "per_source": {"/d/pbc": {"n": 1800, "macro_f1": 0.975}, "/d/lab": {"n": 5, "macro_f1": 0.1}}}
+    assert decide_promotion(tiny_lab, champ).promote

@@ -207,17 +207,29 @@ def test_retrain_flow_promotes_only_when_better(prefect_server, tmp_path, labell
         device="cpu",
         batch_size=16,
     )
-    first = retrain_flow(**kw)
+    # nothing registered: the shipped default is the model in use and a 1-epoch 32 px model cannot beat it
+    shipped = retrain_flow(**kw)
+    assert shipped["promoted"] is False and "does not beat" in shipped["reason"]
+    assert shipped["champion_macro_f1"] is not None
+    import time
+
+    import wbcproc.model as model_mod
+
+    time.sleep(1.1)  # versions are second-resolution timestamps
+    real_dirs = model_mod.packaged_model_dirs
+    model_mod.packaged_model_dirs = lambda: [tmp_path / "no-shipped-model"]
+    try:
+        first = retrain_flow(**kw)
+    finally:
+        model_mod.packaged_model_dirs = real_dirs
     assert first["promoted"] is True and "no current model" in first["reason"]
     reg = Registry(reg_dir)
     assert reg.current_version() == first["version"]
-    import time
-
-    time.sleep(1.1)  # versions are second-resolution timestamps
+    time.sleep(1.1)
     second = retrain_flow(**kw, margin=1.0)  # cannot beat the champion by a whole macro-F1 point of 1.0
     assert second["promoted"] is False and "does not beat" in second["reason"]
     assert reg.current_version() == first["version"]
-    assert {v.version for v in reg.list()} == {first["version"], second["version"]}
+    assert {v.version for v in reg.list()} == {shipped["version"], first["version"], second["version"]}
     with retrain_lock(reg):
         state = retrain_flow(**kw, return_state=True)
         assert state.is_failed()

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import cv2
 
-from training.data import FRAMED_MARKER
 from wbcproc.classes import CLASSES
 from wbcproc.fields import Detection, crop_cell, locate
+from wbcproc.reviewed import FRAMED_MARKER
 
 
 def _wbc_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from wbcproc.classes import CLASSES
 from wbcproc.discovery import IMAGE_EXTENSIONS, SYSTEM_FILES, display_name
+from wbcproc.reviewed import FRAMED_MARKER
 
 SPLITS = ("train", "val", "test")
-FRAMED_MARKER = "FRAMED"
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def expand_roots(roots: list[str | Path]) -> list[Path]:
+    """A root holding class folders is itself; one holding none but sub-folders that do (a lab root written
+    by ``wbc reviewed``: ``cells/`` and ``field-crops/``) stands for those sub-folders."""
+    out: list[Path] = []
+    for root in map(Path, roots):
+        if root.is_dir() and not any((root / c).is_dir() for c in CLASSES):
+            subs = [s for s in sorted(root.iterdir()) if s.is_dir() and any((s / c).is_dir() for c in CLASSES)]
+            if subs:
+                out += subs
+                continue
+        out.append(root)
+    return out
+
+
 def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction: float = 0.15) -> Gathered:
-    """Read ``root/<class>/*`` for each root.  Cheap checks only (names, size); decoding comes later."""
+    """Read ``root/<class>/*`` for each root (see ``expand_roots``).  Cheap checks only (names, size);
+    decoding comes later."""
+    roots = expand_roots(roots)
     by_hash: dict[str, list[tuple[Path, str]]] = {}
     framed_roots: set[Path] = set()
     skipped: list[tuple[str, str]] = []

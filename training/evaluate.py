@@ -18,10 +18,12 @@ from wbcproc.pipeline import classify_candidates
 from wbcproc.preprocess import prepare_image, to_input
 
 
-def _framed_predictions(clf, items: list[Item], rejected: list[dict[str, str]]) -> tuple[list[str], list[str]]:
+def _framed_predictions(
+    clf, items: list[Item], rejected: list[dict[str, str]]
+) -> tuple[list[str], list[str], list[str]]:
     """Field crops from a FRAMED root: preprocessed as ``wbc process`` preprocesses field crops."""
     spec = clf.info.preprocess
-    truth, pred = [], []
+    truth, pred, sources = [], [], []
     for it in items:
         try:
             bgr = read_image(it.path).bgr
@@ -31,14 +33,16 @@ def _framed_predictions(clf, items: list[Item], rejected: list[dict[str, str]]) 
         probs = clf.probabilities(to_input(prepare_image(bgr, spec, framed=True), spec))[0]
         truth.append(it.label)
         pred.append(clf.info.classes[int(probs.argmax())])
-    return truth, pred
+        sources.append(str(it.path.parent.parent))
+    return truth, pred, sources
 
 
 def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
     settings = load_settings(None)
     clf = load_classifier(model, settings.threads)
     candidates, labels, rejected = [], {}, []
-    framed_truth, framed_pred = _framed_predictions(clf, [it for it in items if it.framed], rejected)
+    framed_items = [it for it in items if it.framed]
+    framed_truth, framed_pred, framed_sources = _framed_predictions(clf, framed_items, rejected)
     for it in items:
         if it.framed:
             continue
@@ -53,9 +57,16 @@ def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
     rejected += [{"file": r.file, "reason": r.reason} for r in classified.rejected]
     truth = [labels[c.file] for c in classified.cells] + framed_truth
     pred = [c.label for c in classified.cells] + framed_pred
+    source_of = {str(it.path): str(it.path.parent.parent) for it in items}
+    sources = [source_of[c.file] for c in classified.cells] + framed_sources
     y_true = np.array([CLASSES.index(t) for t in truth], dtype=np.int64)
     y_pred = np.array([CLASSES.index(p) for p in pred], dtype=np.int64)
     m = classification_metrics(y_true, y_pred, CLASSES)
+    m["per_source"] = {}
+    for src in sorted(set(sources)):
+        sel = np.array([s == src for s in sources])
+        ms = classification_metrics(y_true[sel], y_pred[sel], CLASSES)
+        m["per_source"][src] = {"n": int(sel.sum()), "accuracy": ms["accuracy"], "macro_f1": ms["macro_f1"]}
     m["model"] = clf.info.summary()
     m["rejected"] = rejected
     return m

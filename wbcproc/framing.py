@@ -37,6 +37,7 @@ class Framing:
     min_score: float = 20.0  # blue - green floor for nucleus pixels
     rbc_range: tuple[float, float] = (0.06, 0.34)  # plausible red-cell diameter / shorter image side
     side_range: tuple[float, float] = (0.1, 2.0)  # the square's side / shorter image side
+    ruler_tolerance: float = 0.25  # an image's own red-cell measurement within this of the sample's is kept
 
     def __post_init__(self) -> None:
         if self.method != "rbc_ruler":
@@ -154,7 +155,32 @@ def cut_square(bgr: np.ndarray, centre: tuple[float, float], side: float, fill: 
     return np.ascontiguousarray(bgr[y0 : y0 + s, x0 : x0 + s])
 
 
-def frame_cell(bgr: np.ndarray, framing: Framing = Framing()) -> tuple[np.ndarray, FrameInfo]:
-    """The canonical square around the centre cell (see the module docstring)."""
-    info = locate_cell(bgr, framing)
-    return cut_square(bgr, info.centre, info.side_px, background_colour(bgr)), info
+def frame_cell(
+    bgr: np.ndarray, framing: Framing = Framing(), *, rbc_px: float | None = None, located: FrameInfo | None = None
+) -> tuple[np.ndarray, FrameInfo]:
+    """The canonical square around the centre cell (see the module docstring).
+
+    ``rbc_px``: the sample's ruler (:func:`sample_ruler`): one slide has one magnification, and the median
+    over its images is far less noisy than one image's measurement.  It replaces this image's own
+    measurement when that is missing or off by more than ``ruler_tolerance`` (a clump, a tight crop);
+    measurements that agree are kept, as in training, where each image was framed by its own.
+    ``located``: this image's :func:`locate_cell` result, when already measured (saves the measurement).
+    """
+    info = located if located is not None else locate_cell(bgr, framing)
+    side = info.side_px
+    own = info.rbc_px
+    if rbc_px is not None and info.found and (own is None or abs(own / rbc_px - 1) > framing.ruler_tolerance):
+        h, w = bgr.shape[:2]
+        side = float(
+            np.clip(framing.crop_rbc * rbc_px, framing.side_range[0] * min(h, w), framing.side_range[1] * min(h, w))
+        )
+    return cut_square(bgr, info.centre, side, background_colour(bgr)), info
+
+
+def sample_ruler(rbc_px: list[float | None], *, min_measured: int = 3, min_share: float = 0.3) -> float | None:
+    """The sample's red-cell diameter: the median of its images' measurements, when at least
+    ``min_measured`` images (and ``min_share`` of them) could be measured; else None (per-image framing)."""
+    measured = [v for v in rbc_px if v is not None]
+    if len(measured) < min_measured or len(measured) < min_share * len(rbc_px):
+        return None
+    return float(np.median(measured))

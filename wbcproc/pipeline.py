@@ -25,9 +25,10 @@ from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import interval_flags, sample_flags
+from wbcproc.framing import FrameInfo, sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
-from wbcproc.preprocess import prepare_image, to_input
+from wbcproc.preprocess import PreprocessSpec, locate_in, prepare_image, to_input
 
 THUMB_PX = 64
 
@@ -41,6 +42,7 @@ class Classified:
     fields: list[dict[str, Any]] = field(default_factory=list)
     overviews: dict[str, bytes] = field(default_factory=dict)
     domain_features: list[np.ndarray] = field(default_factory=list)
+    scale: dict[str, Any] | None = None  # the sample's red-cell ruler for single-cell images (see framing)
 
 
 @dataclass
@@ -111,6 +113,32 @@ def _units(
             yield _Unit(f"{cand.file}#{i}", crop, decoded.notes, det.box, cand.file)
 
 
+def _sample_scale(
+    candidates: list[Candidate], spec: PreprocessSpec, settings: Settings, image_type: str, t: dict[str, float]
+) -> tuple[dict[str, Any] | None, dict[str, FrameInfo]]:
+    """One slide, one magnification: the red-cell ruler of the sample's single-cell images (median of each
+    image's measurement), so that every cell is framed at a consistent scale.  A first pass (decode +
+    measure; only the small measurements are kept, and reused by the main pass); images that fail to
+    decode are left to the main pass to reject."""
+    t0 = time.perf_counter()
+    located: dict[str, FrameInfo] = {}
+    for cand in candidates:
+        if is_field(cand, settings, image_type):
+            continue
+        try:
+            info = locate_in(read_image(cand.path).bgr, spec)
+        except ImageRejected:
+            continue
+        if info is not None:
+            located[cand.file] = info
+    t["scale"] = t.get("scale", 0.0) + time.perf_counter() - t0
+    ruler = sample_ruler([i.rbc_px for i in located.values()])
+    if ruler is None:
+        return None, located
+    measured = sum(i.rbc_px is not None for i in located.values())
+    return {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}, located
+
+
 def classify_candidates(
     candidates: list[Candidate],
     classifier: Classifier,
@@ -167,9 +195,15 @@ def classify_candidates(
         batch.clear()
         prepared.clear()
 
+    scale, located = (
+        _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {})
+    )
+    ruler = scale["rbc_px"] if scale else None
     for unit in _units(candidates, settings, image_type, rejected, fields, t):
         t1 = time.perf_counter()
-        prepared.append(prepare_image(unit.bgr, spec, framed=unit.field is not None))
+        prepared.append(
+            prepare_image(unit.bgr, spec, framed=unit.field is not None, rbc_px=ruler, located=located.get(unit.name))
+        )
         feats.append(cell_features(prepared[-1], spec.colour_order))
         if thumbnails:
             thumbs[unit.name] = _thumbnail(unit.bgr)
@@ -184,7 +218,33 @@ def classify_candidates(
         if thumbnails:
             labels = {c.box: c for c in cells if c.field == f["file"]}
             overviews[f["file"]] = overview_png(bgr, f["detections"], labels)
-    return Classified(cells, rejected, thumbs, t, fields, overviews, feats)
+    return Classified(cells, rejected, thumbs, t, fields, overviews, feats, scale)
+
+
+def locate_and_classify(bgr: np.ndarray, classifier: Classifier | None) -> dict[str, Any]:
+    """Every detection of a field, classified (edge cells too, for display), split into white cells and
+    platelets: a nucleus-coloured blob the classifier calls a platelet (a clump) is not a white cell.
+
+    Returns ``{"cells": [...], "platelets": [...], "rbc_diameter_px": float}``, each entry
+    ``{"box", "score", "label", "confidence", "edge"}`` (label/confidence None without a classifier).
+    """
+    res = locate(bgr)
+    entries = [
+        {"box": list(d.box), "score": d.score, "label": None, "confidence": None, "edge": d.edge}
+        for d in res.detections
+    ]
+    if classifier is not None and entries:
+        spec = classifier.info.preprocess
+        crops = [crop_cell(bgr, d, res.rbc_diameter_px) for d in res.detections]
+        probs = classifier.probabilities(to_input(np.stack([prepare_image(c, spec, framed=True) for c in crops]), spec))
+        for e, p in zip(entries, probs, strict=True):
+            k = int(p.argmax())
+            e.update(label=classifier.info.classes[k], confidence=round(float(p[k]), 4))
+    return {
+        "cells": [e for e in entries if e["label"] != "platelet"],
+        "platelets": [e for e in entries if e["label"] == "platelet"],
+        "rbc_diameter_px": round(res.rbc_diameter_px, 1),
+    }
 
 
 def overview_png(bgr: np.ndarray, detections: list[dict[str, Any]], labels: dict) -> bytes:
@@ -272,6 +332,7 @@ def summarise(
         "cells": [c.as_dict() for c in classified.cells],
         "fields": classified.fields,
         "domain": domain,
+        "scale": classified.scale,
         "rejected": [{"file": r.file, "reason": r.reason, "code": r.code} for r in rejected],
         "ignored": [{"file": i.file, "reason": i.reason} for i in inventory.ignored],
         "metadata": meta.as_dict(),
@@ -288,7 +349,9 @@ def summarise(
         },
         "method": (
             "Each cell image is decoded with OpenCV, prepared as the model's sidecar prescribes and classified "
-            f"by {info.name} {info.version} (ONNX Runtime). Percentages are of the WBC total (neutrophils, "
+            f"by {info.name} {info.version} (ONNX Runtime); single-cell images are framed at the sample's median "
+            "red-cell diameter where it can be measured (one slide, one magnification). Percentages are of the "
+            "WBC total (neutrophils, "
             "lymphocytes, monocytes, eosinophils, basophils, immature granulocytes); NRBC per 100 WBC; 95% "
             "confidence intervals are exact binomial (Clopper-Pearson)."
         ),

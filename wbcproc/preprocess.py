@@ -18,7 +18,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from wbcproc.framing import Framing, frame_cell, white_balance
+from wbcproc.framing import FrameInfo, Framing, frame_cell, locate_cell, white_balance
 
 ResizeRule = Literal["stretch", "shorter_side_crop", "letterbox"]
 RESIZE_RULES: tuple[str, ...] = ("stretch", "shorter_side_crop", "letterbox")
@@ -159,24 +159,48 @@ def _resize(bgr: np.ndarray, size: int, rule: str, pad_value: tuple[int, int, in
     )
 
 
-def prepare_image(bgr: np.ndarray, spec: PreprocessSpec, *, framed: bool = False) -> np.ndarray:
+def prepare_image(
+    bgr: np.ndarray,
+    spec: PreprocessSpec,
+    *,
+    framed: bool = False,
+    rbc_px: float | None = None,
+    located: FrameInfo | None = None,
+) -> np.ndarray:
     """BGR uint8 (any size) -> uint8 ``input_size`` x ``input_size`` x 3 in the spec's colour order.
 
     Order: colour normalisation, then framing (its nucleus detection relies on normalised colour), then the
     resize rule.  ``framed``: the image is already a canonical square (a field crop cut at the field's
     measured red-cell scale, see :func:`wbcproc.fields.crop_cell`), so the framing step is skipped.
+    ``rbc_px``: the sample's red-cell diameter (see :func:`wbcproc.framing.sample_ruler`) instead of this
+    image's own measurement.  ``located``: this image's framing measurement from :func:`locate_in`, if
+    already made.
     """
     if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
         raise ValueError(f"expected an 8-bit BGR image HxWx3, got dtype {bgr.dtype} shape {bgr.shape}")
-    cn = spec.colour_normalisation
-    if cn is not None:
-        bgr = white_balance(bgr, cn.reference) if cn.method == "white_balance" else reinhard_normalise(bgr, cn)
+    bgr = colour_normalise(bgr, spec)
     if spec.framing is not None and not framed:
-        bgr, _ = frame_cell(bgr, spec.framing)
+        bgr, _ = frame_cell(bgr, spec.framing, rbc_px=rbc_px, located=located)
     out = _resize(bgr, int(spec.input_size), spec.resize, spec.pad_value)
     if spec.colour_order == "RGB":
         out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(out)
+
+
+def colour_normalise(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The spec's colour normalisation step alone (identity when it has none)."""
+    cn = spec.colour_normalisation
+    if cn is None:
+        return bgr
+    return white_balance(bgr, cn.reference) if cn.method == "white_balance" else reinhard_normalise(bgr, cn)
+
+
+def locate_in(bgr: np.ndarray, spec: PreprocessSpec) -> FrameInfo | None:
+    """The framing measurement ``prepare_image`` would make on this image (None: the spec has no framing).
+    Its ``rbc_px`` is the image's red-cell diameter, for the sample's ruler."""
+    if spec.framing is None:
+        return None
+    return locate_cell(colour_normalise(bgr, spec), spec.framing)
 
 
 def to_input(prepared: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -45,12 +45,17 @@ class Decision:
     reason: str
 
 
-def decide_promotion(challenger: dict[str, Any], champion: dict[str, Any] | None, *, margin: float = 0.0) -> Decision:
+def decide_promotion(
+    challenger: dict[str, Any], champion: dict[str, Any] | None, *, margin: float = 0.0, min_source_cells: int = 20
+) -> Decision:
     """Champion/challenger rule on the fixed test split.
 
     ``challenger``/``champion`` are metric dicts with ``macro_f1`` measured on the same test split, and
     the challenger's ``parity_passed``.  A challenger that failed parity never promotes; with no
-    champion it promotes; otherwise its macro-F1 must exceed the champion's by more than ``margin``.
+    champion it promotes; otherwise its macro-F1 must exceed the champion's by more than ``margin`` - and,
+    when both carry ``per_source`` metrics (one entry per data root, e.g. the original data set and a
+    laboratory's own reviewed cells), on every source with at least ``min_source_cells`` test cells too:
+    a model adapted to a new laboratory must be better there *and* on the original test split.
     """
     if not challenger.get("parity_passed", False):
         return Decision(False, "challenger failed the ONNX Runtime vs PyTorch parity check")
@@ -62,9 +67,23 @@ def decide_promotion(challenger: dict[str, Any], champion: dict[str, Any] | None
     b = champion.get("macro_f1")
     if b is None:
         return Decision(True, f"current model has no comparable macro-F1; challenger {c:.4f}")
-    if c > b + margin:
-        return Decision(True, f"challenger macro-F1 {c:.4f} beats current {b:.4f} by more than {margin:.4f}")
-    return Decision(False, f"challenger macro-F1 {c:.4f} does not beat current {b:.4f} by more than {margin:.4f}")
+    if not c > b + margin:
+        return Decision(False, f"challenger macro-F1 {c:.4f} does not beat current {b:.4f} by more than {margin:.4f}")
+    cs, bs = challenger.get("per_source") or {}, champion.get("per_source") or {}
+    judged = []
+    for src in sorted(set(cs) & set(bs)):
+        if cs[src]["n"] < min_source_cells:
+            continue
+        x, y = cs[src]["macro_f1"], bs[src]["macro_f1"]
+        judged.append(f"{Path(src).name} {x:.4f} vs {y:.4f}")
+        if not x > y + margin:
+            return Decision(
+                False,
+                f"challenger macro-F1 {c:.4f} beats current {b:.4f} overall, but not on {src} "
+                f"({x:.4f} vs {y:.4f}, n={cs[src]['n']}, margin {margin:.4f})",
+            )
+    per = f"; per source: {', '.join(judged)}" if judged else ""
+    return Decision(True, f"challenger macro-F1 {c:.4f} beats current {b:.4f} by more than {margin:.4f}{per}")
 
 
 @dataclass(frozen=True)
