@@ -68,6 +68,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--augment", choices=("robust", "basic"), default="robust")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds of training; fewer epochs if needed")
+    ap.add_argument("--exclude-train", default=None, help="leave training images whose path contains this out")
+    ap.add_argument(
+        "--eval-cache", action="append", default=[], metavar="NAME=PATH", help="also score a packed set (repeatable)"
+    )
+    ap.add_argument("--no-shards", action="store_true", help="write train_info.json only (ablation runs)")
     args = ap.parse_args()
     t0 = time.time()
     data = load_cache_torch(args.cache)
@@ -86,17 +91,41 @@ def main() -> None:
         seed=args.seed,
         patience=args.patience,
     )
-    model, info = train_model(data.subset("train"), data.subset("val"), cfg, log=lambda m: print(m, flush=True))
+    train = data.subset("train")
+    if args.exclude_train:
+        keep = np.array([args.exclude_train not in str(f) for f in train.files])
+        train = CachedSet(
+            train.images[keep],
+            train.labels[keep],
+            train.splits[keep],
+            train.sha256[keep],
+            train.files[keep],
+            train.spec,
+        )
+        print(f"--exclude-train {args.exclude_train!r}: {int((~keep).sum())} training images left out", flush=True)
+    model, info = train_model(train, data.subset("val"), cfg, log=lambda m: print(m, flush=True))
     test = data.subset("test")
-    m = classification_metrics(test.labels, predict_logits(model, test, torch.device("cpu")).argmax(1), CLASSES)
+    dev = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    model = model.to(dev)
+    pred = predict_logits(model, test, dev).argmax(1)
+    m = classification_metrics(test.labels, pred, CLASSES)
     info["test_torch"] = {
         "accuracy": m["accuracy"],
         "macro_f1": m["macro_f1"],
         "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
     }
+    info["eval"] = {}
+    for spec in args.eval_cache:
+        name, _, path = spec.partition("=")
+        ev = load_cache_torch(path)
+        em = classification_metrics(ev.labels, predict_logits(model, ev, dev).argmax(1), CLASSES)
+        info["eval"][name] = {"n": len(ev), "accuracy": em["accuracy"], "macro_f1": em["macro_f1"]}
+        print(f"eval {name}: n={len(ev)} accuracy {em['accuracy']:.4f}", flush=True)
     info["config"] = cfg.as_dict()
     out = Path(args.out)
-    paths = save_shards(model.state_dict(), out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu")
+    paths = [] if args.no_shards else save_shards(model.state_dict(), out)
     (out / "train_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     print(
         json.dumps(
