@@ -183,6 +183,29 @@ def _versions() -> dict[str, str]:
     }
 
 
+def calibrate_and_score(
+    val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray, test_labels: np.ndarray, scored: str
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Temperature and review threshold fitted on validation logits; test metrics of the calibrated
+    probabilities (and ECE/NLL before and after).  Returns the metrics and the test probabilities."""
+    temperature = fit_temperature(val_logits, val_labels)
+    threshold = review_threshold(softmax(val_logits / temperature), val_labels)
+    probs = softmax(test_logits / temperature)
+    metrics = classification_metrics(test_labels, probs.argmax(1), CLASSES)
+    metrics.update(
+        ece=expected_calibration_error(softmax(test_logits), test_labels),
+        ece_calibrated=expected_calibration_error(probs, test_labels),
+        nll=nll(test_logits, test_labels),
+        nll_calibrated=nll(test_logits, test_labels, temperature),
+        temperature=temperature,
+        review_threshold=threshold,
+        review_share=float((probs.max(1) < threshold).mean()) if len(probs) else 0.0,
+        split="test",
+        scored_model=scored,
+    )
+    return metrics, probs
+
+
 def evaluate_and_export(
     model, data: CachedSet, train_info: dict[str, Any], cfg, opts: RunOptions, g: Gathered, log=print
 ) -> dict[str, Any]:
@@ -197,21 +220,10 @@ def evaluate_and_export(
     val, test = data.subset("val"), data.subset("test")
     val_logits = predict_logits(model, val, device)
     test_logits = predict_logits(model, test, device)
-    temperature = fit_temperature(val_logits, val.labels)
-    threshold = review_threshold(softmax(val_logits / temperature), val.labels)
-    probs = softmax(test_logits / temperature)
-    metrics = classification_metrics(test.labels, probs.argmax(1), CLASSES)
-    metrics.update(
-        ece=expected_calibration_error(softmax(test_logits), test.labels),
-        ece_calibrated=expected_calibration_error(probs, test.labels),
-        nll=nll(test_logits, test.labels),
-        nll_calibrated=nll(test_logits, test.labels, temperature),
-        temperature=temperature,
-        review_threshold=threshold,
-        review_share=float((probs.max(1) < threshold).mean()) if len(probs) else 0.0,
-        split="test",
-        scored_model="PyTorch (parity-checked against the ONNX export)",
+    metrics, probs = calibrate_and_score(
+        val_logits, val.labels, test_logits, test.labels, "PyTorch (parity-checked against the ONNX export)"
     )
+    temperature, threshold = metrics["temperature"], metrics["review_threshold"]
     onnx_path = export_onnx(model, data.spec.input_size, run_dir / "model.onnx")
     par = parity(test_logits, ort_logits(onnx_path, test), tol=opts.parity_tol)
     log(f"test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; parity {par}")
@@ -227,21 +239,10 @@ def evaluate_and_export(
             q.replace(onnx_path)
             par = {**par, "note": "parity measured on fp32 export; int8 kept within 0.2 accuracy points"}
             # the shipped file is the int8 one: calibrate and score *it*, so the sidecar describes what ships
-            val_logits, test_logits = ort_logits(onnx_path, val), q_logits
-            temperature = fit_temperature(val_logits, val.labels)
-            threshold = review_threshold(softmax(val_logits / temperature), val.labels)
-            probs = softmax(test_logits / temperature)
-            metrics.update(classification_metrics(test.labels, probs.argmax(1), CLASSES))
-            metrics.update(
-                ece=expected_calibration_error(softmax(test_logits), test.labels),
-                ece_calibrated=expected_calibration_error(probs, test.labels),
-                nll=nll(test_logits, test.labels),
-                nll_calibrated=nll(test_logits, test.labels, temperature),
-                temperature=temperature,
-                review_threshold=threshold,
-                review_share=float((probs.max(1) < threshold).mean()) if len(probs) else 0.0,
-                scored_model="int8 ONNX (ONNX Runtime)",
+            metrics, probs = calibrate_and_score(
+                ort_logits(onnx_path, val), val.labels, q_logits, test.labels, "int8 ONNX (ONNX Runtime)"
             )
+            temperature, threshold = metrics["temperature"], metrics["review_threshold"]
         else:
             q.unlink()
         log(f"int8: {quant}")

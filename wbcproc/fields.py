@@ -103,20 +103,31 @@ def rbc_diameter(bgr: np.ndarray, nuclei: np.ndarray) -> float | None:
     return float(2 * np.percentile(radii, 85))
 
 
+def nuclei_and_ruler(
+    img: np.ndarray, min_score: float, rbc_range: tuple[float, float]
+) -> tuple[np.ndarray, float, np.ndarray, float | None]:
+    """Steps 2-3 of the method, shared with single-cell framing (``wbcproc.framing``): the smoothed nucleus
+    score, its threshold, the nucleus mask, and the red-cell diameter in pixels (None when not measurable or
+    implausible - clumped red cells, an almost empty image - relative to the shorter side)."""
+    score = cv2.GaussianBlur(nucleus_score(img), (5, 5), 0)
+    otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thr = max(min_score, float(otsu))
+    nuclei = (score > thr).astype(np.uint8)
+    nuclei = cv2.morphologyEx(nuclei, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    rbc = rbc_diameter(img, nuclei)
+    short = min(img.shape[:2])
+    if rbc is not None and not rbc_range[0] * short <= rbc <= rbc_range[1] * short:
+        rbc = None
+    return score, thr, nuclei, rbc
+
+
 def locate(bgr: np.ndarray, params: FieldParams = FieldParams()) -> FieldResult:
     """Find white cells in a field image (8-bit BGR)."""
     h0, w0 = bgr.shape[:2]
     f = min(1.0, params.work_px / max(h0, w0))
     img = cv2.resize(bgr, (round(w0 * f), round(h0 * f)), interpolation=cv2.INTER_AREA) if f < 1 else bgr
     h, w = img.shape[:2]
-    score = cv2.GaussianBlur(nucleus_score(img), (5, 5), 0)
-    otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    thr = max(params.min_score, float(otsu))
-    nuclei = (score > thr).astype(np.uint8)
-    nuclei = cv2.morphologyEx(nuclei, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    rbc = rbc_diameter(img, nuclei)
-    if rbc is not None and not params.rbc_range[0] * min(h, w) <= rbc <= params.rbc_range[1] * min(h, w):
-        rbc = None  # implausible (clumped red cells, almost empty field): fall back to the default
+    score, thr, nuclei, rbc = nuclei_and_ruler(img, params.min_score, params.rbc_range)
     measured = rbc is not None
     if rbc is None:
         rbc = params.default_rbc_fraction * min(h, w)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from wbcproc.fields import merge_lobes, nucleus_score, rbc_diameter
+from wbcproc.fields import merge_lobes, nuclei_and_ruler
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,7 @@ def _locate(bgr: np.ndarray, framing: Framing, work_px: int) -> FrameInfo:
     f = img.shape[1] / w0
     h, w = img.shape[:2]
     short = min(h, w)
-    score = cv2.GaussianBlur(nucleus_score(img), (5, 5), 0)
-    otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    thr = max(framing.min_score, float(otsu))
-    nuclei = (score > thr).astype(np.uint8)
-    nuclei = cv2.morphologyEx(nuclei, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    rbc = rbc_diameter(img, nuclei)
-    if rbc is not None and not framing.rbc_range[0] * short <= rbc <= framing.rbc_range[1] * short:
-        rbc = None
+    _score, _thr, nuclei, rbc = nuclei_and_ruler(img, framing.min_score, framing.rbc_range)
     scale = rbc if rbc is not None else 0.2 * short  # grouping distances in red-cell units (or a guess)
     k = max(3, round(0.35 * scale) | 1)
     grouped = cv2.morphologyEx(nuclei, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
