@@ -11,7 +11,6 @@ import argparse
 import statistics
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -19,17 +18,9 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 
+from training.bccd import wbc_boxes
 from wbcproc.fields import iou, locate
 from wbcproc.pipeline import locate_and_classify
-
-
-def wbc_boxes(xml: Path) -> list[tuple[int, int, int, int]]:
-    out = []
-    for obj in ET.parse(xml).getroot().iter("object"):
-        if obj.findtext("name") == "WBC":
-            b = obj.find("bndbox")
-            out.append(tuple(int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")))
-    return out
 
 
 def match(pred, gt, thr=0.3):

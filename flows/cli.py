@@ -425,12 +425,14 @@ def train(
         raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
-    if augment not in ("robust", "basic"):
-        raise _fail(f"--augment {augment!r}: expected robust or basic", 2)
-    from training.engine import ROBUST_AUGMENTATION
+    from training.engine import augmentation
 
+    try:
+        preset = augmentation(augment)
+    except ValueError as exc:
+        raise _fail(f"--augment: {exc}", 2) from None
     cfg = TrainConfig(
-        **(ROBUST_AUGMENTATION if augment == "robust" else {}),
+        **preset,
         time_budget_s=time_budget,
         epochs=epochs,
         batch_size=batch_size,

@@ -22,10 +22,11 @@ import cv2
 
 from wbcproc.classes import CLASSES
 from wbcproc.fields import Detection, crop_cell, locate
-from wbcproc.reviewed import FRAMED_MARKER
+from wbcproc.reviewed import mark_framed
 
 
-def _wbc_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:
+def wbc_boxes(xml_path: Path) -> list[tuple[int, int, int, int]]:
+    """The WBC boxes (x0, y0, x1, y1) of one VOC annotation file."""
     root = ET.parse(xml_path).getroot()
     out = []
     for obj in root.findall("object"):
@@ -47,8 +48,7 @@ def export_crops(bccd: str | Path, out: str | Path, holdout: float = 0.4) -> dic
     with open(bccd / "labels.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for part in counts:
-        (out / part).mkdir(parents=True, exist_ok=True)
-        (out / part / FRAMED_MARKER).write_text("field crops at the field's red-cell scale: no re-framing\n")
+        mark_framed(out / part)
     for row in rows:
         labels = [x.strip().lower() for x in row["wbc_categories"].split(",") if x.strip()]
         if len(labels) != 1 or labels[0] not in CLASSES:
@@ -57,7 +57,7 @@ def export_crops(bccd: str | Path, out: str | Path, holdout: float = 0.4) -> dic
         xml, jpg = bccd / "Annotations" / f"{stem}.xml", bccd / "JPEGImages" / row["image"]
         if not xml.is_file() or not jpg.is_file():
             continue
-        boxes = _wbc_boxes(xml)
+        boxes = wbc_boxes(xml)
         img = cv2.imread(str(jpg), cv2.IMREAD_COLOR)
         if len(boxes) != 1 or img is None:
             continue

@@ -227,6 +227,17 @@ ROBUST_AUGMENTATION: dict[str, float] = {
 }
 
 
+AUGMENTATIONS = ("robust", "basic")
+
+
+def augmentation(name: str) -> dict[str, float]:
+    """TrainConfig overrides of an augmentation preset: ``robust`` (other labs' stains and cameras) or
+    ``basic`` (the TrainConfig defaults)."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augmentation {name!r} is unknown; expected one of {AUGMENTATIONS}")
+    return dict(ROBUST_AUGMENTATION) if name == "robust" else {}
+
+
 def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 

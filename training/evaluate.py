@@ -19,21 +19,24 @@ from wbcproc.preprocess import prepare_image, to_input
 
 
 def _framed_predictions(
-    clf, items: list[Item], rejected: list[dict[str, str]]
+    clf, items: list[Item], rejected: list[dict[str, str]], batch_size: int
 ) -> tuple[list[str], list[str], list[str]]:
-    """Field crops from a FRAMED root: preprocessed as ``wbc process`` preprocesses field crops."""
+    """Field crops from a FRAMED root: preprocessed as ``wbc process`` preprocesses field crops, classified
+    in batches like ``classify_candidates`` does."""
     spec = clf.info.preprocess
-    truth, pred, sources = [], [], []
+    truth, pred, sources, prepared = [], [], [], []
     for it in items:
         try:
             bgr = read_image(it.path).bgr
         except ImageRejected as exc:
             rejected.append({"file": str(it.path), "reason": exc.reason})
             continue
-        probs = clf.probabilities(to_input(prepare_image(bgr, spec, framed=True), spec))[0]
+        prepared.append(prepare_image(bgr, spec, framed=True))
         truth.append(it.label)
-        pred.append(clf.info.classes[int(probs.argmax())])
         sources.append(str(it.path.parent.parent))
+    for i in range(0, len(prepared), batch_size):
+        probs = clf.probabilities(to_input(np.stack(prepared[i : i + batch_size]), spec))
+        pred += [clf.info.classes[int(k)] for k in probs.argmax(1)]
     return truth, pred, sources
 
 
@@ -42,7 +45,7 @@ def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
     clf = load_classifier(model, settings.threads)
     candidates, labels, rejected = [], {}, []
     framed_items = [it for it in items if it.framed]
-    framed_truth, framed_pred, framed_sources = _framed_predictions(clf, framed_items, rejected)
+    framed_truth, framed_pred, framed_sources = _framed_predictions(clf, framed_items, rejected, settings.batch_size)
     for it in items:
         if it.framed:
             continue

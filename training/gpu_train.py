@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from training.dataset import CachedSet
-from training.engine import ROBUST_AUGMENTATION, TrainConfig, predict_logits, train_model
+from training.engine import AUGMENTATIONS, TrainConfig, augmentation, predict_logits, train_model
 from training.metrics import classification_metrics
 from training.shards import save_shards
 from wbcproc.classes import CLASSES
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--augment", choices=("robust", "basic"), default="robust")
+    ap.add_argument("--augment", choices=AUGMENTATIONS, default="robust")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds of training; fewer epochs if needed")
     ap.add_argument("--exclude-train", default=None, help="leave training images whose path contains this out")
     ap.add_argument(
@@ -78,7 +78,7 @@ def main() -> None:
     data = load_cache_torch(args.cache)
     print(f"cache: {len(data)} images at {data.spec.input_size} px, decoded in {time.time() - t0:.1f} s", flush=True)
     cfg = TrainConfig(
-        **(ROBUST_AUGMENTATION if args.augment == "robust" else {}),
+        **augmentation(args.augment),
         time_budget_s=args.time_budget,
         epochs=args.epochs,
         batch_size=args.batch_size,

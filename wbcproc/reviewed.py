@@ -29,6 +29,13 @@ from wbcproc.imageio import ImageRejected, read_image
 FRAMED_MARKER = "FRAMED"  # the same name training.data looks for
 
 
+def mark_framed(root: Path) -> None:
+    """Mark a data root as holding field crops already cut at their field's red-cell scale: training and
+    evaluation skip the framing step for its images, as ``wbc process`` does for field crops."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / FRAMED_MARKER).write_text("field crops at the field's red-cell scale: no re-framing\n")
+
+
 @dataclass
 class Exported:
     written: dict[str, int] = field(default_factory=dict)  # class -> cells written
@@ -95,7 +102,7 @@ def export_reviewed(workbook: str | Path, sample_dir: str | Path, out_root: str 
             dest_dir = out_root / "field-crops"
             dest = dest_dir / label / f"{sample}__{safe_stem(name)}.png"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            (dest_dir / FRAMED_MARKER).write_text("field crops at the field's red-cell scale: no re-framing\n")
+            mark_framed(dest_dir)
             if not cv2.imwrite(str(dest), crop):
                 res.skipped.append((name, f"could not write {str(dest)!r}"))
                 continue

@@ -26,6 +26,15 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _process(sample: Path, out: Path, model: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [WBC, "process", str(sample), "--out", str(out), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _finals(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
@@ -34,12 +43,7 @@ def test_disk_full(tmp_path, small_fs, tiny_model):
     sample = tmp_path / "FULL-1"
     copy_cells(sample)
     (small_fs / "filler").write_bytes(b"\0" * (200 * 1024))  # leaves ~56 KiB: less than the workbook needs
-    r = subprocess.run(
-        [WBC, "process", str(sample), "--out", str(small_fs), "--model", str(tiny_model)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _process(sample, small_fs, tiny_model)
     assert r.returncode == 1
     assert "No space left on device" in r.stderr
     assert _finals(small_fs) == ["filler"]  # no report, complete or partial, under a final name
@@ -50,12 +54,7 @@ def test_read_only_output(tmp_path, small_fs, tiny_model):
     sample = tmp_path / "RO-1"
     copy_cells(sample, 4)
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
-    r = subprocess.run(
-        [WBC, "process", str(sample), "--out", str(small_fs), "--model", str(tiny_model)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _process(sample, small_fs, tiny_model)
     assert r.returncode == 1
     assert "Read-only file system" in r.stderr
     assert os.listdir(small_fs) == []
