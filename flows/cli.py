@@ -412,7 +412,10 @@ def train(
     normalise: Annotated[
         bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
     ] = True,
-    augment: Annotated[str, typer.Option(help="robust (other labs' stains/cameras) | basic")] = "robust",
+    augment: Annotated[
+        str, typer.Option(help="robust (other labs' stains/cameras) | stain (robust + other stains) | basic")
+    ] = "robust",
+    norm: Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")] = "bn",
     time_budget: Annotated[
         float, typer.Option("--time-budget", min=0.0, help="Seconds; fewer epochs if needed.")
     ] = 0.0,
@@ -444,7 +447,10 @@ def train(
         device=device,
         seed=seed,
         patience=patience,
+        norm=norm,
     )
+    if norm not in ("bn", "ibn"):
+        raise _fail(f"--norm {norm!r}: expected bn or ibn", 2)
     if not data and cache is None:
         raise _fail("give --data (class folders) or --cache (a packed cache)", 2)
     if pack_only:

@@ -292,7 +292,7 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     assert not (tmp_path / "gpu" / "model.onnx").exists()
     cpu = run_training(
         RunOptions(data=[], out=str(tmp_path / "cpu"), image_size=32, version="from-shards"),
-        cfg,
+        TrainConfig(lr=0.5, seed=7),  # this command's settings: the GPU run's recorded ones must win
         log=lambda *_: None,
         cache=str(cache),
         from_shards=str(tmp_path / "gpu"),
@@ -300,6 +300,7 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     assert cpu["parity_passed"] is True
     info = read_sidecar(tmp_path / "cpu" / "model.onnx")
     assert info.version == "from-shards" and info.raw["training"]["best_epoch"] == 1
+    assert info.raw["training"]["seed"] == 1 and info.raw["training"]["lr"] == cfg.lr
 
 
 def test_device_script_runs_without_opencv(tmp_path, trained_run):
@@ -395,3 +396,84 @@ def test_bccd_crops_are_a_framed_second_source(tmp_path):
         framed = np.abs(data.images[i].astype(int) - prepare_image(bgr, spec, framed=True).astype(int)).mean()
         reframed = np.abs(data.images[i].astype(int) - prepare_image(bgr, spec).astype(int)).mean()
         assert framed < 8 and framed < reframed  # (JPEG in the cache: not bit-exact)
+
+
+def test_stain_augmentation_mixes_stain_colours_and_greys_some_images():
+    from training.engine import augmentation
+
+    x = torch.rand(64, 3, 32, 32) * 0.6 + 0.2
+    grey = augment(
+        x,
+        TrainConfig(rotate=False, colour_jitter=0, hue_jitter=0, blur_prob=0, grey_prob=1.0),
+        torch.Generator().manual_seed(0),
+    )
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    mixed = augment(
+        x,
+        TrainConfig(rotate=False, colour_jitter=0, hue_jitter=0, blur_prob=0, stain_mix=0.2),
+        torch.Generator().manual_seed(0),
+    )
+    # each optical-density channel now carries some of the others: colour casts vary image to image
+    cast = (mixed.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).std(dim=0)
+    assert float(cast.min()) > 0.01
+    cfg = TrainConfig(**augmentation("stain"))
+    import random
+
+    random.seed(5)
+    a = augment(x, cfg, torch.Generator().manual_seed(3))
+    random.seed(5)  # the low-resolution factor comes from the host's `random` (no device round trip)
+    b = augment(x, cfg, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="unknown"):
+        augmentation("heavy")
+
+
+def test_ibn_variant_exports_and_round_trips_through_shards(tmp_path):
+    """ResNet50-IBN-a: instance norm in layer1-3; exported to ONNX with the same logits, and rebuilt from
+    fp16 shards by the norm its train_info records (as ``wbc train --from-shards`` does)."""
+    from training.engine import IBN, build_model
+    from training.export import export_onnx, ort_session
+    from training.shards import load_shards, save_shards
+
+    model, record = build_model("scratch", norm="ibn")
+    assert record["architecture"] == "ResNet50-IBN-a"
+    assert isinstance(model.layer1[0].bn1, IBN) and isinstance(model.layer3[-1].bn1, IBN)
+    assert not isinstance(model.layer4[0].bn1, IBN)
+    model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path = export_onnx(model, 64, tmp_path / "ibn.onnx")
+    out = ort_session(path).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-3
+    save_shards(model.state_dict(), tmp_path / "shards")
+    again, _ = build_model("scratch", norm="ibn")
+    again.load_state_dict(load_shards(tmp_path / "shards"))
+    plain, _ = build_model("scratch")
+    with pytest.raises(RuntimeError):
+        plain.load_state_dict(load_shards(tmp_path / "shards"))
+    with pytest.raises(ValueError, match="norm 'gn' is unknown"):
+        build_model("scratch", norm="gn")
+
+
+def test_simulated_other_lab_sets_are_deterministic_and_shaped_as_described(tmp_path, labelled_set):
+    """training.simulate: a smaller magnification in a larger field, and tight 120 px crops; both with
+    a yellow cast (less blue than the source), the same bytes on a second run."""
+    import cv2
+
+    from training.simulate import simulate_camera, simulate_tight, write_set
+
+    img = cv2.imread(str(next(labelled_set.glob("*/*"))))
+    h = img.shape[0]
+    cam, tight = simulate_camera(img), simulate_tight(img)
+    assert abs(cam.shape[0] - round(h * 1.9 * 0.7)) <= 2 and tight.shape == (120, 120, 3)
+    for out in (cam, tight):
+        assert out[..., 0].mean() < img[..., 0].mean() - 10  # blue channel (BGR) lowered: a yellow cast
+    counts = write_set([str(labelled_set)], "test", "tight", tmp_path / "a")
+    write_set([str(labelled_set)], "test", "tight", tmp_path / "b")
+    assert sum(counts.values()) == len(list((tmp_path / "a").glob("*/*.png"))) > 0
+    for p in (tmp_path / "a").glob("*/*.png"):
+        assert p.read_bytes() == (tmp_path / "b" / p.parent.name / p.name).read_bytes()
+    with pytest.raises(ValueError, match="kind 'blur' is unknown"):
+        write_set([str(labelled_set)], "test", "blur", tmp_path / "c")

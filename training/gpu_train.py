@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from training.dataset import CachedSet
-from training.engine import AUGMENTATIONS, TrainConfig, augmentation, predict_logits, train_model
+from training.engine import AUGMENTATIONS, NORMS, TrainConfig, augmentation, predict_logits, train_model
 from training.metrics import classification_metrics
 from training.shards import save_shards
 from wbcproc.classes import CLASSES
@@ -52,6 +52,13 @@ def load_cache_torch(path: str | Path) -> CachedSet:
         return CachedSet(images, z["labels"], z["splits"], z["sha256"], z["files"], spec)
 
 
+def _without(part: CachedSet, needle: str) -> CachedSet:
+    keep = np.array([needle not in str(f) for f in part.files], dtype=bool)
+    return CachedSet(
+        part.images[keep], part.labels[keep], part.splits[keep], part.sha256[keep], part.files[keep], part.spec
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)
@@ -67,8 +74,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--augment", choices=AUGMENTATIONS, default="robust")
+    ap.add_argument("--norm", choices=NORMS, default="bn", help="bn, or ibn (IBN-a: part instance norm)")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds of training; fewer epochs if needed")
-    ap.add_argument("--exclude-train", default=None, help="leave training images whose path contains this out")
+    ap.add_argument(
+        "--exclude-train", default=None, help="leave training and validation images whose path contains this out"
+    )
     ap.add_argument(
         "--eval-cache", action="append", default=[], metavar="NAME=PATH", help="also score a packed set (repeatable)"
     )
@@ -90,20 +100,18 @@ def main() -> None:
         device=args.device,
         seed=args.seed,
         patience=args.patience,
+        norm=args.norm,
     )
-    train = data.subset("train")
+    train, val = data.subset("train"), data.subset("val")
     if args.exclude_train:
-        keep = np.array([args.exclude_train not in str(f) for f in train.files])
-        train = CachedSet(
-            train.images[keep],
-            train.labels[keep],
-            train.splits[keep],
-            train.sha256[keep],
-            train.files[keep],
-            train.spec,
+        # out of validation too: choosing the best epoch must not see the left-out source either
+        train, val = _without(train, args.exclude_train), _without(val, args.exclude_train)
+        print(
+            f"--exclude-train {args.exclude_train!r}: {len(data.subset('train')) - len(train)} training and "
+            f"{len(data.subset('val')) - len(val)} validation images left out",
+            flush=True,
         )
-        print(f"--exclude-train {args.exclude_train!r}: {int((~keep).sum())} training images left out", flush=True)
-    model, info = train_model(train, data.subset("val"), cfg, log=lambda m: print(m, flush=True))
+    model, info = train_model(train, val, cfg, log=lambda m: print(m, flush=True))
     test = data.subset("test")
     dev = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     model = model.to(dev)

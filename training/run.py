@@ -14,7 +14,7 @@ import json
 import platform
 import random
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -372,6 +372,7 @@ def model_card(side: dict[str, Any], m: dict[str, Any], opts: RunOptions) -> str
             f"--seed {tr['seed']}",
             f"--lr {tr['lr']}",
             f"--batch-size {tr['batch_size']}",
+            *([f"--norm {tr['norm']}"] if tr.get("norm", "bn") != "bn" else []),
             *([f"--cache {opts.cache}"] if opts.cache else []),
             *([f"--from-shards {opts.from_shards}"] if opts.from_shards else []),
         ]
@@ -381,7 +382,7 @@ def model_card(side: dict[str, Any], m: dict[str, Any], opts: RunOptions) -> str
 **Intended use.** {side["intended_use"]} Every result needs review by a qualified person.
 
 ## Model
-- Architecture: torchvision ResNet50, final layer replaced for {len(side["classes"])} classes
+- Architecture: torchvision {init.get("architecture", "ResNet50")}, final layer replaced for {len(side["classes"])} classes
   ({", ".join(side["classes"])}).
 - Initialisation: {init_text}.
 - Input: {side["preprocess"]["input_size"]} px, {side["preprocess"]["colour_order"]}, resize rule
@@ -440,7 +441,7 @@ def run_training(
     ``shards_only``: after training write fp16 weight shards + ``train_info.json`` and stop (the GPU side).
     ``from_shards``: skip training, load those weights, then evaluate, export and check parity (the CPU side).
     """
-    from training.engine import build_model, train_model
+    from training.engine import TrainConfig, build_model, train_model
 
     g = None
     opts.cache, opts.from_shards = cache, from_shards
@@ -456,9 +457,12 @@ def run_training(
     if from_shards is not None:
         from training.shards import load_shards
 
-        model, _ = build_model("scratch")
-        model.load_state_dict(load_shards(from_shards))
         info = json.loads((Path(from_shards) / "train_info.json").read_text())
+        if "config" in info:  # what the GPU run used, not this command's defaults, goes into the sidecar
+            known = {f.name for f in fields(TrainConfig)}
+            cfg = TrainConfig(**{k: v for k, v in info["config"].items() if k in known})
+        model, _ = build_model("scratch", norm=cfg.norm)
+        model.load_state_dict(load_shards(from_shards))
         log(f"weights from {from_shards} (trained on {info.get('device')}); evaluating and exporting here")
         return evaluate_and_export(model, data, info, cfg, opts, g, log)
     train, val = data.subset("train"), data.subset("val")

@@ -1,0 +1,89 @@
+"""Would a sample from another laboratory get a silently wrong differential?
+
+    python benchmarks/other_lab_samples.py --model models/model.onnx --cells 100 --samples 10 \\
+        pbc-test=../shared/data/pbc@test bccd=runs/bccd-crops/holdout tight=runs/abl/tight
+
+Each NAME=ROOT is a folder of class folders (one laboratory or one simulated look).  Random samples of
+``--cells`` images (drawn with replacement between samples, not within one) are copied into a sample
+folder and run through the product's own pipeline (scan -> classify -> summarise, as ``wbc process``).
+For each sample: the domain distance and whether DOMAIN_SHIFT was raised, and the error of the white-cell
+differential against the true labels - mean and largest absolute difference in percentage points over
+the white-cell classes.  A sample passes when it is flagged or its mean error is within ``--tolerance``
+(5 pp: the acceptance rule of the other-labs issue).  ``NAME=ROOT@SPLIT`` draws only from that split of
+ROOT (by content hash, as training splits it): use ``@test`` for the training data's own source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine
+
+from training.data import gather
+from wbcproc.classes import WBC_CLASSES
+from wbcproc.config import load_settings
+from wbcproc.discovery import scan_sample
+from wbcproc.model import load_classifier
+from wbcproc.pipeline import classify_candidates, summarise
+
+
+def true_percent(labels: list[str]) -> dict[str, float]:
+    wbc = [label for label in labels if label in WBC_CLASSES]
+    return {c: 100.0 * wbc.count(c) / max(1, len(wbc)) for c in WBC_CLASSES}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sets", nargs="+", metavar="NAME=ROOT[@SPLIT]")
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--cells", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--tolerance", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    clf = load_classifier(args.model)
+    settings = load_settings(None)
+    rng = np.random.default_rng(args.seed)
+    print(f"model {clf.info.name} {clf.info.version}; {args.samples} samples of {args.cells} cells; {machine()}")
+    for spec in args.sets:
+        name, _, root = spec.partition("=")
+        root, _, split = root.partition("@")
+        items = [it for it in gather([root]).items if not split or it.split == split]
+        rows = []
+        for _ in range(args.samples):
+            pick = rng.choice(len(items), min(args.cells, len(items)), replace=False)
+            with tempfile.TemporaryDirectory() as tmp:
+                for k, i in enumerate(pick):
+                    it = items[int(i)]
+                    shutil.copy(it.path, Path(tmp) / f"{k:04d}_{it.path.name}")
+                inv = scan_sample(tmp, settings)
+                classified = classify_candidates(inv.candidates, clf, settings, image_type=inv.metadata.image_type)
+                result = summarise(inv, classified, clf, settings)
+            truth = true_percent([items[int(i)].label for i in pick])
+            got = {c: result["percent"][c] or 0.0 for c in WBC_CLASSES}
+            err = [abs(got[c] - truth[c]) for c in WBC_CLASSES]
+            dom = result.get("domain") or {}
+            rows.append(
+                (float(dom.get("distance", float("nan"))), bool(dom.get("shifted")), float(np.mean(err)), max(err))
+            )
+        flagged = sum(r[1] for r in rows)
+        ok = sum(r[1] or r[2] <= args.tolerance for r in rows)
+        print(
+            f"{name}: n={len(items)} distance median {statistics.median(r[0] for r in rows):.2f} "
+            f"(threshold {clf.info.raw.get('domain', {}).get('threshold', float('nan')):.2f}); "
+            f"DOMAIN_SHIFT {flagged}/{len(rows)}; differential error mean "
+            f"{statistics.mean(r[2] for r in rows):.2f} pp (largest class error, median "
+            f"{statistics.median(r[3] for r in rows):.1f} pp); pass {ok}/{len(rows)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
