@@ -11,6 +11,8 @@ differential against the true labels - mean and largest absolute difference in p
 the white-cell classes.  A sample passes when it is flagged or its mean error is within ``--tolerance``
 (5 pp: the acceptance rule of the other-labs issue).  ``NAME=ROOT@SPLIT`` draws only from that split of
 ROOT (by content hash, as training splits it): use ``@test`` for the training data's own source.
+Per set it also prints the cells' accuracy, the share marked for review and the accuracy of the unmarked
+ones: does the per-cell review mark still mean something there?
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def main() -> None:
         name, _, root = spec.partition("=")
         root, _, split = root.partition("@")
         items = [it for it in gather([root]).items if not split or it.split == split]
-        rows = []
+        rows: list[tuple[float, bool, float, float]] = []
+        per_cell: list[tuple[bool, bool]] = []  # (right, marked for review)
         for _ in range(args.samples):
             pick = rng.choice(len(items), min(args.cells, len(items)), replace=False)
             with tempfile.TemporaryDirectory() as tmp:
@@ -67,6 +70,8 @@ def main() -> None:
                 inv = scan_sample(tmp, settings)
                 classified = classify_candidates(inv.candidates, clf, settings, image_type=inv.metadata.image_type)
                 result = summarise(inv, classified, clf, settings)
+            label_of = {f"{k:04d}_{items[int(i)].path.name}": items[int(i)].label for k, i in enumerate(pick)}
+            per_cell += [(c.label == label_of.get(c.file), c.review) for c in classified.cells if c.file in label_of]
             truth = true_percent([items[int(i)].label for i in pick])
             got = {c: result["percent"][c] or 0.0 for c in WBC_CLASSES}
             err = [abs(got[c] - truth[c]) for c in WBC_CLASSES]
@@ -82,6 +87,12 @@ def main() -> None:
             f"DOMAIN_SHIFT {flagged}/{len(rows)}; differential error mean "
             f"{statistics.mean(r[2] for r in rows):.2f} pp (largest class error, median "
             f"{statistics.median(r[3] for r in rows):.1f} pp); pass {ok}/{len(rows)}"
+        )
+        unmarked = [right for right, review in per_cell if not review]
+        print(
+            f"  cells: accuracy {np.mean([r for r, _ in per_cell]):.3f}; marked for review "
+            f"{np.mean([m for _, m in per_cell]):.1%}; accuracy of the unmarked "
+            f"{np.mean(unmarked) if unmarked else float('nan'):.3f}"
         )
 
 

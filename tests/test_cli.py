@@ -38,7 +38,9 @@ def test_process_uses_the_shipped_model_by_default(tmp_path, sample):
     r = run("process", str(sample), "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "o" / "S-001.json").read_text())
-    assert report["model"]["name"] == "wbc-resnet50" and report["model"]["version"] == "1.0.0"
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "models" / "model.json").read_text())
+    assert report["model"]["name"] == "wbc-resnet50" and report["model"]["version"] == shipped["version"]
+    assert report["model"]["sha256"] == shipped["sha256"]
     right = sum(Path(c["file"]).stem in {p.stem for p in (CELLS / c["class"]).glob("*")} for c in report["cells"])
     assert right >= 22 and len(report["cells"]) == 24
     assert not any(f["code"] == "DOMAIN_SHIFT" for f in report["flags"])  # in-domain cells
