@@ -96,3 +96,46 @@ def test_reports_carry_the_guard(tmp_path):
     assert fhir["entry"][0]["resource"]["status"] == "preliminary"
     banner = load_workbook(paths["xlsx"])["Summary"]["C1"].value
     assert banner.startswith("DOMAIN SHIFT")
+
+
+def test_uncertainty_thresholds_by_sample_size():
+    """The model-side half: thresholds calibrated per sample size (smaller samples vary more), the
+    largest calibrated size <= n applies, and below the smallest it stays silent."""
+    from wbcproc.domain import fit_uncertainty, uncertainty_threshold
+
+    rng = np.random.default_rng(1)
+    held = rng.beta(0.5, 20, 1500)  # in-domain: mostly confident cells, a tail of unsure ones
+    ref = fit_uncertainty(held, sizes=(10, 20, 50), draws=500)
+    t = ref["thresholds"]
+    assert t["10"] > t["20"] > t["50"] > held.mean()
+    assert uncertainty_threshold(ref, 35) == t["20"] and uncertainty_threshold(ref, 500) == t["50"]
+    assert uncertainty_threshold(ref, 9) is None
+    colour = _reference()
+    pbc = np.array([cell_features(prepare_image(cv2.imread(str(p)), SPEC)) for p in fixture_images()])
+    both = {**colour, "uncertainty": ref}
+    quiet = assess(pbc, both, rng.beta(0.5, 20, len(pbc)))
+    assert not quiet["shifted"] and quiet["reasons"] == [] and quiet["uncertainty_threshold"] == round(t["20"], 4)
+    unsure = assess(pbc, both, np.full(len(pbc), 0.4))
+    assert unsure["shifted"] and unsure["reasons"] == ["model uncertainty"]
+    few = assess(pbc[:5], both, np.full(5, 0.4))  # too few cells for this half
+    assert not few["shifted"] and few["uncertainty_threshold"] is None
+
+
+def test_an_unsure_model_on_familiar_looking_images_raises_the_flag(tmp_path):
+    """Colour and framing in-domain, but the model is unsure of the cells (here: an untrained one): the
+    report carries DOMAIN_SHIFT and says it is the model's uncertainty."""
+    from wbcproc.domain import fit_uncertainty
+
+    onnx_path = build_tiny_onnx(tmp_path / "m" / "model.onnx", size=64)
+    confident = np.random.default_rng(2).beta(0.5, 30, 1000)
+    domain = {**_reference(), "uncertainty": fit_uncertainty(confident, draws=300)}
+    write_sidecar(onnx_path, tiny_sidecar(size=64, domain=domain, preprocess=SPEC.to_dict()))
+    home = tmp_path / "PBC-2"
+    home.mkdir()
+    for p in fixture_images():
+        shutil.copy(p, home / p.name)
+    r = json.loads(process_sample(home, tmp_path / "out", model=onnx_path)["json"].read_text())
+    assert r["domain"]["reasons"] == ["model uncertainty"], r["domain"]
+    flag = r["flags"][0]
+    assert flag["code"] == "DOMAIN_SHIFT" and "mean model uncertainty" in flag["message"]
+    assert "stain/camera/framing distance" not in flag["message"]

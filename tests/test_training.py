@@ -301,6 +301,33 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     info = read_sidecar(tmp_path / "cpu" / "model.onnx")
     assert info.version == "from-shards" and info.raw["training"]["best_epoch"] == 1
     assert info.raw["training"]["seed"] == 1 and info.raw["training"]["lr"] == cfg.lr
+    fitted = info.raw["domain"]["uncertainty"]
+    assert fitted["thresholds"] and "validation split" in fitted["calibration"]["source"]
+    # a model exported before the model-side guard existed gets it from training.refresh_guard
+    from wbcproc.model import write_sidecar
+
+    raw = dict(info.raw)
+    raw["domain"] = {k: v for k, v in raw["domain"].items() if k != "uncertainty"}
+    write_sidecar(tmp_path / "cpu" / "model.onnx", raw)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.refresh_guard",
+            "--model",
+            str(tmp_path / "cpu" / "model.onnx"),
+            "--cache",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = read_sidecar(tmp_path / "cpu" / "model.onnx")
+    # ONNX Runtime's logits here, PyTorch's at export: the same fit within float noise
+    assert again.raw["domain"]["uncertainty"]["thresholds"] == pytest.approx(fitted["thresholds"], rel=1e-3)
+    assert {k: v for k, v in again.raw.items() if k != "domain"} == {k: v for k, v in info.raw.items() if k != "domain"}
 
 
 def test_device_script_runs_without_opencv(tmp_path, trained_run):

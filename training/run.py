@@ -226,6 +226,7 @@ def evaluate_and_export(
     temperature, threshold = metrics["temperature"], metrics["review_threshold"]
     onnx_path = export_onnx(model, data.spec.input_size, run_dir / "model.onnx")
     par = parity(test_logits, ort_logits(onnx_path, test), tol=opts.parity_tol)
+    scored_val_logits, scored = val_logits, "PyTorch logits of the exported weights"
     log(f"test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; parity {par}")
     quant: dict[str, Any] | None = None
     if opts.quantize:
@@ -239,9 +240,8 @@ def evaluate_and_export(
             q.replace(onnx_path)
             par = {**par, "note": "parity measured on fp32 export; int8 kept within 0.2 accuracy points"}
             # the shipped file is the int8 one: calibrate and score *it*, so the sidecar describes what ships
-            metrics, probs = calibrate_and_score(
-                ort_logits(onnx_path, val), val.labels, q_logits, test.labels, "int8 ONNX (ONNX Runtime)"
-            )
+            scored_val_logits, scored = ort_logits(onnx_path, val), "int8 ONNX (ONNX Runtime)"
+            metrics, probs = calibrate_and_score(scored_val_logits, val.labels, q_logits, test.labels, scored)
             temperature, threshold = metrics["temperature"], metrics["review_threshold"]
         else:
             q.unlink()
@@ -303,6 +303,7 @@ def evaluate_and_export(
         "intended_use": "Decision support for white-cell differentials on single-cell images; not a diagnosis.",
     }
     sidecar["domain"] = domain_reference(data)
+    sidecar["domain"]["uncertainty"] = uncertainty_reference(scored_val_logits, temperature, scored)
     write_sidecar(onnx_path, sidecar)
     full = {
         "test": metrics,
@@ -350,6 +351,15 @@ def domain_reference(data: CachedSet) -> dict[str, Any]:
     train = feats[data.splits == "train"]
     held = feats[data.splits != "train"]
     return fit_reference(train, held if len(held) else train)
+
+
+def uncertainty_reference(val_logits: np.ndarray, temperature: float, scored: str) -> dict[str, Any]:
+    """The model-side half of the domain guard (``wbcproc.domain.fit_uncertainty``), from the validation
+    split's calibrated probabilities of the model that ships."""
+    from wbcproc.domain import fit_uncertainty
+
+    probs = softmax(val_logits / temperature)
+    return fit_uncertainty(1.0 - probs.max(1), source=f"validation split, {scored}, temperature {temperature:.4f}")
 
 
 def model_card(side: dict[str, Any], m: dict[str, Any], opts: RunOptions) -> str:

@@ -11,6 +11,13 @@ sample statistic over many random in-domain samples of ``calib_n`` cells, times 
 The sample statistic is the *median* per-cell Mahalanobis distance, so a few odd images do not trip it,
 while a sample from another lab (all cells shifted) does.  Beyond the threshold the report gets the
 sample-level flag DOMAIN_SHIFT, and the FHIR report is marked preliminary.
+
+Colour and framing statistics cannot see every shift: another laboratory's cells can look alike to them
+and still puzzle the model.  So a second, model-side statistic joins them where the sidecar carries it
+(``uncertainty``): the sample's mean of (1 - calibrated top probability) over its cells, against
+thresholds calibrated the same way on held-out in-domain cells, one per sample size (a mean over fewer
+cells varies more; below the smallest calibrated size this part stays silent).  Either one beyond its
+threshold raises the flag; the report says which.
 """
 
 from __future__ import annotations
@@ -66,20 +73,80 @@ def fit_reference(
     return ref
 
 
+UNCERTAINTY_SIZES = (10, 20, 30, 50, 100, 200)
+
+
+def fit_uncertainty(
+    held_out_uncertainty: np.ndarray,
+    *,
+    sizes: tuple[int, ...] = UNCERTAINTY_SIZES,
+    draws: int = 2000,
+    quantile: float = 0.995,
+    safety: float = 1.25,
+    seed: int = 0,
+    source: str = "",
+) -> dict[str, Any]:
+    """Per-sample-size thresholds for the mean per-cell uncertainty (1 - calibrated top probability) of
+    in-domain samples, from held-out cells drawn without replacement."""
+    u = np.asarray(held_out_uncertainty, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    thresholds: dict[str, float] = {}
+    for n in sizes:
+        if n > len(u):
+            break
+        stats = [float(u[rng.choice(len(u), n, replace=False)].mean()) for _ in range(draws)]
+        thresholds[str(n)] = float(np.percentile(stats, quantile * 100) * safety)
+    return {
+        "statistic": "mean over the sample's cells of 1 - calibrated top probability",
+        "thresholds": thresholds,
+        "calibration": {
+            "held_out_cells": len(u),
+            "draws": draws,
+            "quantile": quantile,
+            "safety": safety,
+            "mean_in_domain": float(u.mean()) if len(u) else None,
+            "source": source,
+        },
+    }
+
+
+def uncertainty_threshold(ref: dict[str, Any], n: int) -> float | None:
+    """The threshold for a sample of ``n`` cells: that of the largest calibrated size <= n (the strictest
+    that still holds); None below the smallest."""
+    fits = [int(k) for k in ref.get("thresholds", {}) if int(k) <= n]
+    return None if not fits else float(ref["thresholds"][str(max(fits))])
+
+
 def distances(features: np.ndarray, ref: dict[str, Any]) -> np.ndarray:
     x = np.atleast_2d(features) - np.asarray(ref["mean"])
     return np.sqrt(np.einsum("ij,jk,ik->i", x, np.asarray(ref["cov_inv"]), x).clip(min=0))
 
 
-def assess(features: np.ndarray, ref: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Sample statistic vs threshold; None when the model carries no reference (guard unavailable)."""
+def assess(
+    features: np.ndarray, ref: dict[str, Any] | None, uncertainty: np.ndarray | None = None
+) -> dict[str, Any] | None:
+    """Sample statistics vs thresholds; None when the model carries no reference (guard unavailable).
+
+    ``uncertainty``: the cells' 1 - calibrated top probability, used when ``ref`` has an ``uncertainty``
+    part and the sample has at least its smallest calibrated size."""
     if ref is None or len(features) == 0:
         return None
     d = distances(features, ref)
     stat = float(np.median(d))
-    return {
+    out: dict[str, Any] = {
         "distance": round(stat, 3),
         "threshold": round(float(ref["threshold"]), 3),
         "shifted": bool(stat > ref["threshold"]),
         "cells": len(d),
+        "reasons": ["colour/framing"] if stat > ref["threshold"] else [],
     }
+    unc_ref = ref.get("uncertainty")
+    if unc_ref is not None and uncertainty is not None and len(uncertainty):
+        mean_u = float(np.mean(uncertainty))
+        limit = uncertainty_threshold(unc_ref, len(uncertainty))
+        out["uncertainty"] = round(mean_u, 4)
+        out["uncertainty_threshold"] = None if limit is None else round(limit, 4)
+        if limit is not None and mean_u > limit:
+            out["shifted"] = True
+            out["reasons"].append("model uncertainty")
+    return out

@@ -294,8 +294,20 @@ def summarise(
     flags += sample_flags(
         diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors, age_group=meta.age_group
     )
-    domain = assess(np.array(classified.domain_features), classifier.info.raw.get("domain"))
+    domain = assess(
+        np.array(classified.domain_features),
+        classifier.info.raw.get("domain"),
+        np.array([1.0 - c.confidence for c in classified.cells]),
+    )
     if domain is not None and domain["shifted"]:
+        why = []
+        if "colour/framing" in domain["reasons"]:
+            why.append(f"stain/camera/framing distance {domain['distance']:.2f} > calibrated {domain['threshold']:.2f}")
+        if "model uncertainty" in domain["reasons"]:
+            why.append(
+                f"mean model uncertainty {domain['uncertainty']:.3f} > calibrated "
+                f"{domain['uncertainty_threshold']:.3f} for {len(classified.cells)} cells"
+            )
         flags.insert(
             0,
             {
@@ -306,9 +318,8 @@ def summarise(
                 "interval": None,
                 "ci_outside": None,
                 "message": (
-                    f"these images differ from the model's training images (stain/camera/framing distance "
-                    f"{domain['distance']:.2f} > calibrated {domain['threshold']:.2f}): the differential may be "
-                    "wrong; verify by manual review before use"
+                    f"these images differ from the model's training images ({'; '.join(why)}): the "
+                    "differential may be wrong; verify by manual review before use"
                 ),
             },
         )

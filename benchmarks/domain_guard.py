@@ -1,0 +1,90 @@
+"""How often does the domain guard raise DOMAIN_SHIFT, by sample size: in-domain (false alarms) and on
+other-laboratory sets (detections)?  Both halves of the guard - colour/framing statistics and model
+uncertainty - and the two together, as the report applies them.
+
+    python benchmarks/domain_guard.py --model models/model.onnx pbc-test=../shared/data/pbc@test \\
+        camera=runs/abl/othercam tight=runs/abl/tight bccd=runs/bccd-crops/holdout
+
+Each set's images are classified once through the product's pipeline (in sample folders of ``--chunk``
+images, so the sample ruler works as in ``wbc process``); then ``--draws`` random samples of each size
+are drawn from its cells (without replacement within a sample) and judged with ``wbcproc.domain.assess``
+exactly as a report would be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine
+
+from training.data import gather
+from wbcproc.config import load_settings
+from wbcproc.discovery import scan_sample
+from wbcproc.domain import assess
+from wbcproc.model import load_classifier
+from wbcproc.pipeline import classify_candidates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sets", nargs="+", metavar="NAME=ROOT[@SPLIT]")
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20, 30, 100])
+    ap.add_argument("--draws", type=int, default=4000)
+    ap.add_argument("--chunk", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    clf = load_classifier(args.model)
+    settings = load_settings(None)
+    ref = clf.info.raw.get("domain")
+    if ref is None:
+        raise SystemExit("this model's sidecar has no domain reference")
+    print(f"model {clf.info.name} {clf.info.version}; {args.draws} draws per size; {machine()}")
+    print(
+        f"colour threshold {ref['threshold']:.3f}; uncertainty thresholds {ref.get('uncertainty', {}).get('thresholds')}"
+    )
+    rng = np.random.default_rng(args.seed)
+    for spec in args.sets:
+        name, _, root = spec.partition("=")
+        root, _, split = root.partition("@")
+        items = [it for it in gather([root]).items if not split or it.split == split]
+        feats: list[np.ndarray] = []
+        unc: list[float] = []
+        for start in range(0, len(items), args.chunk):
+            with tempfile.TemporaryDirectory() as tmp:
+                for k, it in enumerate(items[start : start + args.chunk]):
+                    shutil.copy(it.path, Path(tmp) / f"{k:04d}_{it.path.name}")
+                inv = scan_sample(tmp, settings)
+                got = classify_candidates(
+                    inv.candidates, clf, settings, thumbnails=False, image_type=inv.metadata.image_type
+                )
+            feats += got.domain_features
+            unc += [1.0 - c.confidence for c in got.cells]
+        f, u = np.array(feats), np.array(unc)
+        parts = []
+        for n in args.sizes:
+            if n > len(u):
+                continue
+            colour = uncertain = either = 0
+            for _ in range(args.draws):
+                idx = rng.choice(len(u), n, replace=False)
+                r = assess(f[idx], ref, u[idx])
+                colour += "colour/framing" in r["reasons"]
+                uncertain += "model uncertainty" in r["reasons"]
+                either += r["shifted"]
+            parts.append(
+                f"n={n}: colour {colour / args.draws:.1%}, uncertainty {uncertain / args.draws:.1%}, "
+                f"flagged {either / args.draws:.1%}"
+            )
+        print(f"{name} ({len(u)} cells, mean uncertainty {u.mean():.4f}): " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

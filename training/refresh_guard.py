@@ -1,0 +1,47 @@
+"""Add (or refit) the model-side half of the domain guard in an existing model's sidecar.
+
+    python -m training.refresh_guard --model models/model.onnx --cache runs/pack/cache-128.npz
+
+``wbc train`` writes it for every new model; this is for a model exported before it existed (the shipped
+1.1.0).  It runs the model file itself (ONNX Runtime) on the cache's validation split, applies the
+sidecar's temperature and fits ``wbcproc.domain.fit_uncertainty``; the rest of the sidecar is unchanged
+and the write is atomic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from training.cache import load_cache
+from training.export import ort_logits
+from training.run import uncertainty_reference
+from wbcproc.model import read_sidecar, write_sidecar
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--cache", required=True, help="the training cache the model was trained from")
+    args = ap.parse_args()
+    info = read_sidecar(args.model)
+    data = load_cache(args.cache)
+    if (data.spec.input_size, data.spec.colour_order) != (info.preprocess.input_size, info.preprocess.colour_order):
+        raise SystemExit(
+            f"cache {args.cache} is {data.spec.input_size} px {data.spec.colour_order}; the model expects "
+            f"{info.preprocess.input_size} px {info.preprocess.colour_order}"
+        )
+    val = data.subset("val")
+    raw = dict(info.raw)
+    if "domain" not in raw:
+        raise SystemExit(f"{args.model}: the sidecar has no domain reference to extend")
+    raw["domain"] = dict(raw["domain"])
+    raw["domain"]["uncertainty"] = uncertainty_reference(
+        ort_logits(args.model, val), info.temperature, "ONNX Runtime, this model file"
+    )
+    write_sidecar(args.model, raw)
+    print(json.dumps(raw["domain"]["uncertainty"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
