@@ -14,22 +14,18 @@ exactly as a report would be.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
+from _sets import classify_as_sample, load_set
 
-from training.data import gather
 from wbcproc.config import load_settings
-from wbcproc.discovery import scan_sample
 from wbcproc.domain import assess
 from wbcproc.model import load_classifier
-from wbcproc.pipeline import classify_candidates
 
 
 def main() -> None:
@@ -52,19 +48,11 @@ def main() -> None:
     )
     rng = np.random.default_rng(args.seed)
     for spec in args.sets:
-        name, _, root = spec.partition("=")
-        root, _, split = root.partition("@")
-        items = [it for it in gather([root]).items if not split or it.split == split]
+        name, items = load_set(spec)
         feats: list[np.ndarray] = []
         unc: list[float] = []
         for start in range(0, len(items), args.chunk):
-            with tempfile.TemporaryDirectory() as tmp:
-                for k, it in enumerate(items[start : start + args.chunk]):
-                    shutil.copy(it.path, Path(tmp) / f"{k:04d}_{it.path.name}")
-                inv = scan_sample(tmp, settings)
-                got = classify_candidates(
-                    inv.candidates, clf, settings, thumbnails=False, image_type=inv.metadata.image_type
-                )
+            _, got, _ = classify_as_sample(items[start : start + args.chunk], clf, settings, thumbnails=False)
             feats += got.domain_features
             unc += [1.0 - c.confidence for c in got.cells]
         f, u = np.array(feats), np.array(unc)

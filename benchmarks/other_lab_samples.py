@@ -18,23 +18,20 @@ ones: does the per-cell review mark still mean something there?
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
+from _sets import classify_as_sample, load_set
 
-from training.data import gather
 from wbcproc.classes import WBC_CLASSES
 from wbcproc.config import load_settings
-from wbcproc.discovery import scan_sample
 from wbcproc.model import load_classifier
-from wbcproc.pipeline import classify_candidates, summarise
+from wbcproc.pipeline import summarise
 
 
 def true_percent(labels: list[str]) -> dict[str, float]:
@@ -56,23 +53,15 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     print(f"model {clf.info.name} {clf.info.version}; {args.samples} samples of {args.cells} cells; {machine()}")
     for spec in args.sets:
-        name, _, root = spec.partition("=")
-        root, _, split = root.partition("@")
-        items = [it for it in gather([root]).items if not split or it.split == split]
+        name, items = load_set(spec)
         rows: list[tuple[float, bool, float, float]] = []
         per_cell: list[tuple[bool, bool]] = []  # (right, marked for review)
         for _ in range(args.samples):
-            pick = rng.choice(len(items), min(args.cells, len(items)), replace=False)
-            with tempfile.TemporaryDirectory() as tmp:
-                for k, i in enumerate(pick):
-                    it = items[int(i)]
-                    shutil.copy(it.path, Path(tmp) / f"{k:04d}_{it.path.name}")
-                inv = scan_sample(tmp, settings)
-                classified = classify_candidates(inv.candidates, clf, settings, image_type=inv.metadata.image_type)
-                result = summarise(inv, classified, clf, settings)
-            label_of = {f"{k:04d}_{items[int(i)].path.name}": items[int(i)].label for k, i in enumerate(pick)}
+            pick = [items[int(i)] for i in rng.choice(len(items), min(args.cells, len(items)), replace=False)]
+            inv, classified, label_of = classify_as_sample(pick, clf, settings)
+            result = summarise(inv, classified, clf, settings)
             per_cell += [(c.label == label_of.get(c.file), c.review) for c in classified.cells if c.file in label_of]
-            truth = true_percent([items[int(i)].label for i in pick])
+            truth = true_percent([it.label for it in pick])
             got = {c: result["percent"][c] or 0.0 for c in WBC_CLASSES}
             err = [abs(got[c] - truth[c]) for c in WBC_CLASSES]
             dom = result.get("domain") or {}
