@@ -504,3 +504,22 @@ def test_simulated_other_lab_sets_are_deterministic_and_shaped_as_described(tmp_
         assert p.read_bytes() == (tmp_path / "b" / p.parent.name / p.name).read_bytes()
     with pytest.raises(ValueError, match="kind 'blur' is unknown"):
         write_set([str(labelled_set)], "test", "blur", tmp_path / "c")
+
+
+def test_recipe_selection_rule_of_the_device_scripts():
+    """training.selection: validation macro-F1 within 0.015 of the best decides who may be chosen; among
+    those the mean accuracy over the other-laboratory proxies wins; a run without a score ranks last."""
+    from training.selection import choose, eligible, proxy_score
+
+    ev = {
+        "bccd_all": {"accuracy": 0.3},
+        "camera_val": {"accuracy": 0.9},
+        "tight_val": {"accuracy": 0.6},
+        "x": {"accuracy": 0},
+    }
+    assert proxy_score(ev) == pytest.approx(0.6) and proxy_score({}) == 0.0
+    val = {"basic": 0.970, "robust": 0.941, "stain": 0.960}
+    assert eligible(val) == ["basic", "stain"]
+    assert choose(val, {"basic": 0.52, "robust": 0.56, "stain": 0.55}) == "stain"  # robust is out on validation
+    assert choose(val, {"basic": 0.52}) == "basic"
+    assert choose({"a": 0.9, "b": 0.9}, {"a": 0.5, "b": 0.5}) == "a"  # ties: the first given

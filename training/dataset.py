@@ -18,8 +18,13 @@ class CachedSet:
     spec: Any  # wbcproc.preprocess.PreprocessSpec, or any object with mean/std/scale/colour_order
 
     def subset(self, split: str) -> CachedSet:
-        m = self.splits == split
-        return CachedSet(self.images[m], self.labels[m], self.splits[m], self.sha256[m], self.files[m], self.spec)
+        return self.where(self.splits == split)
+
+    def where(self, mask: np.ndarray) -> CachedSet:
+        """The items where ``mask`` (boolean, one per item) is true."""
+        return CachedSet(
+            self.images[mask], self.labels[mask], self.splits[mask], self.sha256[mask], self.files[mask], self.spec
+        )
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -166,6 +166,15 @@ def _set_frozen_bn_eval(model: nn.Module, k: int) -> None:
             getattr(model, name).eval()
 
 
+def _to_od(x: torch.Tensor) -> torch.Tensor:
+    """Optical density (Beer-Lambert) of images in [0, 1], 1/255 the darkest."""
+    return -torch.log(x.clamp(1 / 255, 1))
+
+
+def _from_od(od: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-od.clamp(min=0))
+
+
 def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Batch augmentation on float images in [0, 1], NCHW, on whatever device they are.
 
@@ -226,17 +235,15 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
         x = x * (1.0 + (rnd(n, 3, 1, 1) * 2 - 1) * cfg.channel_gain)
     if cfg.stain_mix > 0:
         # another stain's colours: each optical-density channel becomes a random mix of the three
-        od = -torch.log(x.clamp(1 / 255, 1))
         mix = torch.eye(3, device=dev) + (rnd(n, 3, 3) * 2 - 1) * cfg.stain_mix
-        x = torch.exp(-torch.einsum("nij,njhw->nihw", mix, od).clamp(min=0))
+        x = _from_od(torch.einsum("nij,njhw->nihw", mix, _to_od(x)))
     if cfg.grey_prob > 0:
         grey = (rnd(n, 1, 1, 1) < cfg.grey_prob).float()
         x = x * (1 - grey) + x.mean(dim=1, keepdim=True) * grey
     if cfg.stain_jitter > 0:
         # Beer-Lambert: stain amount scales optical density; per-channel scales shift hue and intensity
-        od = -torch.log(x.clamp(1 / 255, 1))
-        od = od * (1.0 + (rnd(n, 3, 1, 1) * 2 - 1) * cfg.stain_jitter) + (rnd(n, 3, 1, 1) * 2 - 1) * 0.03
-        x = torch.exp(-od.clamp(min=0))
+        od = _to_od(x) * (1.0 + (rnd(n, 3, 1, 1) * 2 - 1) * cfg.stain_jitter) + (rnd(n, 3, 1, 1) * 2 - 1) * 0.03
+        x = _from_od(od)
     if cfg.gamma_jitter > 0:
         g = torch.exp((rnd(n, 1, 1, 1) * 2 - 1) * math.log1p(cfg.gamma_jitter))
         x = x.clamp(1e-4, 1) ** g

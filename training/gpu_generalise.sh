@@ -39,6 +39,7 @@ for p in "${pids[@]}"; do wait "$p"; done
 choice=$("$PY" - "$WORK" "$OUT" $VARIANTS <<'PY'
 import json, sys
 from pathlib import Path
+from training.selection import PROXIES, VAL_MARGIN, choose, eligible, proxy_score
 work, out, variants = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 runs = {}
 for v in variants:
@@ -49,18 +50,16 @@ for v in variants:
 if not runs:
     print("none", end="")
     sys.exit(0)
-proxies = ("bccd_all", "camera_val", "tight_val")
-best_val = max(r["best_val_macro_f1"] for r in runs.values())
+val_f1 = {v: r["best_val_macro_f1"] for v, r in runs.items()}
+ok = eligible(val_f1)
 rows = {}
 for v, r in runs.items():
     ev = r.get("eval", {})
-    have = [ev[k]["accuracy"] for k in proxies if k in ev]
-    score = sum(have) / max(1, len(have))
-    rows[v] = {"best_val_macro_f1": r["best_val_macro_f1"], "eligible": r["best_val_macro_f1"] >= best_val - 0.015,
-               "proxy_score": score, "best_epoch": r["best_epoch"], "epochs_run": len(r["history"]),
+    rows[v] = {"best_val_macro_f1": r["best_val_macro_f1"], "eligible": v in ok,
+               "proxy_score": proxy_score(ev), "best_epoch": r["best_epoch"], "epochs_run": len(r["history"]),
                "test_torch": r["test_torch"], "eval": ev, "init": r["init"]}
-chosen = max((v for v in rows if rows[v]["eligible"]), key=lambda v: rows[v]["proxy_score"])
-sel = {"rule": "validation macro-F1 within 0.015 of the best, then highest mean accuracy over " + ", ".join(proxies),
+chosen = choose(val_f1, {v: row["proxy_score"] for v, row in rows.items()})
+sel = {"rule": f"validation macro-F1 within {VAL_MARGIN} of the best, then highest mean accuracy over " + ", ".join(PROXIES),
        "phase1_training": "PBC only (BCCD left out)", "chosen": chosen, "phase1": rows}
 (out / "selection.json").write_text(json.dumps(sel, indent=2) + "\n")
 print(chosen, end="")

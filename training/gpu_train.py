@@ -25,11 +25,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import torch
 from PIL import Image
 
 from training.dataset import CachedSet
-from training.engine import AUGMENTATIONS, NORMS, TrainConfig, augmentation, predict_logits, train_model
+from training.engine import AUGMENTATIONS, NORMS, TrainConfig, augmentation, pick_device, predict_logits, train_model
 from training.metrics import classification_metrics
 from training.shards import save_shards
 from wbcproc.classes import CLASSES
@@ -53,10 +52,7 @@ def load_cache_torch(path: str | Path) -> CachedSet:
 
 
 def _without(part: CachedSet, needle: str) -> CachedSet:
-    keep = np.array([needle not in str(f) for f in part.files], dtype=bool)
-    return CachedSet(
-        part.images[keep], part.labels[keep], part.splits[keep], part.sha256[keep], part.files[keep], part.spec
-    )
+    return part.where(np.array([needle not in str(f) for f in part.files], dtype=bool))
 
 
 def main() -> None:
@@ -105,15 +101,16 @@ def main() -> None:
     train, val = data.subset("train"), data.subset("val")
     if args.exclude_train:
         # out of validation too: choosing the best epoch must not see the left-out source either
+        before = len(train), len(val)
         train, val = _without(train, args.exclude_train), _without(val, args.exclude_train)
         print(
-            f"--exclude-train {args.exclude_train!r}: {len(data.subset('train')) - len(train)} training and "
-            f"{len(data.subset('val')) - len(val)} validation images left out",
+            f"--exclude-train {args.exclude_train!r}: {before[0] - len(train)} training and "
+            f"{before[1] - len(val)} validation images left out",
             flush=True,
         )
     model, info = train_model(train, val, cfg, log=lambda m: print(m, flush=True))
     test = data.subset("test")
-    dev = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    dev = pick_device(args.device)
     model = model.to(dev)
     pred = predict_logits(model, test, dev).argmax(1)
     m = classification_metrics(test.labels, pred, CLASSES)
@@ -129,7 +126,6 @@ def main() -> None:
         em = classification_metrics(ev.labels, predict_logits(model, ev, dev).argmax(1), CLASSES)
         info["eval"][name] = {"n": len(ev), "accuracy": em["accuracy"], "macro_f1": em["macro_f1"]}
         print(f"eval {name}: n={len(ev)} accuracy {em['accuracy']:.4f}", flush=True)
-    info["config"] = cfg.as_dict()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu")

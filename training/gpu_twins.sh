@@ -7,7 +7,7 @@
 #
 #   bash training/gpu_twins.sh CACHE OUT BUDGET_S EVAL_NAME=EVAL_CACHE...
 #
-# Rule, fixed before any run: among full runs whose best validation macro-F1 is within 0.015 of the best
+# Rule (training.selection), fixed before any run: among full runs whose validation macro-F1 is within 0.015 of the best
 # full run's, keep the one whose unseen twin has the highest mean accuracy over bccd_all, camera_val and
 # tight_val (packed sets; the last two from PBC *validation* cells via training.simulate).
 # OUT: the kept full run's weight shards + weights-index.json + train_info.json, selection.json, runs.log.
@@ -39,8 +39,8 @@ for p in "${pids[@]}"; do wait "$p"; done
 "$PY" - "$WORK" "$OUT" $VARIANTS <<'PY'
 import json, shutil, sys
 from pathlib import Path
+from training.selection import PROXIES, VAL_MARGIN, choose, proxy_score
 work, out, variants = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-proxies = ("bccd_all", "camera_val", "tight_val")
 
 def info(kind, v):
     p = work / f"{kind}-{v.replace(':', '-')}" / "train_info.json"
@@ -57,22 +57,19 @@ for v in variants:
         continue
     row = {"full": brief(full)}
     if unseen is not None:
-        ev = unseen.get("eval", {})
-        have = [ev[k]["accuracy"] for k in proxies if k in ev]
         row["unseen"] = brief(unseen)
-        row["unseen_proxy_score"] = sum(have) / max(1, len(have))
+        row["unseen_proxy_score"] = proxy_score(unseen.get("eval", {}))
     rows[v] = row
 if not rows:
     print("no full run finished; see runs.log")
     chosen = None
 else:
-    best = max(r["full"]["best_val_macro_f1"] for r in rows.values())
-    eligible = [v for v in rows if rows[v]["full"]["best_val_macro_f1"] >= best - 0.015]
-    chosen = max(eligible, key=lambda v: rows[v].get("unseen_proxy_score", -1.0))
+    chosen = choose({v: r["full"]["best_val_macro_f1"] for v, r in rows.items()},
+                    {v: r["unseen_proxy_score"] for v, r in rows.items() if "unseen_proxy_score" in r})
     for p in sorted((work / f"full-{chosen.replace(':', '-')}").iterdir()):
         shutil.copy(p, out / p.name)
-sel = {"rule": "full runs with validation macro-F1 within 0.015 of the best; then the highest mean accuracy of "
-       "the unseen (PBC-only) twin over " + ", ".join(proxies), "chosen": chosen, "variants": rows}
+sel = {"rule": f"full runs with validation macro-F1 within {VAL_MARGIN} of the best; then the highest mean accuracy "
+       "of the unseen (PBC-only) twin over " + ", ".join(PROXIES), "chosen": chosen, "variants": rows}
 (out / "selection.json").write_text(json.dumps(sel, indent=2) + "\n")
 print("chose", chosen)
 for v, r in rows.items():

@@ -225,7 +225,8 @@ def evaluate_and_export(
     )
     temperature, threshold = metrics["temperature"], metrics["review_threshold"]
     onnx_path = export_onnx(model, data.spec.input_size, run_dir / "model.onnx")
-    par = parity(test_logits, ort_logits(onnx_path, test), tol=opts.parity_tol)
+    onnx_test_logits = ort_logits(onnx_path, test)
+    par = parity(test_logits, onnx_test_logits, tol=opts.parity_tol)
     scored_val_logits, scored = val_logits, "PyTorch logits of the exported weights"
     log(f"test: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; parity {par}")
     quant: dict[str, Any] | None = None
@@ -233,7 +234,7 @@ def evaluate_and_export(
         q = quantize_int8(onnx_path, data.subset("train"), run_dir / "model.int8.onnx")
         q_logits = ort_logits(q, test)
         q_acc = float((q_logits.argmax(1) == test.labels).mean())
-        f_acc = float((ort_logits(onnx_path, test).argmax(1) == test.labels).mean())
+        f_acc = float((onnx_test_logits.argmax(1) == test.labels).mean())
         kept = (f_acc - q_acc) * 100 <= 0.2
         quant = {"accuracy_fp32": f_acc, "accuracy_int8": q_acc, "kept": kept}
         if kept:
@@ -286,7 +287,7 @@ def evaluate_and_export(
         "quantization": quant,
         "data": {
             "roots": [str(Path(d).resolve()) for d in opts.data]
-            or sorted({str(Path(str(f)).parent.parent) for f in data.files}),  # from a cache: its sources
+            or sorted({source_of(f) for f in data.files}),  # from a cache: its sources
             "per_split_class": counts,
             "split_rule": f"sha256[:8]/2^32 < {opts.test_fraction} test, < {opts.test_fraction + opts.val_fraction} val",
         },
@@ -325,10 +326,15 @@ def evaluate_and_export(
     }
 
 
+def source_of(file: Any) -> str:
+    """The data root an item came from: the folder above its class folder."""
+    return str(Path(str(file)).parent.parent)
+
+
 def per_source(data: CachedSet, pred: np.ndarray) -> dict[str, dict[str, Any]]:
     """Accuracy and macro-F1 per data root (the folder above the class folders): one lab's figure must not
     hide another's."""
-    roots = np.array([str(Path(str(f)).parent.parent) for f in data.files])
+    roots = np.array([source_of(f) for f in data.files])
     out = {}
     for root in sorted(set(roots)):
         m = roots == root

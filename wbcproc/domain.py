@@ -136,7 +136,7 @@ def assess(
     out: dict[str, Any] = {
         "distance": round(stat, 3),
         "threshold": round(float(ref["threshold"]), 3),
-        "shifted": bool(stat > ref["threshold"]),
+        "shifted": False,
         "cells": len(d),
         "reasons": ["colour/framing"] if stat > ref["threshold"] else [],
     }
@@ -147,6 +147,6 @@ def assess(
         out["uncertainty"] = round(mean_u, 4)
         out["uncertainty_threshold"] = None if limit is None else round(limit, 4)
         if limit is not None and mean_u > limit:
-            out["shifted"] = True
             out["reasons"].append("model uncertainty")
+    out["shifted"] = bool(out["reasons"])
     return out

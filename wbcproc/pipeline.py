@@ -306,7 +306,7 @@ def summarise(
         if "model uncertainty" in domain["reasons"]:
             why.append(
                 f"mean model uncertainty {domain['uncertainty']:.3f} > calibrated "
-                f"{domain['uncertainty_threshold']:.3f} for {len(classified.cells)} cells"
+                f"{domain['uncertainty_threshold']:.3f} for {domain['cells']} cells"
             )
         flags.insert(
             0,
