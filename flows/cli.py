@@ -65,6 +65,7 @@ def info(
     """Show the model in use and the ONNX Runtime providers."""
     import onnxruntime as ort
 
+    from wbcproc.int8 import plan_for
     from wbcproc.model import ModelError, read_sidecar, resolve_model_path
 
     typer.echo(
@@ -86,6 +87,8 @@ def info(
         f"framing {p.framing.method if p.framing else 'none'}"
     )
     typer.echo(f"review:     confidence < {m.review_threshold:.3f} (temperature {m.temperature:.3f})")
+    plan = plan_for(m.raw)
+    typer.echo(f"int8:       {plan.kernel.name}: {plan.summary}")
     metrics = m.raw.get("metrics", {})
     if metrics:
         shown = {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}

@@ -189,11 +189,17 @@ class Classifier:
     def __init__(self, info: ModelInfo, threads: int = 0) -> None:
         import onnxruntime as ort
 
+        from wbcproc.int8 import plan_for
+
         self.info = info
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads if threads > 0 else default_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # the same classes on every CPU: precise kernels where an 8-bit-weight int8 model could saturate
+        self.int8 = plan_for(info.raw)
+        for key, value in self.int8.session_config().items():
+            opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(
                 str(info.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]

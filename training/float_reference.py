@@ -1,0 +1,106 @@
+"""The float reference a shipped int8 model is checked against on every CPU (issue: same answer on every CPU).
+
+Instead of a second (94 MB) float model, the repository keeps the *logits* of the test fixture cells:
+computed once, at export, by the float ONNX model (``model.fp32.onnx`` of the ``wbc train --quantize``
+run) and by the int8 file that ships, on the machine that exported it.  ``tests/test_int8.py`` then runs
+the shipped int8 file on whatever CPU the tests run on and fails when
+
+- its classes differ from the float reference on more than 0.5 % of the fixture cells, or
+- its logits differ from the exporting machine's int8 logits by more than a quantisation step's worth
+  (the integer arithmetic is exact on every CPU for a 7-bit-weight model: only float rounding differs).
+
+Inputs are made here, by the same preprocessing inference runs: each fixture cell framed by its own
+red-cell measurement, and the annotated white cell of each fixture field cut and framed as ``wbc locate``
+cuts it.
+
+    python -m training.float_reference --fp32 runs/final/model.fp32.onnx --model models/model.onnx \\
+        --out tests/fixtures/float_reference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from wbcproc.fields import crop_cell, iou, locate
+from wbcproc.imageio import read_image
+from wbcproc.model import read_sidecar, sha256_file
+from wbcproc.preprocess import PreprocessSpec, prepare_image, to_input
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+
+
+def _voc_wbc(xml: Path) -> list[tuple[int, int, int, int]]:
+    from training.bccd import wbc_boxes
+
+    return wbc_boxes(xml)
+
+
+def fixture_inputs(spec: PreprocessSpec, fixtures: Path = FIXTURES) -> tuple[list[str], np.ndarray]:
+    """Names and model inputs of the fixture cells (``cells/<class>/*.jpg``) and of the annotated white
+    cell of each fixture field (``fields/*.jpg`` + VOC ``*.xml``), named ``<field>.jpg#wbc``."""
+    names, prepared = [], []
+    for f in sorted((fixtures / "cells").glob("*/*.jpg")):
+        names.append(f"{f.parent.name}/{f.name}")
+        prepared.append(prepare_image(read_image(f).bgr, spec))
+    for f in sorted((fixtures / "fields").glob("*.jpg")):
+        bgr = read_image(f).bgr
+        res = locate(bgr)
+        gt = _voc_wbc(f.with_suffix(".xml"))[0]
+        best = max(res.detections, key=lambda d: iou(tuple(d.box), gt), default=None)
+        if best is None or iou(tuple(best.box), gt) < 0.3:
+            continue  # the field test reports a missed cell; nothing to compare here
+        names.append(f"{f.name}#wbc")
+        prepared.append(prepare_image(crop_cell(bgr, best, res.rbc_diameter_px), spec, framed=True))
+    return names, to_input(np.stack(prepared), spec)
+
+
+def _logits(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def build_reference(fp32: Path, model: Path) -> dict:
+    from wbcproc.int8 import int8_kernel
+
+    info = read_sidecar(model)
+    names, x = fixture_inputs(info.preprocess)
+    f, q = _logits(fp32, x), _logits(model, x)
+    return {
+        "model_sha256": info.sha256,
+        "model_version": info.version,
+        "fp32_sha256": sha256_file(fp32),
+        "int8_cpu_kernel": int8_kernel().name,
+        "classes": list(info.classes),
+        "cells": {
+            n: {"float": [round(float(v), 5) for v in f[i]], "int8": [round(float(v), 5) for v in q[i]]}
+            for i, n in enumerate(names)
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fp32", required=True, type=Path, help="the float export of the same weights")
+    ap.add_argument("--model", required=True, type=Path, help="the int8 model (with sidecar) that ships")
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args()
+    ref = build_reference(args.fp32, args.model)
+    args.out.write_text(json.dumps(ref, indent=1) + "\n")
+    f = np.array([c["float"] for c in ref["cells"].values()])
+    q = np.array([c["int8"] for c in ref["cells"].values()])
+    print(
+        f"{args.out}: {len(f)} cells; int8 vs float: {(f.argmax(1) != q.argmax(1)).sum()} class changes, "
+        f"max |logit diff| {np.abs(f - q).max():.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
