@@ -77,7 +77,7 @@ def write(result: dict[str, Any], classified: Classified, out_dir: str, version:
 
 def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     ref = result["config"]["reference_intervals"]["percent"]
-    flagged = {f["cell"]: f["direction"] for f in result["flags"] if f["cell"] and "_ABS_" not in f["code"]}
+    flagged = {f["cell"]: f["direction"] for f in result["flags"] if f["cell"] and f["kind"] != "absolute"}
     rows = []
     for cls in WBC_CLASSES:
         ci = result["ci95"][cls]

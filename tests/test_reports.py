@@ -38,8 +38,12 @@ def test_json_report(report):
     cell = r["cells"][0]
     assert set(cell) >= {"file", "class", "confidence", "runner_up", "review"}
     assert {f["code"] for f in r["flags"]} >= {"REJECTED_FILES", "LOW_WBC_COUNT"}
+    base = {"cell", "direction", "code", "kind", "value", "interval", "ci_outside", "grade", "message"}
+    corrected = {"corrected_value", "corrected_ci95", "probability"}
     for f in r["flags"]:
-        assert set(f) == {"cell", "direction", "code", "value", "interval", "ci_outside", "message"}
+        assert base <= set(f) <= base | corrected, f
+        assert f["kind"] in ("percent", "absolute", "nrbc", "sample")
+        assert (f["grade"] in ("definite", "possible")) == (f["kind"] != "sample")
     # nothing but the three reports, no temp files left behind
     assert sorted(p.name for p in paths["json"].parent.iterdir()) == [
         "S-001.fhir.json",
@@ -66,7 +70,8 @@ def test_excel_read_back(report):
             from wbcproc.classes import DISPLAY_NAMES
 
             fill = summary.cell(row=values[DISPLAY_NAMES[f["cell"]]], column=1).fill.start_color.rgb
-            assert fill.endswith("FFC7CE" if f["direction"] == "high" else "BDD7EE")
+            definite = "FFC7CE" if f["direction"] == "high" else "BDD7EE"
+            assert fill.endswith(definite if f["grade"] == "definite" else "FCE4D6"), f  # possible: pale
     assert summary._charts, "the differential chart is missing"
     cells = wb["Cells"]
     files = [cells.cell(row=i, column=1).value for i in range(2, cells.max_row + 1)]

@@ -327,7 +327,20 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     again = read_sidecar(tmp_path / "cpu" / "model.onnx")
     # ONNX Runtime's logits here, PyTorch's at export: the same fit within float noise
     assert again.raw["domain"]["uncertainty"]["thresholds"] == pytest.approx(fitted["thresholds"], rel=1e-3)
-    assert {k: v for k, v in again.raw.items() if k != "domain"} == {k: v for k, v in info.raw.items() if k != "domain"}
+    # the confusion counts are refitted too (same counts; the source names ONNX Runtime); nothing else changes
+    assert again.raw["confusion_val"]["counts"] == info.raw["confusion_val"]["counts"]
+    assert (
+        again.raw["confusion_val"]["n"] == len(data_val_labels(cache))
+        and "ONNX Runtime" in again.raw["confusion_val"]["source"]
+    )
+    skip = ("domain", "confusion_val")
+    assert {k: v for k, v in again.raw.items() if k not in skip} == {k: v for k, v in info.raw.items() if k not in skip}
+
+
+def data_val_labels(cache) -> list[int]:
+    from training.cache import load_cache
+
+    return list(load_cache(cache).subset("val").labels)
 
 
 def test_device_script_runs_without_opencv(tmp_path, trained_run):

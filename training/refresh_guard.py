@@ -1,4 +1,6 @@
-"""Add (or refit) the model-side half of the domain guard in an existing model's sidecar.
+"""Add (or refit) the validation-derived blocks of an existing model's sidecar: the model-side half of the
+domain guard (``domain.uncertainty``) and the confusion counts the differential is corrected with
+(``confusion_val``).
 
     python -m training.refresh_guard --model models/model.onnx --cache runs/pack/cache-128.npz
 
@@ -15,7 +17,7 @@ import json
 
 from training.cache import load_cache
 from training.export import ort_logits
-from training.run import uncertainty_reference
+from training.run import confusion_reference, uncertainty_reference
 from wbcproc.model import read_sidecar, write_sidecar
 
 
@@ -36,11 +38,11 @@ def main() -> None:
     if "domain" not in raw:
         raise SystemExit(f"{args.model}: the sidecar has no domain reference to extend")
     raw["domain"] = dict(raw["domain"])
-    raw["domain"]["uncertainty"] = uncertainty_reference(
-        ort_logits(args.model, val), info.temperature, "ONNX Runtime, this model file"
-    )
+    logits = ort_logits(args.model, val)
+    raw["domain"]["uncertainty"] = uncertainty_reference(logits, info.temperature, "ONNX Runtime, this model file")
+    raw["confusion_val"] = confusion_reference(logits, val.labels, "ONNX Runtime, this model file")
     write_sidecar(args.model, raw)
-    print(json.dumps(raw["domain"]["uncertainty"], indent=2))
+    print(json.dumps({"uncertainty": raw["domain"]["uncertainty"], "confusion_val": raw["confusion_val"]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -316,6 +316,7 @@ def evaluate_and_export(
     }
     sidecar["domain"] = domain_reference(data)
     sidecar["domain"]["uncertainty"] = uncertainty_reference(scored_val_logits, temperature, scored)
+    sidecar["confusion_val"] = confusion_reference(scored_val_logits, val.labels, scored)
     write_sidecar(onnx_path, sidecar)
     full = {
         "test": metrics,
@@ -335,6 +336,16 @@ def evaluate_and_export(
         "metrics": metrics,
         "parity": par,
     }
+
+
+def confusion_reference(val_logits: np.ndarray, labels: np.ndarray, scored: str) -> dict[str, Any]:
+    """The validation confusion counts (rows true, columns called, in class order) that inference corrects
+    the differential with (``wbcproc.correction``): the model's own leak between classes, measured."""
+    from training.metrics import confusion
+
+    cm = confusion(np.asarray(labels), val_logits.argmax(1), len(CLASSES))
+    return {"counts": cm.astype(int).tolist(), "classes": list(CLASSES), "n": int(cm.sum()),
+            "source": f"validation split, {scored}"}  # fmt: skip
 
 
 def source_of(file: Any) -> str:

@@ -2,11 +2,18 @@
 
 A flag is a plain dict so that it goes unchanged into JSON, FHIR, Excel and the Prefect artifact::
 
-    {"cell": "neutrophil" | None, "direction": "high" | "low" | None, "code": str,
-     "value": float | None, "interval": [low, high] | None, "ci_outside": bool | None, "message": str}
+    {"cell": "neutrophil" | None, "direction": "high" | "low" | None, "code": str, "kind": "percent" |
+     "absolute" | "nrbc" | "sample", "value": float | None, "interval": [low, high] | None,
+     "ci_outside": bool | None, "grade": "definite" | "possible" | None, "message": str}
 
 A value equal to an interval limit is inside the interval.  ``ci_outside`` is True when the whole 95 %
-confidence interval lies beyond the limit, i.e. the abnormality is statistically clear for this count.
+confidence interval of the raw count lies beyond the limit.
+
+Percentage and NRBC flags are decided on the differential *corrected for the model's measured confusion*
+(``wbcproc.correction``) when the model's sidecar carries it: a flag is raised when the probability that
+the true value lies beyond the limit is at least 0.5 (grade ``possible``: the corrected value itself is
+beyond) and is ``definite`` from 0.95.  Without a confusion matrix the raw count decides, graded by
+``ci_outside``.  Measured as a screening test in ``benchmarks/flags.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 from wbcproc.aggregate import Differential
 from wbcproc.classes import DISPLAY_NAMES, WBC_CLASSES
 from wbcproc.config import ReferenceIntervals, Settings
+from wbcproc.correction import Corrected, grade
 
 # Conventional names for abnormal proportions, used in messages only.
 _TERMS = {
@@ -34,24 +42,43 @@ _TERMS = {
 }
 
 
-def _flag(cell, direction, code, value, interval, ci_outside, message) -> dict[str, Any]:
+KINDS = ("percent", "absolute", "nrbc", "sample")
+
+
+def _flag(cell, direction, code, value, interval, ci_outside, message, *, kind, grade=None, **extra) -> dict[str, Any]:
+    if kind not in KINDS:
+        raise ValueError(f"flag kind {kind!r}; expected one of {KINDS}")
     return {
         "cell": cell,
         "direction": direction,
         "code": code,
+        "kind": kind,
         "value": value,
         "interval": list(interval) if interval is not None else None,
         "ci_outside": ci_outside,
+        "grade": grade,
         "message": message,
+        **extra,
     }
 
 
 def sample_flag(code: str, message: str, value: float | None = None) -> dict[str, Any]:
-    return _flag(None, None, code, value, None, None, message)
+    return _flag(None, None, code, value, None, None, message, kind="sample")
 
 
-def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str, Any]]:
-    """One flag for every percentage, absolute count and NRBC value outside its interval."""
+def _graded(raw_outside: bool, ci_out: bool, probability: float | None) -> str | None:
+    """The grade of a flag: from the corrected differential when there is one, else from the raw count."""
+    if probability is not None:
+        return grade(probability)
+    if not raw_outside:
+        return None
+    return "definite" if ci_out else "possible"
+
+
+def interval_flags(
+    diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None = None
+) -> list[dict[str, Any]]:
+    """One flag for every percentage, absolute count and NRBC value outside its interval (see module doc)."""
     flags: list[dict[str, Any]] = []
     if diff.wbc_total == 0:
         return flags
@@ -60,14 +87,22 @@ def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str
         lo, hi = ref.percent[cell]
         ci = diff.ci95[cell]
         assert value is not None and ci is not None
-        for direction, outside, ci_out in (
-            ("high", value > hi, ci[0] > hi),
-            ("low", value < lo, ci[1] < lo),
+        for direction, outside, ci_out, prob in (
+            ("high", value > hi, ci[0] > hi, corrected.prob_above(cell, hi) if corrected else None),
+            ("low", value < lo, ci[1] < lo, corrected.prob_below(cell, lo) if corrected else None),
         ):
-            if not outside:
+            g = _graded(outside, ci_out, prob)
+            if g is None:
                 continue
             term = _TERMS[(cell, direction)]
             code = "LEFT_SHIFT" if (cell, direction) == ("ig", "high") else f"{cell.upper()}_PCT_{direction.upper()}"
+            extra: dict[str, Any] = {}
+            how = ""
+            if corrected is not None:
+                cv, (clo, chi) = corrected.percent[cell], corrected.ci95[cell]
+                extra = {"corrected_value": round(cv, 2), "corrected_ci95": [round(clo, 2), round(chi, 2)],
+                         "probability": round(float(prob), 3)}  # fmt: skip
+                how = f"; corrected for the model's confusion {cv:.1f} % ({clo:.1f}-{chi:.1f}), P = {prob:.2f}"
             flags.append(
                 _flag(
                     cell,
@@ -76,8 +111,11 @@ def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str
                     round(value, 2),
                     (lo, hi),
                     ci_out,
-                    f"{DISPLAY_NAMES[cell]} {value:.1f} % (95% CI {ci[0]:.1f}-{ci[1]:.1f}) {direction} "
-                    f"vs reference {lo:g}-{hi:g} %" + (f" ({term})" if term else ""),
+                    f"{g}: {DISPLAY_NAMES[cell]} {value:.1f} % (95% CI {ci[0]:.1f}-{ci[1]:.1f}) {direction} "
+                    f"vs reference {lo:g}-{hi:g} %" + (f" ({term})" if term else "") + how,
+                    kind="percent",
+                    grade=g,
+                    **extra,
                 )
             )
     if diff.absolute is not None:
@@ -94,21 +132,36 @@ def interval_flags(diff: Differential, ref: ReferenceIntervals) -> list[dict[str
                             (lo, hi),
                             None,
                             f"{DISPLAY_NAMES[cell]} {value:.2f} x10^9/L {direction} vs reference {lo:g}-{hi:g} x10^9/L",
+                            kind="absolute",
+                            grade="possible",  # from the analyser count times the raw share: not corrected
                         )
                     )
     nrbc = diff.nrbc_per_100_wbc
-    if nrbc is not None and nrbc > ref.nrbc_max_per_100_wbc:
-        flags.append(
-            _flag(
-                "erythroblast",
-                "high",
-                "NRBC_PRESENT",
-                round(nrbc, 2),
-                (0.0, ref.nrbc_max_per_100_wbc),
-                None,
-                f"{diff.counts['erythroblast']} NRBC seen ({nrbc:.1f} per 100 WBC)",
+    limit = ref.nrbc_max_per_100_wbc
+    if nrbc is not None:
+        prob = corrected.prob_above("erythroblast", limit) if corrected else None
+        g = _graded(nrbc > limit, False, prob)
+        if g is not None:
+            extra = {}
+            how = ""
+            if corrected is not None:
+                cv = corrected.nrbc_per_100_wbc
+                extra = {"corrected_value": round(cv, 2), "probability": round(float(prob), 3)}
+                how = f"; corrected for the model's confusion {cv:.1f} per 100 WBC, P = {prob:.2f}"
+            flags.append(
+                _flag(
+                    "erythroblast",
+                    "high",
+                    "NRBC_PRESENT",
+                    round(nrbc, 2),
+                    (0.0, limit),
+                    None,
+                    f"{g}: {diff.counts['erythroblast']} NRBC seen ({nrbc:.1f} per 100 WBC){how}",
+                    kind="nrbc",
+                    grade=g,
+                    **extra,
+                )
             )
-        )
     return flags
 
 

@@ -21,10 +21,11 @@ from wbcproc import __version__
 from wbcproc.aggregate import CellResult, Differential, differential
 from wbcproc.classes import CLASSES, WBC_CLASSES
 from wbcproc.config import Settings, load_settings
+from wbcproc.correction import correct
 from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
-from wbcproc.flags import interval_flags, sample_flags
+from wbcproc.flags import interval_flags, sample_flag, sample_flags
 from wbcproc.framing import FrameInfo, sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
@@ -290,7 +291,9 @@ def summarise(
     )
     rejected = [*inventory.rejected, *classified.rejected]
     rejected.sort(key=lambda r: r.file)
-    flags = interval_flags(diff, settings.reference)
+    confusion = classifier.info.raw.get("confusion_val")
+    corrected = correct(diff.counts, confusion["counts"]) if confusion else None
+    flags = interval_flags(diff, settings.reference, corrected)
     flags += sample_flags(
         diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors, age_group=meta.age_group
     )
@@ -310,19 +313,14 @@ def summarise(
             )
         flags.insert(
             0,
-            {
-                "cell": None,
-                "direction": None,
-                "code": "DOMAIN_SHIFT",
-                "value": domain["distance"],
-                "interval": None,
-                "ci_outside": None,
-                "message": (
-                    f"these images differ from the model's training images ({'; '.join(why)}): the "
-                    "differential may be wrong; verify by manual review before use"
-                ),
-            },
+            sample_flag(
+                "DOMAIN_SHIFT",
+                f"these images differ from the model's training images ({'; '.join(why)}): the "
+                "differential may be wrong; verify by manual review before use",
+                domain["distance"],
+            ),
         )
+    drivers = flag_drivers(flags)
     info = classifier.info
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
     return {
@@ -340,7 +338,17 @@ def summarise(
         "cells_for_review": diff.n_review,
         "review_threshold": threshold,
         "flags": flags,
-        "cells": [c.as_dict() for c in classified.cells],
+        "corrected": None
+        if corrected is None
+        else {
+            **corrected.as_dict(),
+            "method": "adjusted classify-and-count: maximum-likelihood composition given the model's validation "
+            "confusion matrix (EM), 95% intervals by bootstrap over cells and confusion-matrix uncertainty",
+            "confusion_source": confusion.get("source"),
+        },
+        "flag_drivers": sorted(drivers),
+        "flag_performance": info.raw.get("flag_performance"),
+        "cells": [c.as_dict() | {"flag_driver": c.label in drivers} for c in classified.cells],
         "fields": classified.fields,
         "domain": domain,
         "scale": classified.scale,
@@ -368,6 +376,12 @@ def summarise(
         ),
         "disclaimer": "Decision support only, not a diagnosis: results require review by a qualified person.",
     }
+
+
+def flag_drivers(flags: list[dict[str, Any]]) -> set[str]:
+    """Classes whose cells make a raised high flag (e.g. the IG cells behind a left shift): those cells are
+    listed first and marked for review whatever their confidence, so verification starts where it matters."""
+    return {f["cell"] for f in flags if f["cell"] and f["direction"] == "high" and f["kind"] in ("percent", "nrbc")}
 
 
 def _r(v: float | None) -> float | None:

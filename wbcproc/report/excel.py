@@ -23,6 +23,7 @@ from wbcproc.classes import CLASSES, DISPLAY_NAMES, WBC_CLASSES
 FILL_HIGH = PatternFill("solid", start_color="FFC7CE", end_color="FFC7CE")
 FILL_LOW = PatternFill("solid", start_color="BDD7EE", end_color="BDD7EE")
 FILL_WARN = PatternFill("solid", start_color="FFEB9C", end_color="FFEB9C")
+FILL_POSSIBLE = PatternFill("solid", start_color="FCE4D6", end_color="FCE4D6")  # pale: a possible flag
 FILL_HEAD = PatternFill("solid", start_color="D9D9D9", end_color="D9D9D9")
 BOLD = Font(bold=True)
 
@@ -48,13 +49,23 @@ def _fmt_interval(iv: list[float] | tuple[float, float] | None, unit: str = " %"
     return "" if iv is None else f"{iv[0]:g}-{iv[1]:g}{unit}"
 
 
+def _flag_text(f: dict[str, Any]) -> str:
+    """HIGH / LOW, with the grade: a definite flag is bold red or blue, a possible one pale and says so."""
+    return f["direction"].upper() + (f" ({f['grade']})" if f.get("grade") else "")
+
+
+def _flag_fill(f: dict[str, Any]) -> PatternFill:
+    if f.get("grade") == "possible":
+        return FILL_POSSIBLE
+    return FILL_HIGH if f["direction"] == "high" else FILL_LOW
+
+
 def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
     ref = r["config"]["reference_intervals"]
     flags_by_cell: dict[tuple[str, str], dict[str, Any]] = {}
     for f in r["flags"]:
         if f["cell"] is not None:
-            kind = "abs" if "_ABS_" in f["code"] else "pct"
-            flags_by_cell[(f["cell"], kind)] = f
+            flags_by_cell[(f["cell"], "abs" if f["kind"] == "absolute" else "pct")] = f
     put(ws, 1, 1, "White-cell differential", bold=True).font = Font(bold=True, size=14)
     shift = next((f for f in r["flags"] if f["code"] == "DOMAIN_SHIFT"), None)
     if shift is not None:  # the most important warning goes where nobody can miss it
@@ -89,9 +100,9 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
         put(ws, row, 5, _fmt_interval(ref["percent"][cls]))
         f = flags_by_cell.get((cls, "pct"))
         if f:
-            put(ws, row, 6, f["direction"].upper() + (" (CI outside)" if f["ci_outside"] else ""))
+            put(ws, row, 6, _flag_text(f))
             for col in range(1, 7):
-                ws.cell(row=row, column=col).fill = FILL_HIGH if f["direction"] == "high" else FILL_LOW
+                ws.cell(row=row, column=col).fill = _flag_fill(f)
     table_bottom = row
     row += 1
     put(ws, row, 1, "NRBC per 100 WBC", bold=True)
@@ -100,9 +111,9 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
     put(ws, row, 5, f"<= {ref['nrbc_max_per_100_wbc']:g}")
     f = flags_by_cell.get(("erythroblast", "pct"))
     if f:
-        put(ws, row, 6, "PRESENT")
+        put(ws, row, 6, "PRESENT" + (f" ({f['grade']})" if f.get("grade") else ""))
         for col in range(1, 7):
-            ws.cell(row=row, column=col).fill = FILL_HIGH
+            ws.cell(row=row, column=col).fill = _flag_fill(f)
     row += 1
     put(ws, row, 1, "Platelets seen", bold=True)
     put(ws, row, 2, r["platelets_seen"])
@@ -163,14 +174,17 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
     dv.error = "Choose one of the canonical classes"
     dv.prompt = "Correct the class here if the model was wrong"
     ws.add_data_validation(dv)
-    for i, c in enumerate(r["cells"], start=2):
+    # the cells behind a raised flag first (e.g. the IG cells of a left shift): verification starts there
+    ordered = sorted(r["cells"], key=lambda c: not c.get("flag_driver", False))
+    for i, c in enumerate(ordered, start=2):
         put(ws, i, 1, c["file"])
         put(ws, i, 3, c["class"])
         put(ws, i, 4, c["confidence"]).number_format = "0.000"
         put(ws, i, 5, c["runner_up"])
         put(ws, i, 6, c["runner_up_confidence"]).number_format = "0.000"
-        put(ws, i, 7, "REVIEW" if c["review"] else "")
-        if c["review"]:
+        mark = "REVIEW (flag)" if c.get("flag_driver") else "REVIEW" if c["review"] else ""
+        put(ws, i, 7, mark)
+        if mark:
             ws.cell(row=i, column=7).fill = FILL_WARN
         dv.add(f"H{i}")
         png = thumbnails.get(c["file"])
@@ -210,7 +224,19 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
         ("Disclaimer", r["disclaimer"]),
         ("Method", r["method"]),
         ("Confidence intervals", "95 % exact binomial (Clopper-Pearson), equivalent to Rümke's table"),
-        ("Review mark", f"cells with calibrated confidence below {r['review_threshold']:.2f}"),
+        (
+            "Review mark",
+            f"cells with calibrated confidence below {r['review_threshold']:.2f}, and every cell of a "
+            "class behind a raised high flag ('REVIEW (flag)', listed first on the Cells sheet)",
+        ),
+        (
+            "Flags",
+            "Percentages, CIs and counts are as the model called the cells. Whether a value is beyond its "
+            "reference limit is decided on the differential corrected for the model's measured confusion "
+            "(maximum likelihood with the validation confusion matrix; bootstrap over cells and matrix): "
+            "'possible' when the corrected value is beyond the limit (probability >= 0.5), 'definite' when the "
+            "probability is >= 0.95. A possible flag is a prompt to verify the marked cells.",
+        ),
         ("Model", f"{r['model']['name']} {r['model']['version']}"),
         ("Model sha256", r["model"]["sha256"]),
         ("Model input size", r["model"]["input_size"]),
@@ -219,6 +245,12 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
         ("Reference intervals", f"{ref['name']} v{ref['version']} - {ref['population']}"),
         ("Reference source", ref["source"]),
     ]
+    perf = r.get("flag_performance")
+    if perf:
+        size = min(perf["sizes"], key=lambda k: abs(int(k) - r["wbc_total"]))
+        lines.append((f"How often flags are wrong ({size} cells)", perf["source"]))
+        for name, v in perf["sizes"][size].items():
+            lines.append((f"  {name}", v))
     for cls in WBC_CLASSES:
         lines.append((f"  {DISPLAY_NAMES[cls]} %", _fmt_interval(ref["percent"][cls])))
     for cls, iv in ref["absolute"].items():

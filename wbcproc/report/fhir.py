@@ -21,8 +21,14 @@ PRELIMINARY_CODES = {"NO_WBC", "REVIEW_SHARE_HIGH", "DOMAIN_SHIFT"}
 _INTERP_DISPLAY = {"H": "High", "L": "Low", "N": "Normal"}
 
 
-def _interp(code: str) -> list[dict[str, Any]]:
-    return [{"coding": [{"system": INTERP, "code": code, "display": _INTERP_DISPLAY[code]}]}]
+def _interp(code: str, flag: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """H/L/N; a *possible* flag (corrected value beyond the limit, not yet certain) says so in the text."""
+    concept: dict[str, Any] = {"coding": [{"system": INTERP, "code": code, "display": _INTERP_DISPLAY[code]}]}
+    if flag is not None and flag.get("grade"):
+        concept["text"] = f"{_INTERP_DISPLAY[code]} ({flag['grade']}" + (
+            f", probability {flag['probability']:.2f})" if flag.get("probability") is not None else ")"
+        )
+    return [concept]
 
 
 def _qty(value: float, unit: str, code: str) -> dict[str, Any]:
@@ -32,7 +38,7 @@ def _qty(value: float, unit: str, code: str) -> dict[str, Any]:
 def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
     ns = uuid.uuid5(uuid.NAMESPACE_URL, f"wbc:{r['sample_id']}:{r['processed_at']}")
     ref = r["config"]["reference_intervals"]
-    flagged = {(f["cell"], "abs" if "_ABS_" in f["code"] else "pct"): f for f in r["flags"] if f["cell"]}
+    flagged = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"]}
     specimen_id = str(uuid.uuid5(ns, "specimen"))
     specimen = {
         "resourceType": "Specimen",
@@ -43,7 +49,9 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
     method = {"text": f"Automated image classification: {r['model']['name']} {r['model']['version']}"}
     observations: list[dict[str, Any]] = []
 
-    def observation(key: str, code: tuple[str, str], value: dict[str, Any], ref_range, interp: str, note=None):
+    def observation(
+        key: str, code: tuple[str, str], value: dict[str, Any], ref_range, interp: str, note=None, flag=None
+    ):
         obs: dict[str, Any] = {
             "resourceType": "Observation",
             "id": str(uuid.uuid5(ns, key)),
@@ -62,7 +70,7 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
             "specimen": {"reference": f"urn:uuid:{specimen_id}"},
             "effectiveDateTime": r["processed_at"],
             "valueQuantity": value,
-            "interpretation": _interp(interp),
+            "interpretation": _interp(interp, flag),
             "method": method,
         }
         if ref_range is not None:
@@ -86,7 +94,9 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
                     "text": f"{ref['name']} v{ref['version']}",
                 },
                 "H" if f and f["direction"] == "high" else "L" if f else "N",
-                f"95% CI {ci[0]:.1f}-{ci[1]:.1f} % (Clopper-Pearson); {r['counts'][cls]} of {r['wbc_total']} WBC",
+                f"95% CI {ci[0]:.1f}-{ci[1]:.1f} % (Clopper-Pearson); {r['counts'][cls]} of {r['wbc_total']} WBC"
+                + (f"; {f['message']}" if f else ""),
+                f,
             )
         f = flagged.get(("erythroblast", "pct"))
         observation(
@@ -95,7 +105,8 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
             _qty(r["nrbc_per_100_wbc"], "/100{WBCs}", "/100{WBCs}"),
             {"high": _qty(ref["nrbc_max_per_100_wbc"], "/100{WBCs}", "/100{WBCs}")},
             "H" if f else "N",
-            f"{r['counts']['erythroblast']} NRBC seen",
+            f"{r['counts']['erythroblast']} NRBC seen" + (f"; {f['message']}" if f else ""),
+            f,
         )
         if r["absolute"] is not None:
             for cls in WBC_CLASSES:

@@ -1,0 +1,94 @@
+"""The differential corrected for the model's measured confusion, and the graded flags decided on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from openpyxl import load_workbook
+
+from wbcproc.aggregate import differential
+from wbcproc.classes import CLASSES
+from wbcproc.config import load_settings
+from wbcproc.correction import confusion_probabilities, correct, unmix
+from wbcproc.flags import interval_flags
+
+K = len(CLASSES)
+NEUT, IG = CLASSES.index("neutrophil"), CLASSES.index("ig")
+
+
+def leaky_confusion(leak: float = 0.02, n_per_class: int = 300) -> np.ndarray:
+    """Validation-like counts: every class right, except that ``leak`` of neutrophils are called IG."""
+    cm = np.eye(K) * n_per_class
+    cm[NEUT, IG] = round(leak * n_per_class)
+    cm[NEUT, NEUT] -= cm[NEUT, IG]
+    return cm
+
+
+def test_unmix_recovers_a_known_composition():
+    c = confusion_probabilities(leaky_confusion(0.05), prior=0.0)
+    p = np.array([0.6, 0.25, 0.06, 0.03, 0.01, 0.0, 0.0, 0.05])
+    called = 10_000 * (p @ c)  # what the model would call, in expectation
+    np.testing.assert_allclose(unmix(called, c), p, atol=2e-3)
+    assert called[IG] > 0 and unmix(called, c)[IG] < 2e-3  # the IG "cells" were leaked neutrophils
+
+
+def test_unmix_is_the_identity_for_a_perfect_model():
+    called = np.array([50, 30, 5, 4, 1, 2, 0, 8], dtype=float)
+    np.testing.assert_allclose(unmix(called, np.eye(K)), called / called.sum(), atol=1e-9)
+
+
+def _counts(neut: int, ig: int) -> dict[str, int]:
+    return {"neutrophil": neut, "lymphocyte": 30, "monocyte": 5, "eosinophil": 3, "basophil": 1, "ig": ig}
+
+
+@pytest.mark.parametrize(("ig_calls", "grade"), [(0, None), (1, None), (2, None), (4, "possible"), (12, "definite")])
+def test_left_shift_is_graded_after_the_leak_is_taken_out(ig_calls, grade):
+    """60 neutrophils leak about one IG call; one or two IG calls are no left shift, a dozen is a definite one."""
+    ref = load_settings().reference
+    counts = _counts(61 - ig_calls, ig_calls)
+    diff = differential([c for c, k in counts.items() for _ in range(k)])
+    flags = interval_flags(diff, ref, correct(diff.counts, leaky_confusion(0.02)))
+    shift = [f for f in flags if f["code"] == "LEFT_SHIFT"]
+    assert [f["grade"] for f in shift] == ([grade] if grade else [])
+    if grade:
+        f = shift[0]
+        assert f["kind"] == "percent" and f["corrected_value"] < f["value"] and 0.5 <= f["probability"] <= 1
+        assert grade in f["message"] and "corrected for the model's confusion" in f["message"]
+    # the raw rule (no confusion matrix) flags anything above 1 %: the false left shift the issue measured
+    raw = [f for f in interval_flags(diff, ref) if f["code"] == "LEFT_SHIFT"]
+    assert bool(raw) == (ig_calls >= 2)
+
+
+def test_correction_is_deterministic_and_its_interval_holds_the_estimate():
+    a = correct(_counts(57, 4), leaky_confusion())
+    b = correct(_counts(57, 4), leaky_confusion())
+    assert a.percent == b.percent and a.ci95 == b.ci95
+    for c, v in a.percent.items():
+        lo, hi = a.ci95[c]
+        assert lo - 1e-9 <= v <= hi + 1e-9, c
+    assert correct({"platelet": 5}, leaky_confusion()) is None  # no white cell: nothing to correct
+
+
+def test_a_malformed_confusion_matrix_is_refused():
+    with pytest.raises(ValueError, match=r"shape \(3, 3\); expected \(8, 8\)"):
+        correct(_counts(60, 1), np.eye(3))
+
+
+def test_flag_drivers_are_marked_and_listed_first(tmp_path, sample, tiny_model):
+    """Every cell of a class behind a raised high flag is a flag driver: marked for review on the Cells
+    sheet whatever its confidence, and listed before the others."""
+    import json
+
+    from wbcproc.pipeline import process_sample
+
+    paths = process_sample(sample, tmp_path / "out", model=tiny_model)
+    r = json.loads(paths["json"].read_text())
+    high = {f["cell"] for f in r["flags"] if f["direction"] == "high" and f["kind"] in ("percent", "nrbc")}
+    assert high, "the random tiny model should raise at least one high flag on the fixture sample"
+    assert set(r["flag_drivers"]) == high
+    drivers = [c["file"] for c in r["cells"] if c["flag_driver"]]
+    assert drivers and all(c["flag_driver"] == (c["class"] in high) for c in r["cells"])
+    ws = load_workbook(paths["xlsx"])["Cells"]
+    rows = [(ws.cell(row=i, column=1).value, ws.cell(row=i, column=7).value) for i in range(2, ws.max_row + 1)]
+    assert [f for f, _ in rows[: len(drivers)]] == drivers
+    assert all(mark == "REVIEW (flag)" for _, mark in rows[: len(drivers)])
