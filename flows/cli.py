@@ -487,6 +487,7 @@ def train(
         search_trials=search,
         search_epochs=search_epochs,
         normalise=normalise,
+        cache_quality=cache_quality,
     )
     try:
         res = run_training(

@@ -27,6 +27,81 @@ class RetrainBusyError(RuntimeError):
     pass
 
 
+LAST_RUN = "last-retrain.json"
+HOW_TO_ADD_CELLS = (
+    "reviewed cells go there with `wbc reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}` "
+    "(README, 'Adapting to your laboratory')"
+)
+
+
+def training_extra_missing() -> str | None:
+    """Why this install cannot retrain (no PyTorch), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
+        return (
+            "the retrain needs the [train] extra (PyTorch), which this install does not have: pip install 'wbc[train]'"
+        )
+    return None
+
+
+def data_fingerprint(roots: list[str]) -> tuple[int, str]:
+    """Number of image files under the data roots' class folders and a digest of (path, size, mtime)."""
+    import hashlib
+
+    from training.data import expand_roots
+    from wbcproc.discovery import IMAGE_EXTENSIONS
+
+    h = hashlib.sha256()
+    n = 0
+    for root in expand_roots(roots):
+        for cls in CLASSES:
+            folder = Path(root) / cls
+            if not folder.is_dir():
+                continue
+            for p in sorted(folder.iterdir()):
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+                    st = p.stat()
+                    h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    n += 1
+    return n, h.hexdigest()
+
+
+def nothing_to_do(data: list[str], runs_dir: str, only_if_new: bool) -> str | None:
+    """The reason a scheduled retrain has nothing to do (said in the run, which ends Completed), or None.
+
+    A fresh install's weekly retrain used to fail every week with a 123-line FileNotFoundError: the lab's
+    data folder does not exist until someone reviews cells, and the runtime install has no PyTorch."""
+    missing = training_extra_missing()
+    if missing:
+        return missing
+    absent = [r for r in data if not Path(r).is_dir()]
+    if absent:
+        return f"no training data yet: {', '.join(absent)} does not exist; " + HOW_TO_ADD_CELLS.format(root=absent[0])
+    n, digest = data_fingerprint(data)
+    if n == 0:
+        return f"no reviewed cells in {', '.join(data)}; " + HOW_TO_ADD_CELLS.format(root=data[0])
+    last = Path(runs_dir) / LAST_RUN
+    if only_if_new and last.is_file():
+        import json
+
+        prev = json.loads(last.read_text())
+        if prev.get("digest") == digest:
+            return (
+                f"nothing new to learn from since the retrain of {prev.get('at')} ({n} cells, unchanged); "
+                + HOW_TO_ADD_CELLS.format(root=data[0])
+            )
+    return None
+
+
+def _remember(data: list[str], runs_dir: str) -> None:
+    from wbcproc.atomic import atomic_write_json
+
+    n, digest = data_fingerprint(data)
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(runs_dir) / LAST_RUN, {"at": datetime.now(UTC).isoformat(), "cells": n, "digest": digest})
+
+
 @contextmanager
 def retrain_lock(registry: Registry):
     registry.root.mkdir(parents=True, exist_ok=True)
@@ -128,8 +203,18 @@ def retrain_flow(
     lr: float = 1e-3,
     seed: int = 0,
     margin: float = 0.0,
+    only_if_new: bool = False,
 ) -> dict[str, Any]:
-    """Refit the model on ``data`` and promote it only if it beats the current one on the fixed test split."""
+    """Refit the model on ``data`` and promote it only if it beats the current one on the fixed test split.
+
+    With nothing to learn from (no data folder yet, no cells, PyTorch not installed, or - with
+    ``only_if_new``, as the weekly deployment runs it - no file added or changed since the last retrain) the
+    run ends Completed and says why and where reviewed cells go."""
+    reason = nothing_to_do(list(data), runs_dir, only_if_new)
+    if reason is not None:
+        get_run_logger().info("nothing to do: %s", reason)
+        create_markdown_artifact(markdown=f"# Retrain: nothing to do\n\n{reason}\n", description="Retrain skipped")
+        return {"version": None, "promoted": False, "reason": f"nothing to do: {reason}", "skipped": True}
     from training.engine import TrainConfig
     from training.run import RunOptions
 
@@ -145,6 +230,7 @@ def retrain_flow(
         summary = evaluate_export(model, cached, info, cfg, opts, g)
         decision, challenger, champion = compare(summary, g, reg, margin)
         registered = promote(decision, summary, reg)
+        _remember(list(data), runs_dir)
     m = summary["metrics"]
     create_table_artifact(
         key="retrain-metrics",
@@ -178,6 +264,7 @@ def retrain_flow(
         description="Promotion decision",
     )
     return {
+        "skipped": False,
         "version": registered,
         "promoted": decision.promote,
         "reason": decision.reason,

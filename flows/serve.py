@@ -282,10 +282,23 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         cron=opts.retrain_cron,
         concurrency_limit=1,
         tags=["wbc", "retrain"],
-        parameters={"data": train_data, "runs_dir": str(home / "runs")},
+        parameters={"data": train_data, "runs_dir": str(home / "runs"), "only_if_new": True},
         description="Weekly refit; promotes only a better model.",
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    from flows.retrain import training_extra_missing
+
+    missing = training_extra_missing()
+    if missing:  # said once, here, rather than as a failed run every week
+        log.warning("weekly retrain (%s): %s; until then its runs end with 'nothing to do'", opts.retrain_cron, missing)
+    elif not any(Path(d).is_dir() for d in train_data):
+        log.info(
+            "weekly retrain (%s) learns from %s, which does not exist yet: `wbc reviewed ... --out %s` puts reviewed "
+            "cells there",
+            opts.retrain_cron,
+            ", ".join(train_data),
+            train_data[0],
+        )
     runner = None
     if opts.pool:
         await ensure_pool(opts.pool)

@@ -240,12 +240,19 @@ def test_retrain_flow_promotes_only_when_better(prefect_server, tmp_path, labell
 
 
 def test_budgeted_search_writes_its_table(tmp_path, labelled_set):
-    from training.run import search
+    from training.run import prepare_data, search
 
     opts = RunOptions(
-        data=[str(labelled_set)], out=str(tmp_path), image_size=32, search_trials=2, search_epochs=1, search_sizes=(32,)
+        data=[str(labelled_set)],
+        out=str(tmp_path),
+        image_size=32,
+        search_trials=2,
+        search_epochs=1,
+        search_sizes=(32, 40),
+        cache_quality=70,
     )
-    g = gather([labelled_set])
+    g, main_cache, _ = prepare_data(opts)
+    before = main_cache.read_bytes()
     base = TrainConfig(epochs=1, batch_size=16, init="scratch", device="cpu")
     chosen, rows = search(opts, base, g, log=lambda *_: None)
     import csv
@@ -260,6 +267,15 @@ def test_budgeted_search_writes_its_table(tmp_path, labelled_set):
         best["batch_size"],
         best["freeze_stages"],
     )
+    # the bug this guards against: trial caches without white balance and framing, written over the main
+    # cache of the same size, so the final model trained without them
+    assert main_cache.read_bytes() == before
+    for cache in tmp_path.glob("cache-*.npz"):
+        with np.load(cache) as z:
+            meta = json.loads(str(z["meta"]))
+        assert meta["quality"] == 70, cache.name
+        assert meta["spec"]["colour_normalisation"]["method"] == "white_balance", cache.name
+        assert meta["spec"]["framing"] is not None, cache.name
 
 
 def test_int8_quantisation_gives_a_working_model(tmp_path, trained_run):
@@ -536,3 +552,18 @@ def test_recipe_selection_rule_of_the_device_scripts():
     assert choose(val, {"basic": 0.52, "robust": 0.56, "stain": 0.55}) == "stain"  # robust is out on validation
     assert choose(val, {"basic": 0.52}) == "basic"
     assert choose({"a": 0.9, "b": 0.9}, {"a": 0.5, "b": 0.5}) == "a"  # ties: the first given
+
+
+@pytest.mark.slow
+def test_wbc_train_honours_cache_quality_without_pack_only(tmp_path, labelled_set):
+    """`--cache-quality` used to reach only `--pack-only`; a full `wbc train` wrote its cache at 90."""
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [WBC, "train", "--data", str(labelled_set), "--out", str(out), "--image-size", "32", "--epochs", "1",
+         "--batch-size", "16", "--init", "scratch", "--device", "cpu", "--cache-quality", "60"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    with np.load(out / "cache-32.npz") as z:
+        assert json.loads(str(z["meta"]))["quality"] == 60
+    assert "confusion_val" in read_sidecar(out / "model.onnx").raw  # inference's flag correction has its matrix

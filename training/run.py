@@ -135,11 +135,24 @@ def search(opts: RunOptions, base, g: Gathered, log=print) -> tuple[Any, list[di
     }
     rows: list[dict[str, Any]] = []
     caches: dict[int, CachedSet] = {}
+    # Every trial cache is made as the final one is: the same white balance and framing (the slide
+    # background prepare_data measured, read back from its cache) and the same JPEG quality.  Before, trial
+    # caches had neither and overwrote the main cache of the same size, so the final model trained without
+    # them (issue: a new laboratory in an afternoon, "known bug").
+    main = load_cache(Path(opts.out) / f"cache-{opts.image_size}.npz")
+    caches[opts.image_size] = main
+    norm = main.spec.colour_normalisation
+    background = tuple(norm.reference) if norm is not None and norm.reference is not None else None
     for trial in range(opts.search_trials):
         pick = {k: rng.choice(v) for k, v in space.items()}
         size = pick.pop("image_size")
         if size not in caches:
-            p, _ = build_cache(g, make_spec(size, opts.resize), Path(opts.out) / f"cache-{size}.npz")
+            p, _ = build_cache(
+                g,
+                make_spec(size, opts.resize, background),
+                Path(opts.out) / f"cache-{size}.npz",
+                quality=opts.cache_quality,
+            )
             caches[size] = load_cache(p)
         cfg = replace(base, epochs=opts.search_epochs, patience=opts.search_epochs, **pick)
         data = caches[size]

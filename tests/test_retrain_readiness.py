@@ -1,0 +1,55 @@
+"""The weekly retrain on a fresh install: nothing to learn from is a Completed run that says why, not a
+failure every week (issue: a new laboratory in an afternoon, section 2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+from helpers import CELLS
+
+from flows.retrain import _remember, nothing_to_do, retrain_flow, training_extra_missing
+
+
+@pytest.mark.slow
+def test_retrain_without_a_data_folder_completes_with_nothing_to_do(tmp_path, prefect_server):
+    root = tmp_path / "home" / "training-data"  # what `wbc serve` passes before anyone reviewed a cell
+    state = retrain_flow(data=[str(root)], runs_dir=str(tmp_path / "runs"), only_if_new=True, return_state=True)
+    assert state.is_completed(), state
+    out = state.result()
+    assert out["skipped"] is True and out["promoted"] is False and out["version"] is None
+    assert (
+        "does not exist" in out["reason"]
+        and f"wbc reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}" in out["reason"]
+    )
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+def test_empty_class_folders_are_nothing_to_learn_from(tmp_path):
+    root = tmp_path / "lab"
+    for c in ("neutrophil", "ig"):
+        (root / "cells" / c).mkdir(parents=True)
+    reason = nothing_to_do([str(root)], str(tmp_path / "runs"), only_if_new=True)
+    assert reason is not None and reason.startswith("no reviewed cells in") and "wbc reviewed" in reason
+
+
+def test_only_new_cells_start_a_scheduled_retrain(tmp_path):
+    root = tmp_path / "lab"
+    shutil.copytree(CELLS, root / "cells")
+    runs = str(tmp_path / "runs")
+    assert nothing_to_do([str(root)], runs, only_if_new=True) is None  # never retrained: go
+    _remember([str(root)], runs)
+    reason = nothing_to_do([str(root)], runs, only_if_new=True)
+    assert reason is not None and "nothing new to learn from since the retrain of" in reason and "24 cells" in reason
+    assert nothing_to_do([str(root)], runs, only_if_new=False) is None  # a person asking for a retrain gets one
+    shutil.copy(next(CELLS.glob("ig/*.jpg")), root / "cells" / "ig" / "reviewed-new.jpg")
+    assert nothing_to_do([str(root)], runs, only_if_new=True) is None  # a newly reviewed cell: go
+
+
+def test_missing_pytorch_is_said_plainly(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    msg = training_extra_missing()
+    assert msg is not None and "pip install 'wbc[train]'" in msg
+    assert nothing_to_do([str(tmp_path)], str(tmp_path / "runs"), only_if_new=True) == msg
