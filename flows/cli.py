@@ -532,6 +532,46 @@ def reviewed(
 
 
 @app.command()
+def adapt(
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="The laboratory's reviewed cells: `wbc reviewed` output or class folders."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the adapted model.onnx + sidecar.")],
+    model: Annotated[Path | None, typer.Option(help="Model to adapt (default: the model in use).")] = None,
+    min_per_class: Annotated[
+        int, typer.Option("--min-per-class", min=1, help="Refuse a reviewed class with fewer fitted cells.")
+    ] = 5,
+    holdout: Annotated[
+        float, typer.Option("--holdout", min=0.0, max=0.5, help="Share of the lab's cells held out to check it.")
+    ] = 0.2,
+    version: Annotated[str | None, typer.Option(help="Version (default: parent version + lab timestamp).")] = None,
+) -> None:
+    """Adapt the model to your laboratory from its reviewed cells, on the CPU, in seconds (README,
+    'Adapting to your laboratory'); then `wbc models register OUT` and `wbc models promote VERSION`."""
+    try:
+        from training.adapt import AdaptError
+        from training.adapt import adapt as run_adapt
+    except ImportError as exc:
+        raise _fail(f"wbc adapt needs the [train] extra ({exc.name} is missing): pip install 'wbc[train]'") from None
+    from wbcproc.model import ModelError
+
+    try:
+        res = run_adapt(
+            [str(d) for d in data],
+            out,
+            model,
+            min_per_class=min_per_class,
+            holdout=holdout,
+            version=version,
+            log=lambda m: typer.echo(m, err=True),
+        )
+    except (AdaptError, ModelError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(res))
+
+
+@app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model .onnx with its sidecar.")],
     data: Annotated[list[Path], typer.Option("--data", help="Root of class folders (repeatable).")],

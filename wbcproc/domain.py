@@ -140,6 +140,13 @@ def assess(
         "cells": len(d),
         "reasons": ["colour/framing"] if stat > ref["threshold"] else [],
     }
+    # a model adapted to a laboratory (`wbc adapt`) also knows that laboratory's look
+    for lab in ref.get("labs", []):
+        lab_stat = float(np.median(distances(features, lab)))
+        if out["reasons"] and lab_stat <= lab["threshold"]:
+            out["reasons"] = []
+            out["matched_lab"] = {"name": lab.get("name"), "distance": round(lab_stat, 3),
+                                  "threshold": round(float(lab["threshold"]), 3)}  # fmt: skip
     unc_ref = ref.get("uncertainty")
     if unc_ref is not None and uncertainty is not None and len(uncertainty):
         mean_u = float(np.mean(uncertainty))

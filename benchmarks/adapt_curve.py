@@ -1,0 +1,109 @@
+"""Accuracy on a new laboratory's held-out cells against the number of its cells reviewed (``wbc adapt``).
+
+    python benchmarks/adapt_curve.py --lab ../shared/data/lisc --model models/model.onnx --sizes 0 25 50 100 all
+
+The laboratory's cells are split in two halves by content hash.  For each half in turn, ``n`` cells of
+it (stratified by class, seeded) are the "reviewed" cells given to ``training.adapt.adapt`` (nothing held
+out inside: the other half is the test); the adapted model is then scored on the other half through the
+product's pipeline (``wbc evaluate``'s code).  Printed per size: accuracy and macro-F1 on the other half
+(mean of the two directions), seconds taken, and the original-laboratory check (accuracy on the replay
+check cells before -> after).  ``0`` is the model as shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine
+
+from training.adapt import adapt
+from training.evaluate import evaluate_model
+from wbcproc.model import resolve_model_path
+
+
+def halves(lab: Path) -> list[list[Path]]:
+    out: list[list[Path]] = [[], []]
+    for f in sorted(p for p in lab.glob("*/*") if p.is_file()):
+        out[int(hashlib.sha256(f.read_bytes()).hexdigest()[:8], 16) % 2].append(f)
+    return out
+
+
+def pick(files: list[Path], n: int | None, rng: np.random.Generator) -> list[Path]:
+    """``n`` files spread over the classes as evenly as the classes allow (all when ``n`` is None)."""
+    if n is None or n >= len(files):
+        return files
+    by: dict[str, list[Path]] = {}
+    for f in files:
+        by.setdefault(f.parent.name, []).append(f)
+    for v in by.values():
+        rng.shuffle(v)
+    chosen: list[Path] = []
+    while len(chosen) < n:
+        for v in by.values():
+            if v and len(chosen) < n:
+                chosen.append(v.pop())
+    return chosen
+
+
+def copy_as_lab(files: list[Path], root: Path) -> Path:
+    for f in files:
+        (root / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, root / f.parent.name / f.name)
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lab", required=True, type=Path, help="class folders of the new laboratory")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--sizes", nargs="+", default=["0", "25", "50", "100", "all"])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    print(machine())
+    model = resolve_model_path(args.model)
+    parts = halves(args.lab)
+    print(f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}")
+    print(
+        "| reviewed cells | accuracy on the other half | macro-F1 | seconds (adapt) | original check before -> after |"
+    )
+    print("|---|---|---|---|---|")
+    for size in args.sizes:
+        n = None if size == "all" else int(size)
+        accs, f1s, secs, checks = [], [], [], []
+        for h in (0, 1):
+            with tempfile.TemporaryDirectory() as tmp:
+                test = copy_as_lab(parts[1 - h], Path(tmp) / "test")
+                if n == 0:
+                    m = evaluate_model(model, [str(test)])
+                else:
+                    chosen = pick(parts[h], n, np.random.default_rng(args.seed))
+                    lab = copy_as_lab(chosen, Path(tmp) / "lab")
+                    t0 = time.time()
+                    res = adapt([lab], Path(tmp) / "run", model, min_per_class=1, holdout=0.0, log=lambda *_: None)
+                    secs.append(time.time() - t0)
+                    chk = res["metrics"].get("original_check")
+                    if chk:
+                        checks.append((chk["parent"]["accuracy"], chk["adapted"]["accuracy"]))
+                    m = evaluate_model(Path(tmp) / "run" / "model.onnx", [str(test)])
+                accs.append(m["accuracy"])
+                f1s.append(m["macro_f1"])
+        shown = "all" if n is None else n
+        sec = f"{np.mean(secs):.1f}" if secs else "-"
+        chk = f"{np.mean([c[0] for c in checks]):.3f} -> {np.mean([c[1] for c in checks]):.3f}" if checks else "-"
+        print(
+            f"| {shown} | {np.mean(accs):.3f} ({accs[0]:.3f} / {accs[1]:.3f}) | {np.mean(f1s):.3f} | {sec} | {chk} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

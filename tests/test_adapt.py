@@ -1,0 +1,104 @@
+"""`wbc adapt`: a laboratory's reviewed cells -> an adapted model, end to end with real models and cells."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CELLS
+
+from training.adapt import AdaptError, Features, adapt, load_graph, write_adapted
+from wbcproc.domain import assess
+from wbcproc.model import load_classifier, read_sidecar, resolve_model_path
+from wbcproc.registry import Registry
+
+WBC = str(Path(sys.executable).parent / "wbc")
+
+
+def _x(spec, n=None):
+    from wbcproc.imageio import read_image
+    from wbcproc.preprocess import prepare_image, to_input
+
+    files = sorted(CELLS.glob("*/*.jpg"))[:n]
+    return to_input(np.stack([prepare_image(read_image(f).bgr, spec) for f in files]), spec)
+
+
+def test_the_head_swap_keeps_the_parent_function(tmp_path):
+    """Writing the parent's own head back gives the parent's logits (up to the logits' int8 step, which the
+    adapted graph no longer applies) - the graph surgery changes nothing else."""
+    parent = resolve_model_path(None)
+    out = write_adapted(parent, load_graph(parent).head, tmp_path / "model.onnx")
+    shutil.copy(parent.with_suffix(".json"), out.with_suffix(".json"))  # Features reads the sidecar's int8 plan
+    x = _x(read_sidecar(parent).preprocess, 8)
+    before, after = Features(parent)(x)[0], Features(out)(x)[0]
+    assert np.abs(before - after).max() <= 0.1  # the parent's logits are re-quantised in steps of ~0.07
+    assert (before.argmax(1) == after.argmax(1)).all()
+
+
+@pytest.mark.slow
+def test_wbc_adapt_end_to_end_with_the_shipped_model(tmp_path):
+    out = tmp_path / "adapted"
+    r = subprocess.run(
+        [WBC, "adapt", "--data", str(CELLS), "--out", str(out), "--min-per-class", "2", "--holdout", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    info = read_sidecar(out / "model.onnx")  # sha256 and class list check
+    parent = read_sidecar(resolve_model_path(None))
+    a = info.raw["adaptation"]
+    assert a["parent"]["sha256"] == parent.sha256 and info.version.startswith(parent.version + "+lab.")
+    assert len(a["lab_cells"]) == 24 and all(len(c["sha256"]) == 64 for c in a["lab_cells"])
+    check = a["metrics"]["original_check"]  # the original laboratory is not forgotten
+    assert check["adapted"]["accuracy"] >= check["parent"]["accuracy"] - 0.01
+    assert res["seconds"] < 120 and info.raw["domain"]["labs"]
+    # it classifies, with the same preprocessing, and the registry takes it
+    clf = load_classifier(out / "model.onnx", threads=1)
+    p = clf.probabilities(_x(info.preprocess))
+    assert (
+        p.shape == (24, 8)
+        and (p.argmax(1) == [info.classes.index(f.parent.name) for f in sorted(CELLS.glob("*/*.jpg"))]).mean() >= 0.9
+    )
+    reg = Registry(tmp_path / "registry")
+    version = reg.register(out)
+    assert version == info.version
+
+
+def test_a_short_class_is_refused_and_says_which(tmp_path):
+    lab = tmp_path / "lab"
+    shutil.copytree(CELLS, lab)
+    for f in sorted((lab / "ig").glob("*.jpg"))[1:]:
+        f.unlink()  # one ig cell left
+    with pytest.raises(AdaptError, match=r"too few reviewed cells to adapt: ig has 1 \(at least 2 per reviewed class"):
+        adapt([lab], tmp_path / "out", min_per_class=2, holdout=0.0, log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_adapt_a_model_without_replay_features(tmp_path, tiny_model):
+    """Any model with a linear head adapts (here the float tiny test model, no replay file): lab cells only."""
+    said: list[str] = []
+    res = adapt([CELLS], tmp_path / "out", tiny_model, min_per_class=2, holdout=0.0, log=said.append)
+    assert any("no replay features" in s for s in said)
+    info = read_sidecar(tmp_path / "out" / "model.onnx")
+    assert info.raw["adaptation"]["replay"] is False and "original_check" not in res["metrics"]
+    assert load_classifier(tmp_path / "out" / "model.onnx", threads=1).probabilities(_x(info.preprocess, 4)).shape == (
+        4,
+        8,
+    )
+
+
+def test_guard_knows_an_adapted_laboratory():
+    rng = np.random.default_rng(0)
+    ref = {"mean": [0.0] * 8, "cov_inv": np.eye(8).tolist(), "threshold": 3.0}
+    sample = rng.normal(10.0, 0.1, (30, 8))
+    assert assess(sample, ref)["reasons"] == ["colour/framing"]
+    lab = {"name": "lab-a", "mean": [10.0] * 8, "cov_inv": np.eye(8).tolist(), "threshold": 3.0}
+    out = assess(sample, {**ref, "labs": [lab]})
+    assert out["shifted"] is False and out["matched_lab"]["name"] == "lab-a"

@@ -1,0 +1,411 @@
+"""Adapt a model to a new laboratory from its reviewed cells, on a CPU, in seconds (``wbc adapt``).
+
+What is adapted, and why only that: the classifier head (the last linear layer, 8 x 2048), refitted on the
+laboratory's cells as the *deployed* int8 backbone sees them, mixed with a replay sample of the original
+training cells' features and pulled towards the parent head (L2), so that
+
+- no float copy of the 94 MB network has to ship or travel: the backbone stays the int8 file it was (the
+  same answer on every CPU), the new head is 8 x 2048 floats written into a copy of the graph;
+- it runs on this 2-core CPU in well under a minute for 200 cells (features once, 8 rotations/flips each);
+- a class the laboratory did not review keeps the parent's behaviour (replay + the pull to the parent).
+
+Measured limits (benchmarks/adapt_curve.py, README): on LISC, a laboratory no model here has seen, half of
+the cells reviewed lift the other half from ~0.5 to ~0.8 - not to the 0.9 a full fine-tune with more
+cells can reach.  Fine-tuning the last ResNet stage as well (tried on the float weights) gave 0.80-0.85 at
+the cost of 0.5-2 points on PBC, and needs float weights.
+
+Replay: ``<model>.replay.npz`` beside the model holds the pooled features of a few PBC training and
+validation cells per class, computed by that model file (its sha256 inside).  The validation part is the
+original-laboratory check: the adapted model must stay within ``MAX_ORIGINAL_DROP`` of the parent there.
+
+    wbc adapt --data LAB_ROOT... --out RUN_DIR [--model models/model.onnx]
+    python -m training.adapt make-replay --model models/model.onnx --cache runs/pack/cache-128.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from training.data import Item, gather
+from wbcproc.classes import CLASSES
+from wbcproc.imageio import ImageRejected, read_image
+from wbcproc.model import ModelError, read_sidecar, write_sidecar
+from wbcproc.preprocess import PreprocessSpec, prepare_image, to_input
+from wbcproc.stats import softmax
+
+MIN_PER_CLASS = 5  # a reviewed class with fewer cells than this is refused: too few to move a boundary safely
+HOLDOUT_FRACTION = 0.2  # of the laboratory's cells, by content hash: scored, never fitted
+MAX_ORIGINAL_DROP = 0.01  # the original-laboratory check may lose at most one point
+VIEWS = 8  # rotations x flips of each training cell: a cell has no orientation
+
+
+class AdaptError(ValueError):
+    """Adaptation cannot go ahead; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Head:
+    weight: np.ndarray  # (classes, features)
+    bias: np.ndarray  # (classes,)
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        return feats @ self.weight.T + self.bias
+
+
+@dataclass
+class Graph:
+    """The model's graph with the head located: the Gemm, its feature input and its weight/bias sources."""
+
+    model: onnx.ModelProto
+    gemm: onnx.NodeProto
+    feature: str
+    head: Head
+    dropped: list[str] = field(default_factory=list)  # nodes feeding the head's weights (DequantizeLinear)
+
+
+def _init(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _value(model: onnx.ModelProto, name: str) -> tuple[np.ndarray, list[str]]:
+    """A constant tensor by name: an initializer, or a DequantizeLinear of initializers (QDQ weights)."""
+    inits = _init(model)
+    if name in inits:
+        return numpy_helper.to_array(inits[name]).astype(np.float32), []
+    node = next((n for n in model.graph.node if name in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear":
+        raise AdaptError(f"the head's input {name!r} is neither a constant nor a dequantised constant")
+    q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    zp = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 else 0.0
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    shape = [1] * q.ndim
+    if np.ndim(scale):
+        shape[axis] = -1
+    return (q - np.reshape(zp, shape)) * np.reshape(scale, shape), [node.name or node.output[0]]
+
+
+def load_graph(path: str | Path) -> Graph:
+    model = onnx.load(str(path))
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    if not gemms:
+        raise AdaptError(f"{path}: no Gemm (linear head) in the graph; only models with a linear head adapt")
+    gemm = gemms[-1]
+    if not any(a.name == "transB" and a.i == 1 for a in gemm.attribute):
+        raise AdaptError(f"{path}: the head Gemm is not (features x weight^T); cannot adapt this export")
+    w, d1 = _value(model, gemm.input[1])
+    b, d2 = _value(model, gemm.input[2])
+    if w.shape[0] != len(CLASSES):
+        raise AdaptError(f"{path}: the head has {w.shape[0]} outputs; expected {len(CLASSES)}")
+    return Graph(model, gemm, gemm.input[0], Head(w, b), d1 + d2)
+
+
+class Features:
+    """ONNX Runtime session returning (logits, features) of the deployed file."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        g = load_graph(path)
+        m = onnx.ModelProto()
+        m.CopyFrom(g.model)
+        m.graph.output.append(onnx.helper.make_tensor_value_info(g.feature, onnx.TensorProto.FLOAT, None))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        from wbcproc.int8 import plan_for
+
+        for k, v in plan_for(read_sidecar(path, verify_sha256=False).raw).session_config().items():
+            opts.add_session_config_entry(k, v)
+        self.session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.head = g.head
+
+    def __call__(self, x: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        outs = [self.session.run(None, {"input": x[i : i + batch]}) for i in range(0, len(x), batch)]
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[-1] for o in outs]).reshape(len(x), -1)
+
+
+def dihedral(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations/flips of a batch of HxWx3 images."""
+    out = []
+    for k in range(VIEWS):
+        v = np.rot90(images, k % 4, axes=(1, 2))
+        out.append(np.ascontiguousarray(v[:, :, ::-1] if k >= 4 else v))
+    return out
+
+
+def prepare_items(items: list[Item], spec: PreprocessSpec) -> tuple[np.ndarray, list[Item], list[tuple[str, str]]]:
+    """Prepared images (as inference prepares them: field crops skip framing) and the rejected files."""
+    kept, arrays, rejected = [], [], []
+    for it in items:
+        try:
+            arrays.append(prepare_image(read_image(it.path).bgr, spec, framed=it.framed))
+            kept.append(it)
+        except ImageRejected as exc:
+            rejected.append((str(it.path), exc.reason))
+    if not arrays:
+        return np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8), kept, rejected
+    return np.stack(arrays), kept, rejected
+
+
+def fit_head(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    parent: Head,
+    *,
+    weights: np.ndarray | None = None,
+    pull: float = 1e-2,
+    steps: int = 400,
+    lr: float = 0.05,
+) -> Head:
+    """Weighted softmax regression from the parent head, with an L2 pull towards it (full-batch GD)."""
+    w, b = parent.weight.copy(), parent.bias.copy()
+    sw = np.ones(len(labels)) if weights is None else weights
+    sw = sw / sw.sum()
+    rows = np.arange(len(labels))
+    for _ in range(steps):
+        p = softmax(feats @ w.T + b)
+        p[rows, labels] -= 1
+        p *= sw[:, None]
+        w -= lr * (p.T @ feats + pull * (w - parent.weight))
+        b -= lr * p.sum(0)
+    return Head(w.astype(np.float32), b.astype(np.float32))
+
+
+def write_adapted(parent_path: Path, head: Head, out_path: Path) -> Path:
+    """A copy of the parent graph with the head's weight and bias replaced by float constants, and the
+    logits no longer re-quantised (their range changed)."""
+    g = load_graph(parent_path)
+    m = g.model
+    graph = m.graph
+    w_name, b_name = "adapted.head.weight", "adapted.head.bias"
+    graph.initializer.extend([numpy_helper.from_array(head.weight, w_name), numpy_helper.from_array(head.bias, b_name)])
+    dead = {n.output[0] for n in graph.node if (n.name or n.output[0]) in g.dropped}
+    g.gemm.input[1], g.gemm.input[2] = w_name, b_name
+    out_name = graph.output[0].name
+    if g.gemm.output[0] != out_name:
+        # Gemm -> QuantizeLinear -> DequantizeLinear -> logits: the Gemm writes the logits itself now
+        chain = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        q = next((n for n in chain if n.input[0] == g.gemm.output[0]), None)
+        dq = next((n for n in chain if q is not None and n.input[0] == q.output[0]), None)
+        if q is None or dq is None or dq.output[0] != out_name:
+            raise AdaptError("the head's output does not reach the model output through one Q/DQ pair")
+        dead |= {q.output[0], dq.output[0]}
+        g.gemm.output[0] = out_name
+    keep = [n for n in graph.node if not (set(n.output) & dead) or n is g.gemm]
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    onnx.checker.check_model(m)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(m, str(out_path))
+    return out_path
+
+
+def replay_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".replay.npz")
+
+
+def load_replay(model_path: Path, sha256: str) -> dict[str, np.ndarray] | None:
+    p = replay_path(model_path)
+    if not p.is_file():
+        return None
+    with np.load(p, allow_pickle=False) as z:
+        if str(z["model_sha256"]) != sha256:
+            return None
+        return {k: z[k] for k in ("train_x", "train_y", "check_x", "check_y")}
+
+
+def _hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def adapt(
+    data: list[str | Path],
+    out: str | Path,
+    model: str | Path | None = None,
+    *,
+    min_per_class: int = MIN_PER_CLASS,
+    holdout: float = HOLDOUT_FRACTION,
+    version: str | None = None,
+    threads: int = 0,
+    log=print,
+) -> dict[str, Any]:
+    """Fit a laboratory head; write ``out/model.onnx`` + sidecar; returns the summary."""
+    from training.metrics import classification_metrics, fit_temperature, review_threshold
+    from wbcproc.domain import cell_features, fit_reference
+    from wbcproc.model import resolve_model_path
+
+    t0 = time.time()
+    parent_path = resolve_model_path(model)
+    parent = read_sidecar(parent_path)
+    spec = parent.preprocess
+    g = gather(data, val_fraction=0.0, test_fraction=holdout)
+    if not g.items:
+        raise AdaptError(f"no reviewed cells found under {', '.join(map(str, data))}: expected class folders")
+    fit_items = [it for it in g.items if it.split != "test"]
+    counts = {c: sum(it.label == c for it in fit_items) for c in CLASSES}
+    short = {c: n for c, n in counts.items() if 0 < n < min_per_class}
+    if short:
+        raise AdaptError(
+            "too few reviewed cells to adapt: "
+            + ", ".join(f"{c} has {n}" for c, n in short.items())
+            + f" (at least {min_per_class} per reviewed class, after {round(holdout * 100)} % are held out "
+            "for checking); review more cells of these classes, or leave the class out entirely to keep the "
+            "current model's behaviour for it"
+        )
+    extractor = Features(parent_path, threads)
+    imgs, kept, rejected = prepare_items(g.items, spec)
+    for f, why in rejected:
+        log(f"skipped {f}: {why}")
+    labels = np.array([CLASSES.index(it.label) for it in kept])
+    is_fit = np.array([it.split != "test" for it in kept])
+    fit_feats, fit_labels = [], []
+    for view in dihedral(imgs[is_fit]):
+        fit_feats.append(extractor(to_input(view, spec))[1])
+        fit_labels.append(labels[is_fit])
+    lab_x, lab_y = np.concatenate(fit_feats), np.concatenate(fit_labels)
+    hold_logits, hold_x = extractor(to_input(imgs[~is_fit], spec)) if (~is_fit).any() else (None, None)
+    hold_y = labels[~is_fit]
+    replay = load_replay(parent_path, parent.sha256)
+    if replay is None:
+        log(
+            f"no replay features for this model ({replay_path(parent_path).name}): the head learns from the lab's cells only"
+        )
+        x, y, wts = lab_x, lab_y, np.ones(len(lab_y))
+    else:
+        x = np.concatenate([lab_x, replay["train_x"].astype(np.float32)])
+        y = np.concatenate([lab_y, replay["train_y"]])
+        # the laboratory and the original data weigh the same in total
+        wts = np.concatenate(
+            [np.full(len(lab_y), 1.0 / len(lab_y)), np.full(len(replay["train_y"]), 1.0 / len(replay["train_y"]))]
+        )
+    head = fit_head(x, y, extractor.head, weights=wts)
+    metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
+
+    def score(logits: np.ndarray, yy: np.ndarray) -> dict[str, float]:
+        m = classification_metrics(yy, logits.argmax(1), CLASSES)
+        return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "n": len(yy)}
+
+    calib_logits, calib_y = [], []
+    if hold_x is not None and len(hold_y):
+        metrics["lab_holdout"] = {"parent": score(hold_logits, hold_y), "adapted": score(head.logits(hold_x), hold_y)}
+        calib_logits.append(head.logits(hold_x))
+        calib_y.append(hold_y)
+    if replay is not None:
+        cx, cy = replay["check_x"].astype(np.float32), replay["check_y"]
+        before, after = score(extractor.head.logits(cx), cy), score(head.logits(cx), cy)
+        metrics["original_check"] = {"parent": before, "adapted": after, "max_drop": MAX_ORIGINAL_DROP}
+        calib_logits.append(head.logits(cx))
+        calib_y.append(cy)
+        if before["accuracy"] - after["accuracy"] > MAX_ORIGINAL_DROP:
+            raise AdaptError(
+                f"the adapted model would lose {100 * (before['accuracy'] - after['accuracy']):.1f} points on the "
+                f"original laboratory's check cells ({before['accuracy']:.3f} -> {after['accuracy']:.3f}; at most "
+                f"{100 * MAX_ORIGINAL_DROP:g} allowed): not written"
+            )
+    if calib_logits:
+        cl, cyy = np.concatenate(calib_logits), np.concatenate(calib_y)
+        temperature = float(fit_temperature(cl, cyy))
+        threshold = float(review_threshold(softmax(cl / temperature), cyy))
+    else:
+        temperature, threshold = parent.temperature, parent.review_threshold
+    out = Path(out)
+    onnx_out = write_adapted(parent_path, head, out / "model.onnx")
+    side = {k: v for k, v in parent.raw.items() if k not in ("format", "format_version", "file", "sha256")}
+    stamp = datetime.now(UTC)
+    side["version"] = version or f"{parent.version}+lab.{stamp.strftime('%Y%m%d%H%M%S')}"
+    side["created_at"] = stamp.isoformat(timespec="seconds")
+    side["temperature"], side["review_threshold"] = temperature, threshold
+    lab_feats = np.array([cell_features(im, spec.colour_order) for im in imgs])
+    domain = dict(side.get("domain") or {})
+    if len(lab_feats) >= 10:
+        lab_ref = fit_reference(
+            lab_feats[is_fit] if is_fit.sum() >= 5 else lab_feats,
+            lab_feats[~is_fit] if (~is_fit).sum() >= 5 else lab_feats,
+        )
+        lab_ref["name"] = ", ".join(Path(d).name for d in data)
+        domain["labs"] = [*domain.get("labs", []), lab_ref]
+        side["domain"] = domain
+    side["adaptation"] = {
+        "method": "classifier head refitted on the laboratory's reviewed cells (8 rotations/flips each) as the "
+        "parent's int8 backbone sees them, plus replay features of the original training cells, pulled "
+        "towards the parent head; backbone unchanged",
+        "parent": {"name": parent.name, "version": parent.version, "sha256": parent.sha256},
+        "replay": replay is not None,
+        "lab_cells": [
+            {
+                "file": str(it.path),
+                "sha256": it.sha256,
+                "class": it.label,
+                "use": "fit" if it.split != "test" else "held out",
+            }
+            for it in kept
+        ],
+        "rejected": [{"file": f, "reason": r} for f, r in rejected],
+        "metrics": metrics,
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_sidecar(onnx_out, side)
+    info = read_sidecar(onnx_out)
+    log(json.dumps(metrics))
+    return {"run_dir": str(out), "version": info.version, "sha256": info.sha256, "metrics": metrics,
+            "seconds": side["adaptation"]["seconds"]}  # fmt: skip
+
+
+def make_replay(model: str | Path, cache: str | Path, per_class_train: int = 50, per_class_check: int = 30) -> Path:
+    """Pooled features of a few training and validation cells per class of the model's own training cache,
+    computed by that model file: the replay sample and the original-laboratory check of ``adapt``."""
+    from training.cache import load_cache
+    from wbcproc.preprocess import to_input as _to_input
+
+    info = read_sidecar(model)
+    data = load_cache(cache)
+    rng = np.random.default_rng(0)
+    ext = Features(info.onnx_path)
+    out: dict[str, Any] = {"model_sha256": np.array(info.sha256)}
+    for part, split, k in (("train", "train", per_class_train), ("check", "val", per_class_check)):
+        idx = np.concatenate(
+            [
+                rng.choice(np.where((data.splits == split) & (data.labels == c))[0], k, replace=False)
+                for c in range(len(CLASSES))
+            ]
+        )
+        out[f"{part}_x"] = ext(_to_input(data.images[idx], data.spec))[1].astype(np.float16)
+        out[f"{part}_y"] = data.labels[idx].astype(np.int64)
+    path = replay_path(info.onnx_path)
+    np.savez_compressed(path, **out)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("make-replay", help="write <model>.replay.npz from the model's training cache")
+    r.add_argument("--model", required=True)
+    r.add_argument("--cache", required=True)
+    args = ap.parse_args()
+    if args.cmd == "make-replay":
+        try:
+            print(make_replay(args.model, args.cache))
+        except ModelError as exc:
+            raise SystemExit(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()
