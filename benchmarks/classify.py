@@ -106,6 +106,43 @@ def bench(model: Path, folder: Path, repeats: int, threads: int, batch: int) -> 
     return med
 
 
+def inference_alone(model: Path, n: int, batch: int, repeats: int, threads: int) -> float:
+    """Cells/s of the ONNX Runtime session alone on ready inputs (what the pipeline feeds it), same settings."""
+    import numpy as np
+
+    clf = load_classifier(model, threads)
+    size = clf.info.preprocess.input_size
+    x = np.random.default_rng(0).normal(size=(n, 3, size, size)).astype(np.float32)
+    clf.probabilities(x[:batch])  # warm-up
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            clf.probabilities(x[i : i + batch])
+        runs.append(n / (time.perf_counter() - t0))
+    return statistics.median(runs)
+
+
+def torch_eager_baseline(batch: int, repeats: int) -> float | None:
+    """Images/s of PyTorch eager fp32 torchvision ResNet50 at 224 px on this CPU (needs the [train] extra)."""
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        print("PyTorch baseline skipped: the [train] extra is not installed")
+        return None
+    model = torchvision.models.resnet50(weights=None, num_classes=8).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    runs = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            runs.append(batch / (time.perf_counter() - t0))
+    return statistics.median(runs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path)
@@ -116,8 +153,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also time each model's inference alone on prepared inputs and PyTorch eager fp32 ResNet50 at 224 px",
+    )
     args = ap.parse_args()
-    print(f"machine: {machine()}")
+    from wbcproc.int8 import int8_kernel
+
+    print(f"machine: {machine()}; int8 path: {int8_kernel().description}")
+    eager = torch_eager_baseline(args.batch, args.repeats) if args.baselines else None
+    if eager:
+        print(f"PyTorch eager fp32 ResNet50 224 px, batch {args.batch}: {eager:.1f} images/s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = sample_folder(args.images, args.n, tmp / "bench-sample")
@@ -141,6 +188,12 @@ def main() -> None:
                 f"{r['preprocess']:>7.2f} "
                 f"{r['inference']:>8.2f} {r['report']:>9.2f}"
             )
+            if args.baselines:
+                alone = inference_alone(m, args.n, args.batch, args.repeats, args.threads)
+                ratio = f"; x{r['cells_per_s'] / eager:.1f} PyTorch eager" if eager else ""
+                print(
+                    f"    inference alone {alone:.1f} cells/s; end to end = {r['cells_per_s'] / alone:.0%} of it{ratio}"
+                )
 
 
 if __name__ == "__main__":

@@ -66,10 +66,19 @@ def background_colour(bgr: np.ndarray) -> np.ndarray:
     return np.median(sel, axis=0).astype(np.float64) if len(sel) else np.full(3, 255.0)
 
 
-def white_balance(bgr: np.ndarray, reference: tuple[float, float, float], max_gain: float = 1.8) -> np.ndarray:
-    """Per-channel gain mapping the image's background colour onto ``reference`` (BGR)."""
+def white_balance_gain(bgr: np.ndarray, reference: tuple[float, float, float], max_gain: float = 1.8) -> np.ndarray:
+    """Per-channel gain (BGR) mapping the image's background colour onto ``reference``."""
     bg = np.maximum(background_colour(bgr), 1.0)
-    gain = np.clip(np.asarray(reference, np.float64) / bg, 1.0 / max_gain, max_gain)
+    return np.clip(np.asarray(reference, np.float64) / bg, 1.0 / max_gain, max_gain)
+
+
+def white_balance(
+    bgr: np.ndarray, reference: tuple[float, float, float], max_gain: float = 1.8, gain: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-channel gain mapping the image's background colour onto ``reference`` (BGR).  ``gain``: this
+    image's :func:`white_balance_gain`, when already measured (the sample's pre-pass measures it once)."""
+    if gain is None:
+        gain = white_balance_gain(bgr, reference, max_gain)
     lut = np.clip(np.arange(256)[:, None] * gain[None, :] + 0.5, 0, 255).astype(np.uint8)  # 256 x 3
     return cv2.merge([cv2.LUT(bgr[:, :, c], lut[:, c]) for c in range(3)])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from wbcproc.flags import interval_flags, sample_flag, sample_flags
 from wbcproc.framing import FrameInfo, sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
-from wbcproc.preprocess import PreprocessSpec, locate_in, prepare_image, to_input
+from wbcproc.preprocess import PreprocessSpec, measure, prepare_image, to_input
 
 THUMB_PX = 64
 
@@ -116,28 +117,38 @@ def _units(
 
 def _sample_scale(
     candidates: list[Candidate], spec: PreprocessSpec, settings: Settings, image_type: str, t: dict[str, float]
-) -> tuple[dict[str, Any] | None, dict[str, FrameInfo]]:
+) -> tuple[dict[str, Any] | None, dict[str, FrameInfo], dict[str, np.ndarray]]:
     """One slide, one magnification: the red-cell ruler of the sample's single-cell images (median of each
     image's measurement), so that every cell is framed at a consistent scale.  A first pass (decode +
-    measure; only the small measurements are kept, and reused by the main pass); images that fail to
-    decode are left to the main pass to reject."""
+    measure, on two threads: OpenCV releases the GIL) keeps only the small measurements - each image's
+    framing and white-balance gain - which the main pass reuses instead of measuring again; images that
+    fail to decode are left to the main pass to reject."""
     t0 = time.perf_counter()
-    located: dict[str, FrameInfo] = {}
-    for cand in candidates:
-        if is_field(cand, settings, image_type):
-            continue
+    singles = [c for c in candidates if not is_field(c, settings, image_type)]
+
+    def one(cand: Candidate) -> tuple[str, FrameInfo | None, np.ndarray | None] | None:
         try:
-            info = locate_in(read_image(cand.path).bgr, spec)
+            return (cand.file, *measure(read_image(cand.path).bgr, spec))
         except ImageRejected:
-            continue
-        if info is not None:
-            located[cand.file] = info
+            return None
+
+    located: dict[str, FrameInfo] = {}
+    gains: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=min(2, max(1, len(singles))), thread_name_prefix="wbc-measure") as pool:
+        for res in pool.map(one, singles):
+            if res is None:
+                continue
+            name, info, gain = res
+            if info is not None:
+                located[name] = info
+            if gain is not None:
+                gains[name] = gain
     t["scale"] = t.get("scale", 0.0) + time.perf_counter() - t0
     ruler = sample_ruler([i.rbc_px for i in located.values()])
     if ruler is None:
-        return None, located
+        return None, located, gains
     measured = sum(i.rbc_px is not None for i in located.values())
-    return {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}, located
+    return {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}, located, gains
 
 
 def classify_candidates(
@@ -165,54 +176,96 @@ def classify_candidates(
     batch: list[_Unit] = []
     prepared: list[np.ndarray] = []
 
+    # Inference of one batch overlaps the decoding and preparation of the next (ONNX Runtime and OpenCV
+    # both release the GIL): at most two batches are in memory, and results are taken in order.
+    pending: list[tuple[Future, list[_Unit]]] = []
+
+    def infer(x_batch: np.ndarray) -> np.ndarray:
+        t3 = time.perf_counter()
+        probs = classifier.probabilities(x_batch)
+        t["inference"] += time.perf_counter() - t3
+        return probs
+
+    def collect() -> None:
+        while pending:
+            fut, units = pending.pop(0)
+            probs = fut.result()
+            order = np.argsort(-probs, axis=1)
+            for i, unit in enumerate(units):
+                top, second = int(order[i, 0]), int(order[i, 1])
+                conf = float(probs[i, top])
+                cells.append(
+                    CellResult(
+                        file=unit.name,
+                        label=info.classes[top],
+                        confidence=round(conf, 6),
+                        runner_up=info.classes[second],
+                        runner_up_confidence=round(float(probs[i, second]), 6),
+                        review=conf < threshold,
+                        notes=unit.notes,
+                        box=unit.box,
+                        field=unit.field,
+                    )
+                )
+            if on_batch:
+                on_batch(len(units))
+
     def flush() -> None:
         if not batch:
             return
         t2 = time.perf_counter()
         x = to_input(np.stack(prepared), spec)
-        t3 = time.perf_counter()
-        probs = classifier.probabilities(x)
-        t["preprocess"] += t3 - t2
-        t["inference"] += time.perf_counter() - t3
-        order = np.argsort(-probs, axis=1)
-        for i, unit in enumerate(batch):
-            top, second = int(order[i, 0]), int(order[i, 1])
-            conf = float(probs[i, top])
-            cells.append(
-                CellResult(
-                    file=unit.name,
-                    label=info.classes[top],
-                    confidence=round(conf, 6),
-                    runner_up=info.classes[second],
-                    runner_up_confidence=round(float(probs[i, second]), 6),
-                    review=conf < threshold,
-                    notes=unit.notes,
-                    box=unit.box,
-                    field=unit.field,
-                )
-            )
-        if on_batch:
-            on_batch(len(batch))
+        t["preprocess"] += time.perf_counter() - t2
+        collect()  # the previous batch: keeps one in flight and the order of cells
+        pending.append((executor.submit(infer, x), list(batch)))
         batch.clear()
         prepared.clear()
 
-    scale, located = (
-        _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {})
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-infer")
+    scale, located, gains = (
+        _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {}, {})
     )
     ruler = scale["rbc_px"] if scale else None
-    for unit in _units(candidates, settings, image_type, rejected, fields, t):
-        t1 = time.perf_counter()
-        prepared.append(
-            prepare_image(unit.bgr, spec, framed=unit.field is not None, rbc_px=ruler, located=located.get(unit.name))
+
+    def prep(unit: _Unit) -> tuple[np.ndarray, np.ndarray, bytes | None]:
+        x = prepare_image(
+            unit.bgr,
+            spec,
+            framed=unit.field is not None,
+            rbc_px=ruler,
+            located=located.get(unit.name),
+            wb_gain=gains.get(unit.name),
         )
-        feats.append(cell_features(prepared[-1], spec.colour_order))
-        if thumbnails:
-            thumbs[unit.name] = _thumbnail(unit.bgr)
+        return x, cell_features(x, spec.colour_order), _thumbnail(unit.bgr) if thumbnails else None
+
+    # a batch's cells are prepared on two threads (OpenCV releases the GIL), in order
+    workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wbc-prepare")
+    decoded: list[_Unit] = []
+
+    def prepare_decoded() -> None:
+        t1 = time.perf_counter()
+        for unit, (x, f, thumb) in zip(decoded, workers.map(prep, decoded), strict=True):
+            prepared.append(x)
+            feats.append(f)
+            if thumb is not None:
+                thumbs[unit.name] = thumb
+            batch.append(unit)
+        decoded.clear()
         t["preprocess"] += time.perf_counter() - t1
-        batch.append(unit)
         if len(batch) >= settings.batch_size:
             flush()
-    flush()
+
+    try:
+        for unit in _units(candidates, settings, image_type, rejected, fields, t):
+            decoded.append(unit)
+            if len(decoded) >= settings.batch_size:
+                prepare_decoded()
+        prepare_decoded()
+        flush()
+        collect()
+    finally:
+        workers.shutdown(wait=True)
+        executor.shutdown(wait=True)
     overviews = {}
     for f in fields:
         bgr = f.pop("_bgr")

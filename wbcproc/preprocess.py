@@ -18,7 +18,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from wbcproc.framing import FrameInfo, Framing, frame_cell, locate_cell, white_balance
+from wbcproc.framing import FrameInfo, Framing, frame_cell, locate_cell, white_balance, white_balance_gain
 
 ResizeRule = Literal["stretch", "shorter_side_crop", "letterbox"]
 RESIZE_RULES: tuple[str, ...] = ("stretch", "shorter_side_crop", "letterbox")
@@ -166,6 +166,7 @@ def prepare_image(
     framed: bool = False,
     rbc_px: float | None = None,
     located: FrameInfo | None = None,
+    wb_gain: np.ndarray | None = None,
 ) -> np.ndarray:
     """BGR uint8 (any size) -> uint8 ``input_size`` x ``input_size`` x 3 in the spec's colour order.
 
@@ -173,12 +174,12 @@ def prepare_image(
     resize rule.  ``framed``: the image is already a canonical square (a field crop cut at the field's
     measured red-cell scale, see :func:`wbcproc.fields.crop_cell`), so the framing step is skipped.
     ``rbc_px``: the sample's red-cell diameter (see :func:`wbcproc.framing.sample_ruler`) instead of this
-    image's own measurement.  ``located``: this image's framing measurement from :func:`locate_in`, if
-    already made.
+    image's own measurement.  ``located`` / ``wb_gain``: this image's framing measurement and white-balance
+    gain from :func:`measure`, if already made (the result is the same; the work is not done twice).
     """
     if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
         raise ValueError(f"expected an 8-bit BGR image HxWx3, got dtype {bgr.dtype} shape {bgr.shape}")
-    bgr = colour_normalise(bgr, spec)
+    bgr = colour_normalise(bgr, spec, wb_gain)
     if spec.framing is not None and not framed:
         bgr, _ = frame_cell(bgr, spec.framing, rbc_px=rbc_px, located=located)
     out = _resize(bgr, int(spec.input_size), spec.resize, spec.pad_value)
@@ -187,20 +188,24 @@ def prepare_image(
     return np.ascontiguousarray(out)
 
 
-def colour_normalise(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def colour_normalise(bgr: np.ndarray, spec: PreprocessSpec, wb_gain: np.ndarray | None = None) -> np.ndarray:
     """The spec's colour normalisation step alone (identity when it has none)."""
     cn = spec.colour_normalisation
     if cn is None:
         return bgr
-    return white_balance(bgr, cn.reference) if cn.method == "white_balance" else reinhard_normalise(bgr, cn)
+    if cn.method == "white_balance":
+        return white_balance(bgr, cn.reference, gain=wb_gain)
+    return reinhard_normalise(bgr, cn)
 
 
-def locate_in(bgr: np.ndarray, spec: PreprocessSpec) -> FrameInfo | None:
-    """The framing measurement ``prepare_image`` would make on this image (None: the spec has no framing).
-    Its ``rbc_px`` is the image's red-cell diameter, for the sample's ruler."""
+def measure(bgr: np.ndarray, spec: PreprocessSpec) -> tuple[FrameInfo | None, np.ndarray | None]:
+    """What ``prepare_image`` measures on this image - the framing (None: the spec has none) and the
+    white-balance gain (None: no white balance) - made once, for a sample's pre-pass to keep."""
+    cn = spec.colour_normalisation
+    gain = white_balance_gain(bgr, cn.reference) if cn is not None and cn.method == "white_balance" else None
     if spec.framing is None:
-        return None
-    return locate_cell(colour_normalise(bgr, spec), spec.framing)
+        return None, gain
+    return locate_cell(colour_normalise(bgr, spec, gain), spec.framing), gain
 
 
 def to_input(prepared: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
