@@ -45,6 +45,18 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--quiet-seconds", type=float, default=2.0)
     ap.add_argument("--marker", action="store_true")
+    ap.add_argument(
+        "--defaults",
+        action="store_true",
+        help="run wbc serve with its default quiet and scan periods (ignores --quiet-seconds)",
+    )
+    ap.add_argument(
+        "--slow",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="copy one file every S seconds (a slow scanner): never taken early?",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wbc-d2r-"))
     model = args.model
@@ -53,9 +65,8 @@ def main() -> None:
 
         model = random_resnet50(args.random_resnet50 or 128, tmp, False, args.images)[0]
     files = sorted(p for p in args.images.rglob("*.jpg"))
-    proc, _port = start_serve(
-        tmp, model, "--quiet-seconds", str(args.quiet_seconds), "--scan-seconds", "0.25", "--keep"
-    )
+    timing = () if args.defaults else ("--quiet-seconds", str(args.quiet_seconds), "--scan-seconds", "0.25")
+    proc, _port = start_serve(tmp, model, *timing, "--keep")
     try:
         lat = []
         for t in range(args.trials):
@@ -63,6 +74,8 @@ def main() -> None:
             folder.mkdir(parents=True)
             for i in range(args.cells):
                 shutil.copy(files[i % len(files)], folder / f"c{i:04d}.jpg")
+                if args.slow:
+                    time.sleep(args.slow)
             if args.marker:
                 (folder / "READY").touch()
             t0 = time.monotonic()
@@ -72,7 +85,12 @@ def main() -> None:
                     raise SystemExit(f"no report after 300 s; log: {(tmp / 'serve.log').read_text()[-2000:]}")
                 time.sleep(0.05)
             lat.append(time.monotonic() - t0)
-            print(f"trial {t + 1}: {lat[-1]:.2f} s", flush=True)
+            counted = json.loads(report.read_text())["cells_classified"]  # written atomically: complete
+            early = counted != args.cells
+            print(
+                f"trial {t + 1}: {lat[-1]:.2f} s, {counted} of {args.cells} cells" + (" TAKEN EARLY" if early else ""),
+                flush=True,
+            )
         # same content as `wbc process`
         ref_out = tmp / "ref"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -97,7 +115,9 @@ def main() -> None:
     p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
     print(f"machine: {machine()}")
     print(
-        f"{args.cells} cells, {args.trials} trials, {'READY marker' if args.marker else f'quiet {args.quiet_seconds:g} s'}: "
+        f"{args.cells} cells, {args.trials} trials, "
+        f"{'READY marker' if args.marker else 'defaults' if args.defaults else f'quiet {args.quiet_seconds:g} s'}"
+        f"{f', one file every {args.slow:g} s' if args.slow else ''}: "
         f"p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s; report identical to `wbc process`: {same}"
     )
     shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_OPENED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -51,7 +57,13 @@ class _Handler(FileSystemEventHandler):
         except ValueError:
             return
         if rel.parts and rel.parts[0] not in SPECIAL:
-            self.tracker.touch(rel.parts[0])
+            name = rel.parts[0]
+            if event.event_type == EVENT_TYPE_OPENED and not event.is_directory:
+                self.tracker.opened(name, str(rel))
+            elif event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_CLOSED_NO_WRITE) and not event.is_directory:
+                self.tracker.closed(name, str(rel))
+            else:
+                self.tracker.touch(name)
             self.wake.set()
 
 
@@ -98,6 +110,8 @@ class InboxWatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._observer = PollingObserver(timeout=scan_s) if polling else Observer()
+        # only inotify reports opens and closes: elsewhere (polling, FSEvents, Windows) the long quiet applies
+        self.tracker.events_reliable = "inotify" in type(self._observer).__name__.lower()
         self._thread = threading.Thread(target=self._loop, name="wbc-watcher", daemon=True)
 
     # --- life cycle -------------------------------------------------------------------------------
@@ -141,7 +155,8 @@ class InboxWatcher:
                 self.scan_once()
             except Exception:  # the watcher must outlive any single bad folder
                 log.exception("inbox scan failed")
-            self._wake.wait(self.scan_s)
+            due = self.tracker.due_in()
+            self._wake.wait(self.scan_s if due is None else min(self.scan_s, due + 0.02))
             self._wake.clear()
 
     def scan_once(self) -> None:
@@ -200,6 +215,7 @@ class InboxWatcher:
         run_id = self.submit(folder, fp, version, "")
         self.ledger.record(name, fp, version, "submitted", run_id)
         self.in_flight[name] = InFlight(fp, version, run_id)
+        self.tracker.forget(name)  # settled and taken: nothing to wait for while it runs
         log.info("%s: submitted as run %s (report version %d)", name, run_id, version)
 
     def _finish(self, name: str, where: str, error: str | None) -> None:

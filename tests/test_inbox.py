@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from helpers import copy_cells, fixture_images
 
-from wbcproc.inbox import Ledger, SettleTracker, fingerprint
+from wbcproc.inbox import Ledger, SettleTracker, fingerprint, is_temporary_name
 
 
 def test_settles_only_after_quiet_and_two_equal_scans(tmp_path):
@@ -116,3 +117,41 @@ def test_done_folders_are_archived_and_duplicates_recognised(tmp_path):
         w.scan_once()
     assert list(runs.values()) == ["A:v1"]
     assert (tmp_path / "inbox" / "archive" / "A.duplicate").is_dir()
+
+
+def test_a_copy_in_one_go_settles_fast_where_the_os_reports_closes(tmp_path):
+    """inotify: every file written was closed, no temporary name -> 1.2 s quiet instead of 5 s."""
+    folder = tmp_path / "S1"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    t = SettleTracker(quiet_s=5, events_reliable=True)
+    t.opened("S1", "S1/a.jpg", now=0.0)
+    t.closed("S1", "S1/a.jpg", now=0.1)
+    assert not t.check(folder, now=0.2)  # first look at this listing
+    assert t.due_in(now=0.2) == pytest.approx(1.2)  # quiet counts from the later of last event and first look
+    assert not t.check(folder, now=1.2)
+    assert t.check(folder, now=1.4)
+
+
+def test_an_open_file_or_a_temporary_name_needs_the_long_quiet(tmp_path):
+    folder = tmp_path / "S2"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    t = SettleTracker(quiet_s=5, events_reliable=True)
+    t.opened("S2", "S2/a.jpg", now=0.0)  # still open for writing
+    t.check(folder, now=0.0)
+    assert not t.check(folder, now=2.0) and t.check(folder, now=5.1)
+    (folder / ".b.jpg.Xy12Ab").write_bytes(b"partial")  # rsync's temporary name
+    t2 = SettleTracker(quiet_s=5, events_reliable=True)
+    t2.check(folder, now=0.0)
+    assert not t2.check(folder, now=2.0) and t2.check(folder, now=5.1)
+    assert is_temporary_name(".b.jpg.Xy12Ab") and is_temporary_name("c.jpg.part") and not is_temporary_name("c.jpg")
+
+
+def test_without_reliable_events_the_long_quiet_applies(tmp_path):
+    folder = tmp_path / "S3"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    t = SettleTracker(quiet_s=5)  # polling / no open-close events
+    t.check(folder, now=0.0)
+    assert not t.check(folder, now=2.0) and t.check(folder, now=5.0)

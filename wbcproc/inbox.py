@@ -3,9 +3,10 @@
 Pure logic and a small SQLite ledger; the watchdog observer and Prefect wiring live in ``flows/``.
 
 *Settled*: a folder is ready when it holds a marker file (``READY`` by default), or when nothing in it
-changed for ``quiet_s`` seconds *and* two scans ``scan_s`` apart saw the same names, sizes and mtimes.
-A scanner copying file by file over a network share keeps changing sizes and mtimes, so a partial folder
-is never taken.
+changed for a quiet period *and* two scans saw the same names, sizes and mtimes.  The quiet period is
+short (``fast_quiet_s``) where the OS reports opens and closes and every file written has been closed
+without a temporary name, else ``quiet_s`` (see :class:`SettleTracker`).  A scanner copying file by file
+over a network share keeps changing sizes and mtimes, so a partial folder is never taken.
 
 *Exactly once*: the ledger is keyed by (folder name, content fingerprint).  The same content dropped
 again is recognised and not processed a second time; changed content under the same name gets the next
@@ -58,21 +59,66 @@ def fingerprint(folder: Path, marker: str = "READY") -> str:
     return h.hexdigest()
 
 
+# names copy tools give a file while it is being written (rsync ".name.XXXXXX", browsers, editors, shares)
+_TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".tmp", ".temp", ".download", ".filepart", "~")
+
+
+def is_temporary_name(name: str) -> bool:
+    """A name that says its file is still being written (it is renamed when done)."""
+    low = name.lower()
+    if low.endswith(_TEMP_SUFFIXES) or low.startswith((".~lock", "~$")):
+        return True
+    # rsync writes ".<name>.<6 random characters>" and renames it at the end
+    parts = name.split(".")
+    return name.startswith(".") and len(parts) >= 3 and len(parts[-1]) == 6 and parts[-1].isalnum()
+
+
 @dataclass
 class SettleTracker:
-    """Per-folder state of the settle rule.  ``touch`` on a file-system event, ``check`` on each scan."""
+    """Per-folder state of the settle rule.  ``touch``/``opened``/``closed`` on file-system events,
+    ``check`` on each scan.
+
+    Two quiet periods.  Where the operating system reports when files are opened and closed (inotify:
+    ``events_reliable``), a folder in which every opened file has been closed again, none has a temporary
+    name, and nothing changed for ``fast_quiet_s`` is complete: a copy in one go (``cp -r``, a file manager,
+    ``rsync``) is taken about a second after its last file closes.  Otherwise - polling, another OS, a file
+    still open, a temporary name - the folder must be quiet for ``quiet_s``.  ``fast_quiet_s`` (1.2 s) is
+    longer than the pause of a scanner writing a file every 0.8 s, so such a folder is not taken early.
+    """
 
     quiet_s: float = 5.0
     marker: str = "READY"
+    fast_quiet_s: float = 1.2
+    events_reliable: bool = False
     _last: dict[str, tuple[Listing, float]] = field(default_factory=dict)
     _event: dict[str, float] = field(default_factory=dict)
+    _open: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def touch(self, name: str, now: float | None = None) -> None:
         self._event[name] = time.monotonic() if now is None else now
 
+    def opened(self, name: str, path: str, now: float | None = None) -> None:
+        files = self._open.setdefault(name, {})
+        files[path] = files.get(path, 0) + 1
+        self.touch(name, now)
+
+    def closed(self, name: str, path: str, now: float | None = None) -> None:
+        files = self._open.get(name, {})
+        if files.get(path, 0) > 1:
+            files[path] -= 1
+        else:
+            files.pop(path, None)  # also a close whose open came before we watched
+        self.touch(name, now)
+
     def forget(self, name: str) -> None:
         self._last.pop(name, None)
         self._event.pop(name, None)
+        self._open.pop(name, None)
+
+    def _needed(self, name: str, current: Listing) -> float:
+        if self.events_reliable and not self._open.get(name) and not any(is_temporary_name(e[0]) for e in current):
+            return min(self.quiet_s, self.fast_quiet_s)
+        return self.quiet_s
 
     def check(self, folder: Path, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -89,7 +135,19 @@ class SettleTracker:
             self._last[name] = (current, now)
             return False
         quiet_since = max(previous[1], self._event.get(name, 0.0))
-        return bool(current) and now - quiet_since >= self.quiet_s
+        return bool(current) and now - quiet_since >= self._needed(name, current)
+
+    def due_in(self, now: float | None = None) -> float | None:
+        """Seconds until the earliest watched folder could settle (None: none is waiting), so the watcher
+        checks then instead of at its next periodic scan."""
+        now = time.monotonic() if now is None else now
+        waits = [
+            max(seen, self._event.get(name, 0.0)) + self._needed(name, lst) - now
+            for name, (lst, seen) in self._last.items()
+            if lst
+        ]
+        waits = [w for w in waits if w > 0]  # one already due was checked by the scan just made
+        return min(waits) if waits else None
 
 
 @dataclass(frozen=True)
