@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,11 +29,12 @@ from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import interval_flags, sample_flag, sample_flags
 from wbcproc.framing import FrameInfo, sample_ruler
-from wbcproc.imageio import ImageRejected, read_image
+from wbcproc.imageio import DecodedImage, ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
 from wbcproc.preprocess import PreprocessSpec, measure, prepare_image, to_input
 
 THUMB_PX = 64
+DECODE_CACHE_BYTES = 96 * 1024 * 1024  # decoded images kept from the ruler pre-pass for the main pass
 
 
 @dataclass
@@ -80,11 +82,13 @@ def _units(
     rejected: list[Rejected],
     fields_out: list[dict[str, Any]],
     t: dict[str, float],
+    decoded_cache: dict[str, DecodedImage] | None = None,
 ) -> Iterator[_Unit]:
     for cand in candidates:
         t0 = time.perf_counter()
         try:
-            decoded = read_image(cand.path)
+            cached = decoded_cache.pop(cand.file, None) if decoded_cache is not None else None
+            decoded = cached if cached is not None else read_image(cand.path)
         except ImageRejected as exc:
             rejected.append(Rejected(cand.file, exc.reason, exc.code))
             t["decode"] += time.perf_counter() - t0
@@ -117,20 +121,29 @@ def _units(
 
 def _sample_scale(
     candidates: list[Candidate], spec: PreprocessSpec, settings: Settings, image_type: str, t: dict[str, float]
-) -> tuple[dict[str, Any] | None, dict[str, FrameInfo], dict[str, np.ndarray]]:
+) -> tuple[dict[str, Any] | None, dict[str, FrameInfo], dict[str, np.ndarray], dict[str, DecodedImage]]:
     """One slide, one magnification: the red-cell ruler of the sample's single-cell images (median of each
     image's measurement), so that every cell is framed at a consistent scale.  A first pass (decode +
-    measure, on two threads: OpenCV releases the GIL) keeps only the small measurements - each image's
-    framing and white-balance gain - which the main pass reuses instead of measuring again; images that
-    fail to decode are left to the main pass to reject."""
+    measure, on two threads: OpenCV releases the GIL) keeps the small measurements - each image's framing
+    and white-balance gain - which the main pass reuses instead of measuring again, and the decoded images
+    themselves up to ``DECODE_CACHE_BYTES`` (a sample of ~200 cells; a larger one is decoded again for the
+    rest, so memory stays bounded); images that fail to decode are left to the main pass to reject."""
     t0 = time.perf_counter()
     singles = [c for c in candidates if not is_field(c, settings, image_type)]
+    keep: dict[str, DecodedImage] = {}  # decoded images the main pass reuses, up to DECODE_CACHE_BYTES
+    budget = [DECODE_CACHE_BYTES]
+    lock = threading.Lock()
 
     def one(cand: Candidate) -> tuple[str, FrameInfo | None, np.ndarray | None] | None:
         try:
-            return (cand.file, *measure(read_image(cand.path).bgr, spec))
+            decoded = read_image(cand.path)
         except ImageRejected:
             return None
+        with lock:
+            if decoded.bgr.nbytes <= budget[0]:
+                budget[0] -= decoded.bgr.nbytes
+                keep[cand.file] = decoded
+        return (cand.file, *measure(decoded.bgr, spec))
 
     located: dict[str, FrameInfo] = {}
     gains: dict[str, np.ndarray] = {}
@@ -146,9 +159,9 @@ def _sample_scale(
     t["scale"] = t.get("scale", 0.0) + time.perf_counter() - t0
     ruler = sample_ruler([i.rbc_px for i in located.values()])
     if ruler is None:
-        return None, located, gains
+        return None, located, gains, keep
     measured = sum(i.rbc_px is not None for i in located.values())
-    return {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}, located, gains
+    return {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}, located, gains, keep
 
 
 def classify_candidates(
@@ -222,8 +235,8 @@ def classify_candidates(
         prepared.clear()
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-infer")
-    scale, located, gains = (
-        _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {}, {})
+    scale, located, gains, decoded_cache = (
+        _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {}, {}, {})
     )
     ruler = scale["rbc_px"] if scale else None
 
@@ -256,7 +269,7 @@ def classify_candidates(
             flush()
 
     try:
-        for unit in _units(candidates, settings, image_type, rejected, fields, t):
+        for unit in _units(candidates, settings, image_type, rejected, fields, t, decoded_cache):
             decoded.append(unit)
             if len(decoded) >= settings.batch_size:
                 prepare_decoded()
