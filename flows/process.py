@@ -77,7 +77,12 @@ def write(result: dict[str, Any], classified: Classified, out_dir: str, version:
 
 def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     ref = result["config"]["reference_intervals"]["percent"]
-    flagged = {f["cell"]: f["direction"] for f in result["flags"] if f["cell"] and f["kind"] != "absolute"}
+    # "HIGH (possible)" / "LOW (definite)": the grade as on the Summary sheet
+    flagged = {
+        f["cell"]: f["direction"].upper() + (f" ({f['grade']})" if f.get("grade") else "")
+        for f in result["flags"]
+        if f["cell"] and f["kind"] != "absolute"
+    }
     rows = []
     for cls in WBC_CLASSES:
         ci = result["ci95"][cls]
@@ -88,7 +93,7 @@ def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "percent": result["percent"][cls],
                 "ci95": "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}",
                 "reference": f"{ref[cls][0]:g}-{ref[cls][1]:g}",
-                "flag": flagged.get(cls, "").upper(),
+                "flag": flagged.get(cls, ""),
             }
         )
     rows.append(
@@ -98,7 +103,7 @@ def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
             "percent": result["nrbc_per_100_wbc"],
             "ci95": "",
             "reference": "0",
-            "flag": "HIGH" if "erythroblast" in flagged else "",
+            "flag": flagged.get("erythroblast", ""),
         }
     )
     rows.append(
