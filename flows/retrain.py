@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from wbcproc.classes import CLASSES
-from wbcproc.registry import Registry, decide_promotion
+from wbcproc.registry import Decision, Registry, decide_promotion
 
 
 class RetrainBusyError(RuntimeError):
@@ -34,14 +34,18 @@ HOW_TO_ADD_CELLS = (
 )
 
 
-def training_extra_missing() -> str | None:
-    """Why this install cannot retrain (no PyTorch), or None."""
+MODES = ("adapt", "train")
+
+
+def training_extra_missing(mode: str = "train") -> str | None:
+    """Why this install cannot retrain in ``mode`` (no PyTorch / no onnx), or None."""
     import importlib.util
 
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
-        return (
-            "the retrain needs the [train] extra (PyTorch), which this install does not have: pip install 'wbc[train]'"
-        )
+    needed = ("onnx",) if mode == "adapt" else ("torch", "torchvision")
+    if any(importlib.util.find_spec(m) is None for m in needed):
+        what = "onnx" if mode == "adapt" else "PyTorch"
+        job = "adaptation" if mode == "adapt" else "retrain"
+        return f"the {job} needs the [train] extra ({what}), which this install does not have: pip install 'wbc[train]'"
     return None
 
 
@@ -67,12 +71,12 @@ def data_fingerprint(roots: list[str]) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-def nothing_to_do(data: list[str], runs_dir: str, only_if_new: bool) -> str | None:
+def nothing_to_do(data: list[str], runs_dir: str, only_if_new: bool, mode: str = "train") -> str | None:
     """The reason a scheduled retrain has nothing to do (said in the run, which ends Completed), or None.
 
     A fresh install's weekly retrain used to fail every week with a 123-line FileNotFoundError: the lab's
     data folder does not exist until someone reviews cells, and the runtime install has no PyTorch."""
-    missing = training_extra_missing()
+    missing = training_extra_missing(mode)
     if missing:
         return missing
     absent = [r for r in data if not Path(r).is_dir()]
@@ -139,6 +143,13 @@ def train(cache_path: Path, cfg):
     return model, info, data
 
 
+@task(name="adapt", cache_policy=NO_CACHE)
+def adapt_task(data: list[str], out: str, parent: Path, version: str) -> dict[str, Any]:
+    from training.adapt import adapt
+
+    return adapt(data, out, parent, version=version, log=get_run_logger().info)
+
+
 @task(name="evaluate-export", cache_policy=NO_CACHE)
 def evaluate_export(model, data, info, cfg, opts, g) -> dict[str, Any]:
     from training.run import evaluate_and_export
@@ -189,6 +200,56 @@ def _per_source_md(challenger: dict[str, Any], champion: dict[str, Any] | None) 
     return "\n".join(rows) + "\n"
 
 
+def _skipped(reason: str) -> dict[str, Any]:
+    get_run_logger().info("nothing to do: %s", reason)
+    create_markdown_artifact(markdown=f"# Retrain: nothing to do\n\n{reason}\n", description="Retrain skipped")
+    return {"version": None, "promoted": False, "reason": f"nothing to do: {reason}", "skipped": True}
+
+
+def _adapt_and_compare(data: list[str], runs_dir: str, registry: str | None, margin: float) -> dict[str, Any]:
+    from training.adapt import AdaptError
+    from wbcproc.model import read_sidecar, resolve_model_path
+
+    reg = Registry(registry) if registry else Registry.default()
+    parent = reg.current_path() or resolve_model_path(None)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    with retrain_lock(reg):
+        try:
+            res = adapt_task(
+                data, str(Path(runs_dir) / f"adapt-{stamp}"), parent, f"{read_sidecar(parent).version}+lab.{stamp}"
+            )
+        except AdaptError as exc:
+            return _skipped(str(exc))
+        lab = res["metrics"].get("lab_holdout")
+        challenger = {"macro_f1": None if lab is None else lab["adapted"]["macro_f1"], "parity_passed": True}
+        champion = None if lab is None else {"macro_f1": lab["parent"]["macro_f1"]}
+        decision = decide_promotion(challenger, champion, margin=margin)
+        if lab is None:  # nothing held out to judge it on: register, never promote
+            decision = Decision(False, "no laboratory cell was held out to compare the adapted model on")
+        registered = promote(decision, {"run_dir": res["run_dir"]}, reg)
+        _remember(data, runs_dir)
+    check = res["metrics"].get("original_check")
+    create_markdown_artifact(
+        markdown=(
+            f"# Adaptation {registered}\n\n- parent: `{parent}`\n"
+            + (f"- lab held-out cells: {lab['parent']} -> {lab['adapted']}\n" if lab else "- no lab cell held out\n")
+            + (f"- original laboratory check: {check['parent']} -> {check['adapted']}\n" if check else "")
+            + f"- **promoted: {decision.promote}** - {decision.reason}\n- run: `{res['run_dir']}`\n"
+        ),
+        description="Adaptation decision",
+    )
+    return {
+        "skipped": False,
+        "mode": "adapt",
+        "version": registered,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "challenger_macro_f1": challenger["macro_f1"],
+        "champion_macro_f1": None if champion is None else champion["macro_f1"],
+        "run_dir": res["run_dir"],
+    }
+
+
 @flow(name="retrain", log_prints=False)
 def retrain_flow(
     data: list[str],
@@ -204,17 +265,26 @@ def retrain_flow(
     seed: int = 0,
     margin: float = 0.0,
     only_if_new: bool = False,
+    mode: str = "train",
 ) -> dict[str, Any]:
     """Refit the model on ``data`` and promote it only if it beats the current one on the fixed test split.
 
     With nothing to learn from (no data folder yet, no cells, PyTorch not installed, or - with
     ``only_if_new``, as the weekly deployment runs it - no file added or changed since the last retrain) the
-    run ends Completed and says why and where reviewed cells go."""
-    reason = nothing_to_do(list(data), runs_dir, only_if_new)
+    run ends Completed and says why and where reviewed cells go.
+
+    ``mode="adapt"`` (what the weekly deployment runs: a CPU, seconds) adapts the model in use to the
+    laboratory's cells with ``wbc adapt`` instead of training from scratch, and promotes the result only
+    when it beats the model in use on the laboratory's held-out cells; ``adapt`` itself refuses a model that
+    loses more than one point on the original laboratory's check cells.  ``mode="train"`` is the full recipe
+    (a GPU machine, or hours here)."""
+    if mode not in MODES:
+        raise ValueError(f"retrain mode {mode!r}; expected one of {MODES}")
+    reason = nothing_to_do(list(data), runs_dir, only_if_new, mode)
     if reason is not None:
-        get_run_logger().info("nothing to do: %s", reason)
-        create_markdown_artifact(markdown=f"# Retrain: nothing to do\n\n{reason}\n", description="Retrain skipped")
-        return {"version": None, "promoted": False, "reason": f"nothing to do: {reason}", "skipped": True}
+        return _skipped(reason)
+    if mode == "adapt":
+        return _adapt_and_compare(list(data), runs_dir, registry, margin)
     from training.engine import TrainConfig
     from training.run import RunOptions
 

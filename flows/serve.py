@@ -282,13 +282,15 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         cron=opts.retrain_cron,
         concurrency_limit=1,
         tags=["wbc", "retrain"],
-        parameters={"data": train_data, "runs_dir": str(home / "runs"), "only_if_new": True},
-        description="Weekly refit; promotes only a better model.",
+        # adapt on the CPU by default (seconds); set mode "train" in the deployment for the full recipe
+        parameters={"data": train_data, "runs_dir": str(home / "runs"), "only_if_new": True, "mode": "adapt"},
+        description="Weekly adaptation to the lab's reviewed cells (mode 'adapt'; 'train' runs the full recipe); "
+        "promotes only a better model.",
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     from flows.retrain import training_extra_missing
 
-    missing = training_extra_missing()
+    missing = training_extra_missing("adapt")
     if missing:  # said once, here, rather than as a failed run every week
         log.warning("weekly retrain (%s): %s; until then its runs end with 'nothing to do'", opts.retrain_cron, missing)
     elif not any(Path(d).is_dir() for d in train_data):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from pathlib import Path
 
 import pytest
 from helpers import CELLS
@@ -53,3 +54,25 @@ def test_missing_pytorch_is_said_plainly(monkeypatch, tmp_path):
     msg = training_extra_missing()
     assert msg is not None and "pip install 'wbc[train]'" in msg
     assert nothing_to_do([str(tmp_path)], str(tmp_path / "runs"), only_if_new=True) == msg
+
+
+@pytest.mark.slow
+def test_weekly_retrain_adapts_on_the_cpu_and_promotes_only_a_better_model(tmp_path, prefect_server, labelled_set):
+    """mode="adapt" (what the weekly deployment runs): the model in use adapted to the lab's cells, judged
+    on the lab's held-out cells against the model in use, registered, promoted only if better; the same
+    cells again next week are nothing new."""
+    from wbcproc.model import read_sidecar
+    from wbcproc.registry import Registry
+
+    kw = dict(data=[str(labelled_set)], runs_dir=str(tmp_path / "runs"), registry=str(tmp_path / "reg"), mode="adapt")
+    out = retrain_flow(**kw, only_if_new=True)
+    assert out["skipped"] is False and out["mode"] == "adapt" and out["version"]
+    assert out["challenger_macro_f1"] is not None and out["champion_macro_f1"] is not None
+    assert out["promoted"] == (out["challenger_macro_f1"] > out["champion_macro_f1"]), out["reason"]
+    reg = Registry(tmp_path / "reg")
+    assert out["version"] in {v.version for v in reg.list()}
+    assert (reg.current_version() == out["version"]) == out["promoted"]
+    info = read_sidecar(Path(out["run_dir"]) / "model.onnx")
+    assert info.raw["adaptation"]["metrics"]["lab_holdout"]["adapted"]["n"] > 0
+    again = retrain_flow(**kw, only_if_new=True)
+    assert again["skipped"] is True and "nothing new to learn from" in again["reason"]
