@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from training.recipe import SHIPPED as RECIPE  # standard library only: no torch at start-up
 from wbcproc import __version__
 
 app = typer.Typer(
@@ -395,18 +396,18 @@ def train(
     ] = False,
     cache_quality: Annotated[
         int, typer.Option("--cache-quality", min=50, max=100, help="JPEG quality of the cache (85: ~46 MiB at 128 px).")
-    ] = 90,
-    epochs: Annotated[int, typer.Option(min=0)] = 30,
-    image_size: Annotated[int, typer.Option("--image-size", min=16, max=512)] = 128,
-    init: Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict.")] = "imagenet",
+    ] = RECIPE["cache_quality"],
+    epochs: Annotated[int, typer.Option(min=0)] = RECIPE["epochs"],
+    image_size: Annotated[int, typer.Option("--image-size", min=16, max=512)] = RECIPE["image_size"],
+    init: Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict.")] = RECIPE["init"],
     freeze_stages: Annotated[int, typer.Option("--freeze-stages", min=0, max=5)] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 128,
-    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = "adamw",
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.5)] = 0.1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = RECIPE["batch_size"],
+    lr: Annotated[float, typer.Option(min=0.0)] = RECIPE["lr"],
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = RECIPE["optimizer"],
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.5)] = RECIPE["label_smoothing"],
     seed: int = 0,
-    patience: Annotated[int, typer.Option(min=1)] = 8,
+    patience: Annotated[int, typer.Option(min=1)] = RECIPE["patience"],
     resize: Annotated[str, typer.Option(help="stretch | shorter_side_crop | letterbox")] = "stretch",
     version: Annotated[str | None, typer.Option(help="Model version (default: UTC timestamp).")] = None,
     search: Annotated[int, typer.Option("--search", min=0, help="Random-search trials before training.")] = 0,
@@ -417,8 +418,10 @@ def train(
     ] = True,
     augment: Annotated[
         str, typer.Option(help="robust (other labs' stains/cameras) | stain (robust + other stains) | basic")
-    ] = "robust",
-    norm: Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")] = "bn",
+    ] = RECIPE["augment"],
+    norm: Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")] = RECIPE[
+        "norm"
+    ],
     time_budget: Annotated[
         float, typer.Option("--time-budget", min=0.0, help="Seconds; fewer epochs if needed.")
     ] = 0.0,

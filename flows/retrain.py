@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from training.recipe import SHIPPED as RECIPE
 from wbcproc.classes import CLASSES
 from wbcproc.registry import Decision, Registry, decide_promotion
 
@@ -255,14 +256,14 @@ def retrain_flow(
     data: list[str],
     runs_dir: str,
     registry: str | None = None,
-    epochs: int = 30,
-    image_size: int = 128,
-    init: str = "imagenet",
+    epochs: int = RECIPE["epochs"],
+    image_size: int = RECIPE["image_size"],
+    init: str = RECIPE["init"],
     freeze_stages: int = 0,
     device: str = "auto",
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
+    batch_size: int = RECIPE["batch_size"],
+    lr: float = RECIPE["lr"],
+    seed: int = RECIPE["seed"],
     margin: float = 0.0,
     only_if_new: bool = False,
     mode: str = "train",
@@ -285,14 +286,22 @@ def retrain_flow(
         return _skipped(reason)
     if mode == "adapt":
         return _adapt_and_compare(list(data), runs_dir, registry, margin)
-    from training.engine import TrainConfig
+    from training.engine import TrainConfig, augmentation
     from training.run import RunOptions
 
     reg = Registry(registry) if registry else Registry.default()
     version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     opts = RunOptions(data=list(data), out=str(Path(runs_dir) / version), image_size=image_size, version=version)
     cfg = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, freeze_stages=freeze_stages, init=init, device=device, seed=seed
+        **augmentation(RECIPE["augment"]),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        freeze_stages=freeze_stages,
+        init=init,
+        device=device,
+        seed=seed,
+        patience=RECIPE["patience"],
     )
     with retrain_lock(reg):
         g, cache_path, _ = prepare(opts)

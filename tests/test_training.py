@@ -567,3 +567,48 @@ def test_wbc_train_honours_cache_quality_without_pack_only(tmp_path, labelled_se
     with np.load(out / "cache-32.npz") as z:
         assert json.loads(str(z["meta"]))["quality"] == 60
     assert "confusion_val" in read_sidecar(out / "model.onnx").raw  # inference's flag correction has its matrix
+
+
+def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
+    """wbc train, training.gpu_train, the retrain flow and TrainConfig default to training.recipe.SHIPPED,
+    which is what the shipped model's sidecar records (issue: one training recipe everywhere)."""
+    import inspect
+
+    import typer.main
+
+    from flows.cli import train as cli_train
+    from flows.retrain import retrain_flow
+    from training import gpu_train
+    from training.engine import TrainConfig
+    from training.recipe import SHIPPED
+    from wbcproc.model import resolve_model_path
+
+    cfg = TrainConfig()
+    for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "optimizer", "init", "seed", "patience"):
+        assert getattr(cfg, k) == SHIPPED[k], k
+    cli = {p.name: p.default for p in inspect.signature(cli_train).parameters.values()}
+    cli = {k: (v.default if isinstance(v, typer.models.OptionInfo) else v) for k, v in cli.items()}
+    for k in ("epochs", "batch_size", "lr", "init", "patience", "augment", "norm", "image_size", "cache_quality"):
+        assert cli[k] == SHIPPED[k], k
+    del typer.main
+    flow = {p.name: p.default for p in inspect.signature(retrain_flow.fn).parameters.values()}
+    for k in ("epochs", "batch_size", "lr", "init", "seed", "image_size"):
+        assert flow[k] == SHIPPED[k], k
+    src = inspect.getsource(gpu_train.main)
+    for k in (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "label_smoothing",
+        "init",
+        "patience",
+        "seed",
+        "augment",
+        "norm",
+    ):
+        assert f'default=R["{k}"]' in src, k
+    shipped = read_sidecar(resolve_model_path(None)).raw
+    for k in ("batch_size", "lr", "weight_decay", "label_smoothing", "optimizer", "norm", "seed", "patience"):
+        assert shipped["training"][k] == SHIPPED[k], k
+    assert shipped["init"]["used"] == SHIPPED["init"] and shipped["training"]["stain_mix"] == 0.0  # basic

@@ -18,6 +18,7 @@ from torch import nn
 
 from training.dataset import CachedSet
 from training.metrics import classification_metrics
+from training.recipe import SHIPPED as RECIPE
 from wbcproc.classes import CLASSES
 
 STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
@@ -25,18 +26,20 @@ STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"  # adamw | sgd
+    """One training run's settings; the defaults are the shipped model's recipe (``training.recipe``)."""
+
+    epochs: int = RECIPE["epochs"]
+    batch_size: int = RECIPE["batch_size"]
+    lr: float = RECIPE["lr"]
+    weight_decay: float = RECIPE["weight_decay"]
+    optimizer: str = RECIPE["optimizer"]  # adamw | sgd
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    label_smoothing: float = RECIPE["label_smoothing"]
     freeze_stages: int = 0
-    init: str = "imagenet"  # imagenet | scratch | PATH
+    init: str = RECIPE["init"]  # imagenet | scratch | PATH
     device: str = "auto"
-    seed: int = 0
-    patience: int = 8
+    seed: int = RECIPE["seed"]
+    patience: int = RECIPE["patience"]
     amp: bool = True
     channels_last: bool = True
     class_weighting: str = "loss"  # loss | none

@@ -30,6 +30,7 @@ from PIL import Image
 from training.dataset import CachedSet
 from training.engine import AUGMENTATIONS, NORMS, TrainConfig, augmentation, pick_device, predict_logits, train_model
 from training.metrics import classification_metrics
+from training.recipe import SHIPPED as R
 from training.shards import save_shards
 from wbcproc.classes import CLASSES
 
@@ -59,18 +60,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--epochs", type=int, default=R["epochs"])
+    ap.add_argument("--batch-size", type=int, default=R["batch_size"])
+    ap.add_argument("--lr", type=float, default=R["lr"])
+    ap.add_argument("--weight-decay", type=float, default=R["weight_decay"])
+    ap.add_argument("--label-smoothing", type=float, default=R["label_smoothing"])
     ap.add_argument("--freeze-stages", type=int, default=0)
-    ap.add_argument("--init", default="scratch")
-    ap.add_argument("--patience", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=R["init"])
+    ap.add_argument("--patience", type=int, default=R["patience"])
+    ap.add_argument("--seed", type=int, default=R["seed"])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--augment", choices=AUGMENTATIONS, default="robust")
-    ap.add_argument("--norm", choices=NORMS, default="bn", help="bn, or ibn (IBN-a: part instance norm)")
+    ap.add_argument("--augment", choices=AUGMENTATIONS, default=R["augment"])
+    ap.add_argument("--norm", choices=NORMS, default=R["norm"], help="bn, or ibn (IBN-a: part instance norm)")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds of training; fewer epochs if needed")
     ap.add_argument(
         "--exclude-train", default=None, help="leave training and validation images whose path contains this out"

@@ -32,6 +32,7 @@ from training.metrics import (
     review_threshold,
 )
 from training.plots import confusion_png, gallery_png
+from training.recipe import SHIPPED as RECIPE
 from wbcproc import __version__
 from wbcproc.classes import CLASSES
 from wbcproc.framing import Framing, background_colour
@@ -55,7 +56,7 @@ class RunOptions:
     search_trials: int = 0
     search_epochs: int = 3
     search_sizes: tuple[int, ...] = (96, 128, 160)
-    cache_quality: int = 90
+    cache_quality: int = RECIPE["cache_quality"]
     cache: str | None = None  # set by run_training when it trained from a packed cache
     from_shards: str | None = None  # set when the weights came from a GPU run's shards
     parity_tol: float = 1e-2
