@@ -102,3 +102,14 @@ def test_guard_knows_an_adapted_laboratory():
     lab = {"name": "lab-a", "mean": [10.0] * 8, "cov_inv": np.eye(8).tolist(), "threshold": 3.0}
     out = assess(sample, {**ref, "labs": [lab]})
     assert out["shifted"] is False and out["matched_lab"]["name"] == "lab-a"
+
+
+def test_classes_the_lab_did_not_review_keep_the_parents_behaviour(tmp_path):
+    lab = tmp_path / "lab"
+    for c in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"):  # a five-class lab, as LISC
+        shutil.copytree(CELLS / c, lab / c)
+    res = adapt([lab], tmp_path / "out", min_per_class=2, holdout=0.0, log=lambda *_: None)
+    kept = res["metrics"]["unreviewed_recall"]
+    assert set(kept) == {"ig", "erythroblast", "platelet"}
+    for c, v in kept.items():
+        assert v["adapted"] >= v["parent"] - 0.05, (c, v)  # on the original laboratory's check cells

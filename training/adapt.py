@@ -311,6 +311,17 @@ def adapt(
         cx, cy = replay["check_x"].astype(np.float32), replay["check_y"]
         before, after = score(extractor.head.logits(cx), cy), score(head.logits(cx), cy)
         metrics["original_check"] = {"parent": before, "adapted": after, "max_drop": MAX_ORIGINAL_DROP}
+        # a class the laboratory did not review keeps the parent's behaviour: its recall on the check cells
+        unreviewed = [c for c, n in counts.items() if n == 0]
+        p_pred, a_pred = extractor.head.logits(cx).argmax(1), head.logits(cx).argmax(1)
+        metrics["unreviewed_recall"] = {
+            c: {
+                "parent": round(float((p_pred[cy == CLASSES.index(c)] == CLASSES.index(c)).mean()), 4),
+                "adapted": round(float((a_pred[cy == CLASSES.index(c)] == CLASSES.index(c)).mean()), 4),
+            }
+            for c in unreviewed
+            if (cy == CLASSES.index(c)).any()
+        }
         calib_logits.append(head.logits(cx))
         calib_y.append(cy)
         if before["accuracy"] - after["accuracy"] > MAX_ORIGINAL_DROP:
