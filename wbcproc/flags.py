@@ -10,9 +10,9 @@ A value equal to an interval limit is inside the interval.  ``ci_outside`` is Tr
 confidence interval of the raw count lies beyond the limit.
 
 Percentage and NRBC flags are decided on the differential *corrected for the model's measured confusion*
-(``wbcproc.correction``) when the model's sidecar carries it: a flag is raised when the probability that
-the true value lies beyond the limit is at least 0.5 (grade ``possible``: the corrected value itself is
-beyond) and is ``definite`` from 0.95.  Without a confusion matrix the raw count decides, graded by
+(``wbcproc.correction``) when the model's sidecar carries it: a flag is raised when the reported value is
+beyond the limit *and* the probability that the true value lies beyond it is at least 0.5 (grade
+``possible``: the corrected value itself is beyond) and is ``definite`` from 0.95.  Without a confusion matrix the raw count decides, graded by
 ``ci_outside``.  Measured as a screening test in ``benchmarks/flags.py``.
 """
 
@@ -67,11 +67,13 @@ def sample_flag(code: str, message: str, value: float | None = None) -> dict[str
 
 
 def _graded(raw_outside: bool, ci_out: bool, probability: float | None) -> str | None:
-    """The grade of a flag: from the corrected differential when there is one, else from the raw count."""
-    if probability is not None:
-        return grade(probability)
+    """The grade of a flag: from the corrected differential when there is one, else from the raw count.
+    A value reported inside its interval is never flagged: the report must not say "low" beside a number
+    the reader sees within the limits."""
     if not raw_outside:
         return None
+    if probability is not None:
+        return grade(probability)
     return "definite" if ci_out else "possible"
 
 

@@ -234,7 +234,8 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
             "Percentages, CIs and counts are as the model called the cells. Whether a value is beyond its "
             "reference limit is decided on the differential corrected for the model's measured confusion "
             "(maximum likelihood with the validation confusion matrix; bootstrap over cells and matrix): "
-            "'possible' when the corrected value is beyond the limit (probability >= 0.5), 'definite' when the "
+            "a value reported beyond its limit is flagged 'possible' when the corrected value is beyond it too "
+            "(probability >= 0.5), 'definite' when the "
             "probability is >= 0.95. A possible flag is a prompt to verify the marked cells.",
         ),
         ("Model", f"{r['model']['name']} {r['model']['version']}"),
