@@ -181,7 +181,7 @@ def main() -> None:
             fp_any = np.mean([g is not None for g in shp[inside, 2]])
             fp_def = np.mean([g == "definite" for g in shp[inside, 2]])
             values = raw[:, 1].astype(float)
-            sens = []
+            sens, found = [], []
             edges = [*sev, np.inf] if direction == "high" else [-np.inf, *sev]
             for lo_e, hi_e in pairwise(edges):
                 sel = (~inside) & (values >= lo_e) & (values < hi_e) if direction == "high" else (
@@ -193,12 +193,12 @@ def main() -> None:
                 s_def = np.mean([g == "definite" for g in shp[sel, 2]])
                 label = f">= {lo_e:g}" if direction == "high" else f"<= {hi_e:g}"
                 sens.append(f"{label}: {s_raw:.2f} / {s_any:.2f} / {s_def:.2f} (n {sel.sum()})")
+                found.append(f"{label}: {s_any:.2f}")
             name = f"{cell} {direction}"
             row = f"| {name} | {inside.sum()} | {fp_raw:.3f} | {fp_any:.3f} | {fp_def:.3f} | {'; '.join(sens)} |"
             perf.setdefault(str(n), {})[name] = (
                 f"raised on {100 * fp_any:.1f} % of samples whose true value is normal ({100 * fp_def:.1f} % "
-                f"definite); found (any grade): "
-                + "; ".join(x.split(": ")[0] + ": " + x.split(": ")[1].split(" / ")[1] for x in sens)
+                f"definite); found (any grade): " + "; ".join(found)
             )
             print(row)
             lines.append(row)

@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from wbcproc.classes import DISPLAY_NAMES, WBC_CLASSES
 from wbcproc.config import Settings, load_settings
 from wbcproc.discovery import SampleFolderError, SampleInventory, scan_sample
+from wbcproc.flags import flag_label
 from wbcproc.model import load_classifier
 from wbcproc.pipeline import Classified, classify_candidates, summarise
 from wbcproc.report import write_reports
@@ -77,12 +78,7 @@ def write(result: dict[str, Any], classified: Classified, out_dir: str, version:
 
 def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     ref = result["config"]["reference_intervals"]["percent"]
-    # "HIGH (possible)" / "LOW (definite)": the grade as on the Summary sheet
-    flagged = {
-        f["cell"]: f["direction"].upper() + (f" ({f['grade']})" if f.get("grade") else "")
-        for f in result["flags"]
-        if f["cell"] and f["kind"] != "absolute"
-    }
+    flagged = {f["cell"]: flag_label(f) for f in result["flags"] if f["cell"] and f["kind"] != "absolute"}
     rows = []
     for cls in WBC_CLASSES:
         ci = result["ci95"][cls]

@@ -25,7 +25,6 @@ original-laboratory check: the adapted model must stay within ``MAX_ORIGINAL_DRO
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -229,10 +228,6 @@ def load_replay(model_path: Path, sha256: str) -> dict[str, np.ndarray] | None:
         if str(z["model_sha256"]) != sha256:
             return None
         return {k: z[k] for k in ("train_x", "train_y", "check_x", "check_y")}
-
-
-def _hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def adapt(

@@ -25,18 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from training.bccd import wbc_boxes
 from wbcproc.fields import crop_cell, iou, locate
 from wbcproc.imageio import read_image
 from wbcproc.model import read_sidecar, sha256_file
 from wbcproc.preprocess import PreprocessSpec, prepare_image, to_input
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-
-
-def _voc_wbc(xml: Path) -> list[tuple[int, int, int, int]]:
-    from training.bccd import wbc_boxes
-
-    return wbc_boxes(xml)
 
 
 def fixture_inputs(spec: PreprocessSpec, fixtures: Path = FIXTURES) -> tuple[list[str], np.ndarray]:
@@ -49,7 +44,7 @@ def fixture_inputs(spec: PreprocessSpec, fixtures: Path = FIXTURES) -> tuple[lis
     for f in sorted((fixtures / "fields").glob("*.jpg")):
         bgr = read_image(f).bgr
         res = locate(bgr)
-        gt = _voc_wbc(f.with_suffix(".xml"))[0]
+        gt = wbc_boxes(f.with_suffix(".xml"))[0]
         best = max(res.detections, key=lambda d: iou(tuple(d.box), gt), default=None)
         if best is None or iou(tuple(best.box), gt) < 0.3:
             continue  # the field test reports a missed cell; nothing to compare here

@@ -66,6 +66,11 @@ def sample_flag(code: str, message: str, value: float | None = None) -> dict[str
     return _flag(None, None, code, value, None, None, message, kind="sample")
 
 
+def flag_label(f: dict[str, Any]) -> str:
+    """HIGH / LOW with the grade, e.g. "HIGH (possible)": how the Summary sheet and the UI artifact show a flag."""
+    return f["direction"].upper() + (f" ({f['grade']})" if f.get("grade") else "")
+
+
 def _graded(raw_outside: bool, ci_out: bool, probability: float | None) -> str | None:
     """The grade of a flag: from the corrected differential when there is one, else from the raw count.
     A value reported inside its interval is never flagged: the report must not say "low" beside a number

@@ -234,7 +234,6 @@ def classify_candidates(
         batch.clear()
         prepared.clear()
 
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-infer")
     scale, located, gains, decoded_cache = (
         _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {}, {}, {})
     )
@@ -253,6 +252,7 @@ def classify_candidates(
 
     # a batch's cells are prepared on two threads (OpenCV releases the GIL), in order
     workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wbc-prepare")
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-infer")
     decoded: list[_Unit] = []
 
     def prepare_decoded() -> None:

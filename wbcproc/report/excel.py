@@ -19,6 +19,7 @@ from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.worksheet.worksheet import Worksheet
 
 from wbcproc.classes import CLASSES, DISPLAY_NAMES, WBC_CLASSES
+from wbcproc.flags import flag_label
 
 FILL_HIGH = PatternFill("solid", start_color="FFC7CE", end_color="FFC7CE")
 FILL_LOW = PatternFill("solid", start_color="BDD7EE", end_color="BDD7EE")
@@ -47,11 +48,6 @@ def _header(ws: Worksheet, row: int, names: list[str]) -> None:
 
 def _fmt_interval(iv: list[float] | tuple[float, float] | None, unit: str = " %") -> str:
     return "" if iv is None else f"{iv[0]:g}-{iv[1]:g}{unit}"
-
-
-def _flag_text(f: dict[str, Any]) -> str:
-    """HIGH / LOW, with the grade: a definite flag is bold red or blue, a possible one pale and says so."""
-    return f["direction"].upper() + (f" ({f['grade']})" if f.get("grade") else "")
 
 
 def _flag_fill(f: dict[str, Any]) -> PatternFill:
@@ -100,7 +96,7 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
         put(ws, row, 5, _fmt_interval(ref["percent"][cls]))
         f = flags_by_cell.get((cls, "pct"))
         if f:
-            put(ws, row, 6, _flag_text(f))
+            put(ws, row, 6, flag_label(f))
             for col in range(1, 7):
                 ws.cell(row=row, column=col).fill = _flag_fill(f)
     table_bottom = row
