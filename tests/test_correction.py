@@ -92,3 +92,40 @@ def test_flag_drivers_are_marked_and_listed_first(tmp_path, sample, tiny_model):
     rows = [(ws.cell(row=i, column=1).value, ws.cell(row=i, column=7).value) for i in range(2, ws.max_row + 1)]
     assert [f for f, _ in rows[: len(drivers)]] == drivers
     assert all(mark == "REVIEW (flag)" for _, mark in rows[: len(drivers)])
+
+
+def test_clopper_pearson_upper_bound_matches_known_values():
+    from wbcproc.correction import binomial_upper, poisson_tail
+
+    assert binomial_upper(0, 1114) == pytest.approx(1 - 0.05 ** (1 / 1114), rel=1e-6)  # "rule of three"
+    assert binomial_upper(5, 10) == pytest.approx(0.7779, abs=1e-3)  # scipy beta.ppf(0.95, 6, 5)
+    assert binomial_upper(10, 10) == 1.0
+    assert poisson_tail(0, 3.0) == 1.0
+    assert poisson_tail(2, 0.5) == pytest.approx(1 - np.exp(-0.5) * 1.5)
+
+
+def _with_nrbc(n_wbc: int, nrbc: int) -> dict[str, int]:
+    neut = round(0.6 * n_wbc)
+    lymph = n_wbc - neut - round(0.1 * n_wbc)
+    return {"neutrophil": neut, "lymphocyte": lymph, "monocyte": round(0.1 * n_wbc), "erythroblast": nrbc}
+
+
+@pytest.mark.parametrize(
+    ("n_wbc", "nrbc", "flagged"), [(100, 1, False), (100, 2, True), (400, 3, False), (400, 4, True)]
+)
+def test_nrbc_present_needs_more_calls_than_misclassification_explains(n_wbc, nrbc, flagged):
+    """Validation saw no false erythroblast call in ~1,100 cells: the upper bound of that rate (0.27 %)
+    makes 0.27 false calls expected in 100 cells and 1.1 in 400, so one call in 100 (or three in 400) is
+    within what misclassification gives 5 % of NRBC-free samples, and two (four) are not."""
+    cm = np.eye(K) * 140  # 8 x 140 validation cells, none wrongly called anything
+    counts = _with_nrbc(n_wbc, nrbc)
+    diff = differential([c for c, k in counts.items() for _ in range(k)])
+    cor = correct(diff.counts, cm)
+    nrbc_flags = [f for f in interval_flags(diff, load_settings().reference, cor) if f["code"] == "NRBC_PRESENT"]
+    assert bool(nrbc_flags) == flagged
+    assert [f for f in interval_flags(diff, load_settings().reference) if f["code"] == "NRBC_PRESENT"]  # raw rule
+    if flagged:
+        f = nrbc_flags[0]
+        assert f["min_calls"] == nrbc
+        assert f["expected_false_calls"] == pytest.approx(round((1 - 0.05 ** (1 / 980)) * n_wbc, 2))
+        assert f"flagged from {nrbc} calls" in f["message"]

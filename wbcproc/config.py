@@ -43,6 +43,22 @@ class ReferenceIntervals:
         d["age_groups"] = list(self.age_groups)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReferenceIntervals:
+        """The intervals a report was made with (its JSON ``config.reference_intervals``): a final report is
+        judged against the same intervals as its preliminary one."""
+        return cls(
+            name=d["name"],
+            version=str(d["version"]),
+            population=d.get("population", ""),
+            source=d.get("source", ""),
+            percent={k: (float(v[0]), float(v[1])) for k, v in d["percent"].items()},
+            absolute={k: (float(v[0]), float(v[1])) for k, v in d.get("absolute", {}).items()},
+            nrbc_max_per_100_wbc=float(d["nrbc_max_per_100_wbc"]),
+            path=d.get("path", ""),
+            age_groups=tuple(d.get("age_groups", ())),
+        )
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -14,10 +14,22 @@ bootstrap: each replicate resamples the cells and draws every row of C from its 
 (validation counts + 1/8, Perks), and re-estimates p.  From the replicates: a 95 % interval for every corrected
 percentage, and the probability that the true value lies beyond each reference limit, which grades a
 flag: *definite* at >= 0.95, *possible* at >= 0.5 (the corrected value itself is beyond the limit).
+
+NRBC is different: its limit is 0 (any NRBC is abnormal in an adult), so the question is *detection*,
+and the evidence is a handful of cells.  The validation set saw no cell wrongly called an erythroblast
+(0 of 1,114 for model 1.2.0), so the confusion matrix cannot know the rare lymphocyte or platelet that
+is (0.1 % on the test split), and at 400 cells one such call flagged every other NRBC-free sample.  The
+laboratory answer is a *limit of blank* (CLSI EP17): the number of erythroblast calls that NRBC-free
+samples of this size reach by misclassification alone in at most 5 % of samples.  The false-call rate is
+taken at its one-sided 95 % upper confidence bound from validation (Clopper-Pearson; 0 of 1,114 gives
+0.27 %), pooled over the non-erythroblast classes, so a leak validation was too small to see is still
+covered; the expected false calls are that rate times the sample's other cells, and the calls are
+Poisson.  "NRBC present" needs more calls than that limit (2 of 100 cells, 3 of 200, 4 of 400).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +42,8 @@ POSSIBLE = 0.5  # ... for a possible one: the corrected value itself is beyond t
 N_BOOT = 400
 _WBC_IDX = np.array([CLASSES.index(c) for c in WBC_CLASSES])
 _NRBC = CLASSES.index("erythroblast")
+BLANK_ALPHA = 0.05  # share of NRBC-free samples allowed to reach the NRBC limit of blank
+RATE_CONFIDENCE = 0.95  # the false-call rate is taken at this one-sided upper confidence bound
 
 
 PRIOR = 1.0 / len(CLASSES)  # Perks prior: one pseudo-count per row, spread over the classes
@@ -62,6 +76,81 @@ def unmix(called: np.ndarray, confusion: np.ndarray, iterations: int = 300, tol:
     return np.where(n > 0, p, 0.0)
 
 
+def binomial_upper(successes: int, trials: int, confidence: float = RATE_CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound of a rate: the p at which seeing ``successes`` or fewer in
+    ``trials`` has probability 1 - confidence (by bisection on the binomial CDF: no SciPy at run time)."""
+    if trials <= 0:
+        return 1.0
+    if successes >= trials:
+        return 1.0
+
+    def cdf(p: float) -> float:
+        if p <= 0.0:
+            return 1.0
+        lc = math.lgamma(trials + 1)
+        return sum(
+            math.exp(
+                lc - math.lgamma(i + 1) - math.lgamma(trials - i + 1) + i * math.log(p) + (trials - i) * math.log1p(-p)
+            )
+            for i in range(successes + 1)
+        )
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 1 - confidence else (lo, mid)
+    return hi
+
+
+def poisson_tail(k: int, mean: float) -> float:
+    """P(X >= k) for X ~ Poisson(mean)."""
+    if k <= 0:
+        return 1.0
+    return max(0.0, 1.0 - sum(math.exp(-mean) * mean**i / math.factorial(i) for i in range(k)))
+
+
+def false_call_rate(confusion_counts: Any, cls: str = "erythroblast") -> float:
+    """Upper 95 % bound of the share of cells of *other* classes that the model calls ``cls`` (validation
+    counts, pooled over the other classes)."""
+    cm = np.asarray(confusion_counts, dtype=float)
+    j = CLASSES.index(cls)
+    others = [i for i in range(len(CLASSES)) if i != j]
+    return binomial_upper(round(float(cm[others, j].sum())), round(float(cm[others].sum())))
+
+
+def blank_limit(expected_false: float, alpha: float = BLANK_ALPHA) -> int:
+    """The fewest calls that misclassification alone reaches with probability <= ``alpha``: a count at or
+    above it is evidence of real cells (the limit of blank plus one)."""
+    k = 0
+    while poisson_tail(k, expected_false) > alpha:
+        k += 1
+    return k
+
+
+@dataclass(frozen=True)
+class NrbcDetection:
+    """Whether the erythroblast calls of a sample exceed what misclassification explains (see module doc)."""
+
+    calls: int
+    expected_false: float  # erythroblast calls expected from the other cells, at the upper false-call rate
+    min_calls: int  # the fewest calls that count as NRBC present in a sample of this size
+
+    @property
+    def detected(self) -> bool:
+        return self.calls >= self.min_calls
+
+
+def nrbc_detection(counts: dict[str, int], false_rate: float, limit_per_100_wbc: float = 0.0) -> NrbcDetection:
+    """Limit of blank for "NRBC present": false erythroblast calls expected from the sample's other cells
+    at ``false_rate`` (``false_call_rate``), plus the NRBC a sample exactly at a non-zero laboratory limit
+    would show."""
+    calls = int(counts.get("erythroblast", 0))
+    others = sum(int(v) for c, v in counts.items() if c != "erythroblast")
+    wbc = sum(int(counts.get(c, 0)) for c in WBC_CLASSES)
+    mean = false_rate * others + limit_per_100_wbc * wbc / 100.0
+    return NrbcDetection(calls=calls, expected_false=mean, min_calls=max(1, blank_limit(mean)))
+
+
 @dataclass(frozen=True)
 class Corrected:
     """Corrected white-cell percentages, NRBC per 100 WBC, their 95 % intervals and beyond-limit probabilities."""
@@ -73,6 +162,11 @@ class Corrected:
     replicates_percent: np.ndarray  # (N_BOOT, len(WBC_CLASSES)) - for probabilities beyond any limit
     replicates_nrbc: np.ndarray
     wbc_total: int
+    counts: dict[str, int]
+    nrbc_false_rate: float  # upper bound of the share of other cells called erythroblast (validation)
+
+    def nrbc_detection(self, limit_per_100_wbc: float = 0.0) -> NrbcDetection:
+        return nrbc_detection(self.counts, self.nrbc_false_rate, limit_per_100_wbc)
 
     def prob_above(self, cell: str, limit: float) -> float:
         if cell == "erythroblast":
@@ -125,6 +219,8 @@ def correct(counts: dict[str, int], confusion_counts: Any, *, n_boot: int = N_BO
         replicates_percent=rep_pct,
         replicates_nrbc=rep_nrbc,
         wbc_total=int(called[_WBC_IDX].sum()),
+        counts={c: int(v) for c, v in zip(CLASSES, called, strict=True)},
+        nrbc_false_rate=false_call_rate(cm),
     )
 
 

@@ -12,8 +12,9 @@ confidence interval of the raw count lies beyond the limit.
 Percentage and NRBC flags are decided on the differential *corrected for the model's measured confusion*
 (``wbcproc.correction``) when the model's sidecar carries it: a flag is raised when the reported value is
 beyond the limit *and* the probability that the true value lies beyond it is at least 0.5 (grade
-``possible``: the corrected value itself is beyond) and is ``definite`` from 0.95.  Without a confusion matrix the raw count decides, graded by
-``ci_outside``.  Measured as a screening test in ``benchmarks/flags.py``.
+``possible``: the corrected value itself is beyond) and is ``definite`` from 0.95.  "NRBC present"
+needs, in addition, more erythroblast calls than misclassification alone explains (the limit of blank in
+``wbcproc.correction``).  Without a confusion matrix the raw count decides, graded by ``ci_outside``.  Measured as a screening test in ``benchmarks/flags.py``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def sample_flag(code: str, message: str, value: float | None = None) -> dict[str
 def flag_label(f: dict[str, Any]) -> str:
     """HIGH / LOW with the grade, e.g. "HIGH (possible)": how the Summary sheet and the UI artifact show a flag."""
     return f["direction"].upper() + (f" ({f['grade']})" if f.get("grade") else "")
+
+
+def flag_drivers(flags: list[dict[str, Any]]) -> set[str]:
+    """Classes whose cells make a raised high flag (e.g. the IG cells behind a left shift): those cells are
+    listed first and marked for review whatever their confidence, so verification starts where it matters."""
+    return {f["cell"] for f in flags if f["cell"] and f["direction"] == "high" and f["kind"] in ("percent", "nrbc")}
 
 
 def _graded(raw_outside: bool, ci_out: bool, probability: float | None) -> str | None:
@@ -147,14 +154,21 @@ def interval_flags(
     limit = ref.nrbc_max_per_100_wbc
     if nrbc is not None:
         prob = corrected.prob_above("erythroblast", limit) if corrected else None
-        g = _graded(nrbc > limit, False, prob)
+        det = corrected.nrbc_detection(limit) if corrected else None
+        # beyond the limit of blank too: more erythroblast calls than misclassification explains
+        g = _graded(nrbc > limit and (det is None or det.detected), False, prob)
         if g is not None:
             extra = {}
             how = ""
-            if corrected is not None:
+            if corrected is not None and det is not None:
                 cv = corrected.nrbc_per_100_wbc
-                extra = {"corrected_value": round(cv, 2), "probability": round(float(prob), 3)}
-                how = f"; corrected for the model's confusion {cv:.1f} per 100 WBC, P = {prob:.2f}"
+                extra = {"corrected_value": round(cv, 2), "probability": round(float(prob), 3),
+                         "min_calls": det.min_calls, "expected_false_calls": round(det.expected_false, 2)}  # fmt: skip
+                how = (
+                    f"; corrected for the model's confusion {cv:.1f} per 100 WBC, P = {prob:.2f}; "
+                    f"flagged from {det.min_calls} calls in a sample of this size (misclassification alone: "
+                    f"up to {det.expected_false:.2f} expected)"
+                )
             flags.append(
                 _flag(
                     "erythroblast",

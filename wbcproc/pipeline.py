@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from wbcproc.correction import correct
 from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
-from wbcproc.flags import interval_flags, sample_flag, sample_flags
+from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags
 from wbcproc.framing import FrameInfo, sample_ruler
 from wbcproc.imageio import DecodedImage, ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
@@ -391,6 +392,10 @@ def summarise(
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
     return {
         "sample_id": inventory.sample_id,
+        # a preliminary report is the machine's pre-classification; ``wbc verify`` makes the final one.  The
+        # report id ties an edited workbook to exactly this report (wbcproc.verify)
+        "status": "preliminary",
+        "report_id": uuid.uuid4().hex,
         "processed_at": (processed_at or datetime.now(UTC)).isoformat(timespec="seconds"),
         "counts": {c: diff.counts[c] for c in CLASSES},
         "wbc_total": diff.wbc_total,
@@ -442,12 +447,6 @@ def summarise(
         ),
         "disclaimer": "Decision support only, not a diagnosis: results require review by a qualified person.",
     }
-
-
-def flag_drivers(flags: list[dict[str, Any]]) -> set[str]:
-    """Classes whose cells make a raised high flag (e.g. the IG cells behind a left shift): those cells are
-    listed first and marked for review whatever their confidence, so verification starts where it matters."""
-    return {f["cell"] for f in flags if f["cell"] and f["direction"] == "high" and f["kind"] in ("percent", "nrbc")}
 
 
 def _r(v: float | None) -> float | None:

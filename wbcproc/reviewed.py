@@ -71,11 +71,17 @@ def export_reviewed(workbook: str | Path, sample_dir: str | Path, out_root: str 
     if not report_json.is_file():
         raise FileNotFoundError(f"the JSON report {str(report_json)!r} beside the workbook is needed (cell boxes)")
     report = json.loads(report_json.read_text(encoding="utf-8"))
+    return export_cells(report, reviewed_classes(workbook), sample_dir, out_root)
+
+
+def export_cells(report: dict, classes: dict[str, str], sample_dir: str | Path, out_root: str | Path) -> Exported:
+    """Write the cells named in ``classes`` (``{file: class}``) of one report into ``out_root``."""
+    sample_dir, out_root = Path(sample_dir), Path(out_root)
     cells = {c["file"]: c for c in report["cells"]}
     sample = safe_stem(str(report.get("sample_id") or sample_dir.name))
     res = Exported()
     fields_cache: dict[str, object] = {}
-    for name, typed in reviewed_classes(workbook).items():
+    for name, typed in classes.items():
         label = typed.lower()
         if label not in CLASSES:
             res.skipped.append((name, f"reviewed class {typed!r} is not one of {list(CLASSES)}"))

@@ -26,7 +26,9 @@ FILL_LOW = PatternFill("solid", start_color="BDD7EE", end_color="BDD7EE")
 FILL_WARN = PatternFill("solid", start_color="FFEB9C", end_color="FFEB9C")
 FILL_POSSIBLE = PatternFill("solid", start_color="FCE4D6", end_color="FCE4D6")  # pale: a possible flag
 FILL_HEAD = PatternFill("solid", start_color="D9D9D9", end_color="D9D9D9")
+FILL_FINAL = PatternFill("solid", start_color="C6EFCE", end_color="C6EFCE")
 BOLD = Font(bold=True)
+VERIFIED_BY = "Verified by"  # the Summary sheet label whose value cell carries the verifier's name
 
 
 def put(ws: Worksheet, row: int, col: int, value: Any, *, bold: bool = False) -> Cell:
@@ -69,8 +71,17 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
         banner.font = Font(bold=True, color="FFFFFF", size=12)
         banner.fill = PatternFill("solid", start_color="C00000", end_color="C00000")
         ws.merge_cells(start_row=1, start_column=3, end_row=1, end_column=8)
+    final = r.get("status") == "final"
+    status = (
+        f"FINAL - verified by {r['verified_by']} at {r['verified_at']}"
+        if final
+        else "PRELIMINARY - machine pre-classification, not verified"
+    )
     rows = [
         ("Sample", r["sample_id"]),
+        ("Status", status),
+        ("Report ID", r.get("report_id", "")),
+        (VERIFIED_BY, r.get("verified_by") or ""),
         ("Processed", r["processed_at"]),
         ("Model", f"{r['model']['name']} {r['model']['version']} (sha256 {r['model']['sha256'][:12]})"),
         ("WBC counted", r["wbc_total"]),
@@ -81,6 +92,11 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
     for i, (k, v) in enumerate(rows, start=2):
         put(ws, i, 1, k, bold=True)
         put(ws, i, 2, v)
+        if k == VERIFIED_BY and not final:  # where the verifier signs: type the name, save, drop the workbook
+            ws.cell(row=i, column=2).fill = FILL_WARN
+            put(ws, i, 3, "<- type your name here to sign the verified report")
+        if k == "Status":
+            ws.cell(row=i, column=2).fill = FILL_FINAL if final else FILL_WARN
     row = 2 + len(rows) + 1
     table_top = row
     _header(ws, row, ["Class", "Count", "%", "95% CI", "Reference", "Flag"])
@@ -161,11 +177,9 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
 
 
 def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> None:
-    _header(
-        ws,
-        1,
-        ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review", "Reviewed class"],
-    )
+    final = r.get("status") == "final"
+    names = ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review", "Reviewed class"]
+    _header(ws, 1, [*names, "Model class"] if final else names)
     dv = DataValidation(type="list", formula1='"' + ",".join(CLASSES) + '"', allow_blank=True)
     dv.error = "Choose one of the canonical classes"
     dv.prompt = "Correct the class here if the model was wrong"
@@ -183,6 +197,11 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
         if mark:
             ws.cell(row=i, column=7).fill = FILL_WARN
         dv.add(f"H{i}")
+        if final:  # Class is the verified class; the model's call beside it, changed rows highlighted
+            put(ws, i, 9, c["model_class"])
+            if c["model_class"] != c["class"]:
+                for col in (3, 9):
+                    ws.cell(row=i, column=col).fill = FILL_POSSIBLE
         png = thumbnails.get(c["file"])
         if png:
             img = XLImage(io.BytesIO(png))
@@ -191,7 +210,7 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
             ws.row_dimensions[i].height = 50
     ws.column_dimensions["A"].width = 30
     ws.column_dimensions["B"].width = 10
-    for col in "CDEFGH":
+    for col in "CDEFGHI":
         ws.column_dimensions[col].width = 15
     ws.freeze_panes = "A2"
 
@@ -291,6 +310,32 @@ def _fields(ws: Worksheet, r: dict[str, Any], overviews: dict[str, bytes]) -> No
         ws.column_dimensions[col].width = 24
 
 
+def _audit(ws: Worksheet, r: dict[str, Any]) -> None:
+    """The verification trail of this sample (entries of ``audit.jsonl``, this verification last)."""
+    _header(ws, 1, ["When", "Who", "Event", "Cell", "Model class", "Verified class", "Entry hash"])
+    row = 1
+    for e in r.get("audit", []):
+        changes = e.get("changes") or [{"file": "", "model_class": "", "verified_class": ""}]
+        for ch in changes:
+            row += 1
+            put(ws, row, 1, e.get("at", ""))
+            put(ws, row, 2, e.get("verified_by", ""))
+            put(ws, row, 3, f"{e.get('event', '')} (final v{e.get('final_version', 1)})")
+            put(ws, row, 4, ch["file"])
+            put(ws, row, 5, ch["model_class"])
+            put(ws, row, 6, ch["verified_class"])
+            put(ws, row, 7, e.get("hash", "(this verification: see audit.jsonl)"))
+    row += 2
+    put(ws, row, 1, "Hashes (sha256)", bold=True)
+    for k, v in (r.get("hashes") or {}).items():
+        row += 1
+        put(ws, row, 1, k)
+        put(ws, row, 2, v)
+    ws.column_dimensions["A"].width = 26
+    ws.column_dimensions["D"].width = 30
+    ws.column_dimensions["G"].width = 66
+
+
 def _print_setup(ws: Worksheet, *, landscape: bool = True) -> None:
     """Physicians print reports: every sheet fits the page width, headers repeat on each page."""
     ws.page_setup.orientation = "landscape" if landscape else "portrait"
@@ -313,6 +358,8 @@ def workbook_bytes(
         _fields(wb.create_sheet("Fields"), result, overviews or {})
     _rejected(wb.create_sheet("Rejected"), result)
     _about(wb.create_sheet("About"), result)
+    if result.get("status") == "final":
+        _audit(wb.create_sheet("Audit"), result)
     for sheet in wb.worksheets:
         _print_setup(sheet, landscape=sheet.title != "About")
     wb["Cells"].print_title_rows = "1:1"

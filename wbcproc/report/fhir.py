@@ -1,8 +1,10 @@
 """FHIR R4 Bundle: a DiagnosticReport with one LOINC-coded Observation per result.
 
 The resource ids are UUIDv5 derived from the sample id and processing time, so re-rendering the same
-result gives the same bundle.  The report is ``preliminary`` while a sample-level flag says the result
-needs a person before it can be relied on, else ``final``; either way it is decision support.
+result gives the same bundle, and the final report of a sample keeps the ids of its preliminary one (the
+same DiagnosticReport, its status moved on).  Status: ``preliminary`` for the machine's pre-classification,
+``final`` once a person verified and signed it (``wbc verify``; the verifier is the performer),
+``amended`` for a second verification of the same report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PANEL_CODE = ("57023-4", "Auto Differential panel - Blood")
-PRELIMINARY_CODES = {"NO_WBC", "REVIEW_SHARE_HIGH", "DOMAIN_SHIFT"}
 
 _INTERP_DISPLAY = {"H": "High", "L": "Low", "N": "Normal"}
 
@@ -29,6 +30,13 @@ def _interp(code: str, flag: dict[str, Any] | None = None) -> list[dict[str, Any
             f", probability {flag['probability']:.2f})" if flag.get("probability") is not None else ")"
         )
     return [concept]
+
+
+def report_status(r: dict[str, Any]) -> str:
+    """FHIR DiagnosticReport status: only a verified, signed report is final (a second verification amends)."""
+    if r.get("status") != "final":
+        return "preliminary"
+    return "final" if r.get("final_version", 1) <= 1 else "amended"
 
 
 def _qty(value: float, unit: str, code: str) -> dict[str, Any]:
@@ -47,6 +55,8 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         "type": {"text": "Peripheral blood smear"},
     }
     method = {"text": f"Automated image classification: {r['model']['name']} {r['model']['version']}"}
+    status = report_status(r)
+    obs_status = "preliminary" if status == "preliminary" else status
     observations: list[dict[str, Any]] = []
 
     def observation(
@@ -55,7 +65,7 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         obs: dict[str, Any] = {
             "resourceType": "Observation",
             "id": str(uuid.uuid5(ns, key)),
-            "status": "final",
+            "status": obs_status,
             "category": [
                 {
                     "coding": [
@@ -122,11 +132,10 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
                     rr,
                     "H" if f and f["direction"] == "high" else "L" if f else "N",
                 )
-    preliminary = any(f["cell"] is None and f["code"] in PRELIMINARY_CODES for f in r["flags"])
     report = {
         "resourceType": "DiagnosticReport",
         "id": str(uuid.uuid5(ns, "report")),
-        "status": "preliminary" if preliminary else "final",
+        "status": status,
         "category": [
             {
                 "coding": [
@@ -141,7 +150,7 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         "code": {"coding": [{"system": LOINC, "code": PANEL_CODE[0], "display": PANEL_CODE[1]}]},
         "identifier": [{"system": "urn:wbc:sample-id", "value": r["sample_id"]}],
         "effectiveDateTime": r["processed_at"],
-        "issued": r["processed_at"],
+        "issued": r.get("verified_at") or r["processed_at"],
         "specimen": [{"reference": f"urn:uuid:{specimen_id}"}],
         "result": [{"reference": f"urn:uuid:{o['id']}", "display": o["code"]["text"]} for o in observations],
         "conclusion": "; ".join(f["message"] for f in r["flags"]) or "No values outside reference intervals.",
@@ -153,7 +162,19 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         ],
         "presentedForm": [{"contentType": "text/plain", "title": "Disclaimer", "data": _b64(r["disclaimer"])}],
     }
-    entries = [report, specimen, *observations]
+    if status != "preliminary":
+        practitioner = {
+            "resourceType": "Practitioner",
+            "id": str(uuid.uuid5(ns, f"verifier:{r['verified_by']}")),
+            "name": [{"text": r["verified_by"]}],
+        }
+        report["performer"] = [{"reference": f"urn:uuid:{practitioner['id']}", "display": r["verified_by"]}]
+        report["resultsInterpreter"] = report["performer"]
+        for o in observations:
+            o["performer"] = report["performer"]
+        entries = [report, specimen, practitioner, *observations]
+    else:
+        entries = [report, specimen, *observations]
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid5(ns, "bundle")),
