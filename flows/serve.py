@@ -256,7 +256,8 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
 
     from flows.process import process_sample_flow
     from flows.retrain import retrain_flow
-    from flows.watcher import InboxWatcher
+    from flows.verify import verify_report_flow
+    from flows.watcher import InboxWatcher, ReviewedWatcher
     from wbcproc.inbox import Ledger
 
     out = opts.out.resolve()
@@ -367,6 +368,15 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         crash=None if opts.pool else crash,
         finished_locally=None if opts.pool else (lambda run_id: run_id in _FINISHED),
     )
+    # Reviewed workbooks are verified here, in this process (no model, well under a second): a run of the
+    # verify-report flow each, so a signature and a rejection both show in the UI.
+    reviewed = ReviewedWatcher(
+        inbox / "reviewed",
+        lambda wb: verify_report_flow(
+            str(wb), str(out), sample_roots=[str(inbox / "archive"), str(inbox)], lab_data=train_data[0]
+        ),
+        scan_s=opts.scan_s,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -375,6 +385,7 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
     supervisor = asyncio.create_task(_supervise_server(servers, home, opts))
     await asyncio.sleep(0)
     await asyncio.to_thread(watcher.start)
+    await asyncio.to_thread(reviewed.start)
     print(f"wbc serve: UI http://{opts.host}:{opts.port}  inbox {inbox}  out {out}", flush=True)
     done, _ = await asyncio.wait({runner_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
@@ -383,6 +394,7 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         code = 1
     supervisor.cancel()
     await asyncio.to_thread(watcher.stop)
+    await asyncio.to_thread(reviewed.stop)
     await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
     if runner is not None and not runner.stopping:
         await runner.astop()

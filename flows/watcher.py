@@ -33,7 +33,7 @@ log = logging.getLogger("wbc.watcher")
 # watchdog's inotify backend warns when a watched sub-folder is moved away and a new one of the same name
 # arrives (exactly what an inbox does); it re-registers the watch, so the warning carries no information.
 warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning)
-SPECIAL = {"archive", "failed"}
+SPECIAL = {"archive", "failed", "reviewed"}  # reviewed/: workbooks to verify (ReviewedWatcher)
 DONE_STATES = {"COMPLETED"}
 FAILED_STATES = {"FAILED", "CRASHED", "CANCELLED"}
 STALE_STATES = {"RUNNING", "PENDING", "CANCELLING"}
@@ -234,3 +234,79 @@ class InboxWatcher:
         shutil.move(str(folder), str(dest))
         if error:
             (dest.parent / f"{dest.name}.error.txt").write_text(error + "\n", encoding="utf-8")
+
+
+class ReviewedWatcher:
+    """``<inbox>/reviewed/``: each report workbook saved there is verified once it has settled.
+
+    A workbook is taken when its size and modification time have not changed for ``quiet_s`` and no office
+    lock file (``.~lock.<name>#`` from LibreOffice, ``~$<name>`` from Excel) says it is still open.  After
+    ``handle`` it moves to ``reviewed/done/``, or to ``reviewed/rejected/`` with ``<name>.reason.txt`` -
+    it is never deleted and never verified twice.
+    """
+
+    def __init__(
+        self, folder: Path, handle: Callable[[Path], None], *, quiet_s: float = 1.5, scan_s: float = 1.0
+    ) -> None:
+        self.folder, self.handle, self.quiet_s, self.scan_s = folder, handle, quiet_s, scan_s
+        self._seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="wbc-reviewed", daemon=True)
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scan_once()
+            except Exception:  # one bad file must not stop verification of the others
+                log.exception("scan of %s failed", self.folder)
+            self._stop.wait(self.scan_s)
+
+    def _open_elsewhere(self, name: str) -> bool:
+        return (self.folder / f".~lock.{name}#").exists() or (self.folder / f"~${name}").exists()
+
+    def scan_once(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for p in sorted(self.folder.glob("*.xlsx")):
+            name = p.name
+            if name.startswith((".", "~$")) or self._open_elsewhere(name):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            seen = self._seen.get(name)
+            if seen is None or seen[:2] != key:
+                self._seen[name] = (*key, now)
+                continue
+            if now - seen[2] < self.quiet_s:
+                continue
+            self._seen.pop(name, None)
+            self._take(p)
+
+    def _take(self, path: Path) -> None:
+        try:
+            self.handle(path)
+        except Exception as exc:
+            dest = self._move(path, "rejected")
+            dest.with_name(dest.name + ".reason.txt").write_text(f"{exc}\n", encoding="utf-8")
+            log.warning("%s: not verified: %s", path.name, exc)
+            return
+        self._move(path, "done")
+
+    def _move(self, path: Path, where: str) -> Path:
+        target = self.folder / where
+        target.mkdir(exist_ok=True)
+        dest, n = target / path.name, 2
+        while dest.exists():  # keep the extension: the file must still open in Excel / Calc
+            dest, n = target / f"{path.stem}.{n}{path.suffix}", n + 1
+        shutil.move(str(path), str(dest))
+        return dest

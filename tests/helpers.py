@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from openpyxl import load_workbook
 
-from wbcproc.classes import CLASSES
+from wbcproc.classes import CLASSES, WBC_CLASSES
 from wbcproc.model import write_sidecar
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -88,3 +90,55 @@ def cell_bgr() -> np.ndarray:
     img = cv2.imread(str(fixture_images()[0]), cv2.IMREAD_COLOR)
     assert img is not None
     return img
+
+
+# --- editing report workbooks as a verifier would (tests/test_verify.py, tests/test_serve.py) ---------------
+REV_COL = 8  # "Reviewed class" on the Cells sheet
+
+
+def other_class(cls: str) -> str:
+    """A class that changes the differential (a WBC class other than ``cls``)."""
+    return next(c for c in WBC_CLASSES if c != cls)
+
+
+def review_plan(report: dict, n_changes: int = 3) -> dict[str, str]:
+    """Reviewed classes: every REVIEW-marked cell confirmed, and ``n_changes`` cells reclassified."""
+    plan = {c["file"]: c["class"] for c in report["cells"] if c["review"] or c["flag_driver"]}
+    for c in report["cells"][:n_changes]:
+        plan[c["file"]] = other_class(c["class"])
+    return plan
+
+
+def edit_workbook(xlsx: Path, dest: Path, plan: dict[str, str], name: str | None = "Dr A. Example") -> Path:
+    wb = load_workbook(xlsx)
+    ws = wb["Cells"]
+    for row in range(2, ws.max_row + 1):
+        f = ws.cell(row=row, column=1).value
+        if f in plan:
+            ws.cell(row=row, column=REV_COL).value = plan[f]
+    if name is not None:
+        s = wb["Summary"]
+        for row in range(1, s.max_row + 1):
+            if s.cell(row=row, column=1).value == "Verified by":
+                s.cell(row=row, column=2).value = name
+    wb.save(dest)
+    return dest
+
+
+def expected_counts(report: dict, plan: dict[str, str]) -> dict[str, int]:
+    counts = dict.fromkeys(CLASSES, 0)
+    for c in report["cells"]:
+        counts[plan.get(c["file"], c["class"])] += 1
+    return counts
+
+
+def soffice() -> str | None:
+    return shutil.which("soffice") or shutil.which("libreoffice")
+
+
+def libreoffice_save(src: Path, outdir: Path) -> Path:
+    """LibreOffice opens ``src`` headless and saves it as a new .xlsx with its own writer."""
+    profile = f"-env:UserInstallation=file://{outdir.parent / 'lo-profile'}"  # a fresh LibreOffice profile
+    cmd = [soffice(), profile, "--headless", "--convert-to", "xlsx:Calc MS Excel 2007 XML", "--outdir", str(outdir)]
+    subprocess.run([*cmd, str(src)], check=True, capture_output=True, timeout=180)
+    return outdir / src.name

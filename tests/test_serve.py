@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import copy_cells, fixture_images
+from helpers import copy_cells, edit_workbook, expected_counts, fixture_images, libreoffice_save, review_plan, soffice
 
 WBC = str(Path(sys.executable).parent / "wbc")
 pytestmark = pytest.mark.slow
@@ -135,6 +135,56 @@ def test_duplicate_and_changed_redrop(served):
     assert _wait(lambda: (served.out / "DUP-1.v2.json").exists(), 60)
     assert json.loads((served.out / "DUP-1.json").read_text())["cells_classified"] == 4
     assert json.loads((served.out / "DUP-1.v2.json").read_text())["cells_classified"] == 6
+
+
+def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, tmp_path):
+    """Three cells edited through openpyxl, and the same three through LibreOffice: each saved workbook
+    dropped into <inbox>/reviewed/ gives a final report (then final v2) whose counts reflect exactly those
+    changes; a workbook of another sample changes nothing and is set aside with its reason."""
+    from wbcproc.audit import check
+
+    folder = served.inbox / "VER-1"
+    copy_cells(folder, 12)
+    assert _wait(lambda: (served.out / "VER-1.json").exists() and (served.inbox / "archive" / "VER-1").is_dir(), 60)
+    prelim = json.loads((served.out / "VER-1.json").read_text())
+    plan = review_plan(prelim)
+    reviewed = served.inbox / "reviewed"
+    edited = edit_workbook(served.out / "VER-1.xlsx", tmp_path / "VER-1.xlsx", plan)
+    shutil.copy(edited, reviewed / "VER-1.xlsx")
+    assert _wait(lambda: (served.out / "VER-1.final.json").exists(), 60), served.text()[-3000:]
+    final = json.loads((served.out / "VER-1.final.json").read_text())
+    assert final["counts"] == expected_counts(prelim, plan) and len(final["changes"]) == 3
+    assert final["verified_by"] == "Dr A. Example"
+    assert _wait(lambda: (reviewed / "done" / "VER-1.xlsx").is_file(), 10)
+    # the verified cells reached the lab data folder the weekly retrain reads
+    lab = served.home / "training-data" / "cells"
+    assert sorted(p.parent.name for p in lab.rglob("*") if p.is_file()) == sorted(plan.values())
+    if soffice() is not None:
+        saved = libreoffice_save(edited, tmp_path / "lo")
+        shutil.copy(saved, reviewed / "VER-1-calc.xlsx")
+        assert _wait(lambda: (served.out / "VER-1.final.v2.json").exists(), 90), served.text()[-3000:]
+        v2 = json.loads((served.out / "VER-1.final.v2.json").read_text())
+        assert v2["counts"] == expected_counts(prelim, plan) and len(v2["changes"]) == 3
+    fhir = json.loads((served.out / "VER-1.final.fhir.json").read_text())
+    assert fhir["entry"][0]["resource"]["status"] == "final"
+    assert check(served.out / "audit.jsonl").ok
+    runs = served.api("/flow_runs/filter", {"flows": {"name": {"any_": ["verify-report"]}}})
+    assert runs and {r["state_type"] for r in runs} == {"COMPLETED"}
+    # a mismatched workbook: nothing changes, the reason is beside it
+    before = sorted(p.name for p in served.out.iterdir())
+    from openpyxl import load_workbook
+
+    wb = load_workbook(edited)
+    ws = wb["Summary"]
+    for r in range(1, ws.max_row + 1):
+        if ws.cell(row=r, column=1).value == "Sample":
+            ws.cell(row=r, column=2).value = "VER-2"
+    wb.save(tmp_path / "bad.xlsx")
+    shutil.copy(tmp_path / "bad.xlsx", reviewed / "bad.xlsx")
+    reason = reviewed / "rejected" / "bad.xlsx.reason.txt"
+    assert _wait(reason.is_file, 30), served.text()[-3000:]
+    assert "the workbook is for sample 'VER-2'" in reason.read_text()
+    assert sorted(p.name for p in served.out.iterdir()) == before
 
 
 def test_retrain_deployment_has_active_cron(served):

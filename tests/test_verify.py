@@ -7,19 +7,18 @@ edited with openpyxl and - where LibreOffice is installed - opened, edited and s
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import REV_COL, edit_workbook, expected_counts, libreoffice_save, other_class, review_plan, soffice
 from openpyxl import load_workbook
 
 from wbcproc.audit import check, read_entries
-from wbcproc.classes import CLASSES, WBC_CLASSES
+from wbcproc.classes import WBC_CLASSES
 from wbcproc.pipeline import process_sample
 from wbcproc.verify import VerificationRejected, verify
 
-REV_COL, CLASS_COL = 8, 3
+CLASS_COL = 3
 
 
 def _report(sample: Path, out: Path, model: Path) -> tuple[Path, dict]:
@@ -27,49 +26,13 @@ def _report(sample: Path, out: Path, model: Path) -> tuple[Path, dict]:
     return paths["xlsx"], json.loads(paths["json"].read_text())
 
 
-def _other(cls: str) -> str:
-    """A class that changes the differential (a WBC class other than ``cls``)."""
-    return next(c for c in WBC_CLASSES if c != cls)
-
-
-def _plan(report: dict, n_changes: int = 3) -> dict[str, str]:
-    """Reviewed classes: every REVIEW-marked cell confirmed, and ``n_changes`` cells reclassified."""
-    plan = {c["file"]: c["class"] for c in report["cells"] if c["review"] or c["flag_driver"]}
-    for c in report["cells"][:n_changes]:
-        plan[c["file"]] = _other(c["class"])
-    return plan
-
-
-def _edit_openpyxl(xlsx: Path, dest: Path, plan: dict[str, str], name: str | None = "Dr A. Example") -> Path:
-    wb = load_workbook(xlsx)
-    ws = wb["Cells"]
-    for row in range(2, ws.max_row + 1):
-        f = ws.cell(row=row, column=1).value
-        if f in plan:
-            ws.cell(row=row, column=REV_COL).value = plan[f]
-    if name is not None:
-        s = wb["Summary"]
-        for row in range(1, s.max_row + 1):
-            if s.cell(row=row, column=1).value == "Verified by":
-                s.cell(row=row, column=2).value = name
-    wb.save(dest)
-    return dest
-
-
-def _expected_counts(report: dict, plan: dict[str, str]) -> dict[str, int]:
-    counts = dict.fromkeys(CLASSES, 0)
-    for c in report["cells"]:
-        counts[plan.get(c["file"], c["class"])] += 1
-    return counts
-
-
 def test_three_corrections_make_a_final_report_with_a_checked_audit_chain(tmp_path, sample, tiny_model):
     out = tmp_path / "out"
     xlsx, prelim = _report(sample, out, tiny_model)
     assert prelim["status"] == "preliminary" and prelim["report_id"]
     prelim_bytes = (out / "S-001.json").read_bytes()
-    plan = _plan(prelim)
-    edited = _edit_openpyxl(xlsx, tmp_path / "edited.xlsx", plan)
+    plan = review_plan(prelim)
+    edited = edit_workbook(xlsx, tmp_path / "edited.xlsx", plan)
     lab = tmp_path / "lab"
     done = verify(edited, out, sample_dir=sample, lab_data=lab)
 
@@ -78,7 +41,7 @@ def test_three_corrections_make_a_final_report_with_a_checked_audit_chain(tmp_pa
     assert (out / "S-001.json").read_bytes() == prelim_bytes  # the preliminary report is never overwritten
     final = json.loads(done.paths["json"].read_text())
     assert final["status"] == "final" and final["verified_by"] == "Dr A. Example"
-    assert final["counts"] == _expected_counts(prelim, plan)
+    assert final["counts"] == expected_counts(prelim, plan)
     assert len(final["changes"]) == 3
     assert {(c["file"], c["verified_class"]) for c in final["changes"]} == {
         (c["file"], plan[c["file"]]) for c in prelim["cells"][:3]}  # fmt: skip
@@ -132,13 +95,13 @@ def test_three_corrections_make_a_final_report_with_a_checked_audit_chain(tmp_pa
 def test_a_second_verification_writes_v2_and_both_stay_in_the_trail(tmp_path, sample, tiny_model):
     out = tmp_path / "out"
     xlsx, prelim = _report(sample, out, tiny_model)
-    first = verify(_edit_openpyxl(xlsx, tmp_path / "a.xlsx", _plan(prelim)), out)
+    first = verify(edit_workbook(xlsx, tmp_path / "a.xlsx", review_plan(prelim)), out)
     final1 = first.paths["json"].read_bytes()
     # the physician corrects one more cell in the final workbook and signs again
     f = json.loads(final1)
     cell = f["cells"][5]
     second = verify(
-        _edit_openpyxl(first.paths["xlsx"], tmp_path / "b.xlsx", {cell["file"]: _other(cell["class"])}, "Dr B"), out
+        edit_workbook(first.paths["xlsx"], tmp_path / "b.xlsx", {cell["file"]: other_class(cell["class"])}, "Dr B"), out
     )
     assert second.version == 2 and second.paths["json"].name == "S-001.final.v2.json"
     assert first.paths["json"].read_bytes() == final1  # never overwritten
@@ -159,7 +122,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_mismatched_or_tampered_workbooks_change_nothing_and_say_why(tmp_path, sample, tiny_model):
     out = tmp_path / "out"
     xlsx, prelim = _report(sample, out, tiny_model)
-    plan = _plan(prelim)
+    plan = review_plan(prelim)
     before = _snapshot(out)
 
     def rejected(path: Path, *expected: str) -> None:
@@ -175,13 +138,13 @@ def test_mismatched_or_tampered_workbooks_change_nothing_and_say_why(tmp_path, s
     bad.write_text("not a spreadsheet")
     rejected(bad, "not an Excel workbook")
     # a non-canonical class, listed with its row
-    wb = load_workbook(_edit_openpyxl(xlsx, tmp_path / "c.xlsx", plan))
+    wb = load_workbook(edit_workbook(xlsx, tmp_path / "c.xlsx", plan))
     wb["Cells"].cell(row=2, column=REV_COL).value = "Neutro"
     wb["Cells"].cell(row=3, column=REV_COL).value = "blast"
     wb.save(tmp_path / "c.xlsx")
     rejected(tmp_path / "c.xlsx", "'Neutro' for", "'blast' for", "not a canonical class")
     # a row added, a file renamed
-    wb = load_workbook(_edit_openpyxl(xlsx, tmp_path / "d.xlsx", plan))
+    wb = load_workbook(edit_workbook(xlsx, tmp_path / "d.xlsx", plan))
     ws = wb["Cells"]
     ws.cell(row=ws.max_row + 1, column=1).value = "extra.jpg"
     ws.cell(row=ws.max_row, column=CLASS_COL).value = "neutrophil"
@@ -189,9 +152,9 @@ def test_mismatched_or_tampered_workbooks_change_nothing_and_say_why(tmp_path, s
     wb.save(tmp_path / "d.xlsx")
     rejected(tmp_path / "d.xlsx", "'extra.jpg' is not in the report", "'renamed.jpg' is not in the report")
     # the model's own class edited instead of Reviewed class
-    wb = load_workbook(_edit_openpyxl(xlsx, tmp_path / "e.xlsx", plan))
+    wb = load_workbook(edit_workbook(xlsx, tmp_path / "e.xlsx", plan))
     old = wb["Cells"].cell(row=2, column=CLASS_COL).value
-    wb["Cells"].cell(row=2, column=CLASS_COL).value = _other(old)
+    wb["Cells"].cell(row=2, column=CLASS_COL).value = other_class(old)
     wb.save(tmp_path / "e.xlsx")
     rejected(tmp_path / "e.xlsx", "corrections go in 'Reviewed class'")
     # another sample / another report version / another model
@@ -199,14 +162,14 @@ def test_mismatched_or_tampered_workbooks_change_nothing_and_say_why(tmp_path, s
         ("Sample", "Summary", "S-999", "the workbook is for sample 'S-999'"),
         ("Model sha256", "About", "0" * 64, "model sha256 000000000000"),
     ):
-        wb = load_workbook(_edit_openpyxl(xlsx, tmp_path / "f.xlsx", plan))
+        wb = load_workbook(edit_workbook(xlsx, tmp_path / "f.xlsx", plan))
         ws = wb[sheet]
         for r in range(1, ws.max_row + 1):
             if ws.cell(row=r, column=1).value == label:
                 ws.cell(row=r, column=2).value = value
         wb.save(tmp_path / "f.xlsx")
         rejected(tmp_path / "f.xlsx", message)
-    wb = load_workbook(_edit_openpyxl(xlsx, tmp_path / "g.xlsx", plan))
+    wb = load_workbook(edit_workbook(xlsx, tmp_path / "g.xlsx", plan))
     ws = wb["Summary"]
     for r in range(1, ws.max_row + 1):
         if ws.cell(row=r, column=1).value == "Report ID":
@@ -215,12 +178,12 @@ def test_mismatched_or_tampered_workbooks_change_nothing_and_say_why(tmp_path, s
     rejected(tmp_path / "g.xlsx", "no report with id 'ffff")
     # no name: nothing is signed, and the message says where the name goes
     with pytest.raises(VerificationRejected, match=r"'Verified by' cell \(B5\) or pass --by"):
-        verify(_edit_openpyxl(xlsx, tmp_path / "h.xlsx", plan, name=None), out)
+        verify(edit_workbook(xlsx, tmp_path / "h.xlsx", plan, name=None), out)
     # a REVIEW-marked cell left without a reviewed class
     marked = [c["file"] for c in prelim["cells"] if c["review"] or c["flag_driver"]]
     assert marked, "the random tiny model marks cells for review"
     rejected(
-        _edit_openpyxl(xlsx, tmp_path / "i.xlsx", {marked[0]: "lymphocyte"}), "marked REVIEW have no reviewed class"
+        edit_workbook(xlsx, tmp_path / "i.xlsx", {marked[0]: "lymphocyte"}), "marked REVIEW have no reviewed class"
     )
     assert not (out / "audit.jsonl").exists()
 
@@ -237,7 +200,7 @@ def test_audit_check_finds_an_edited_entry(tmp_path, sample, tiny_model):
         app,
         [
             "verify",
-            str(_edit_openpyxl(xlsx, tmp_path / "a.xlsx", _plan(prelim), None)),
+            str(edit_workbook(xlsx, tmp_path / "a.xlsx", review_plan(prelim), None)),
             "--out",
             str(out),
             "--by",
@@ -248,7 +211,7 @@ def test_audit_check_finds_an_edited_entry(tmp_path, sample, tiny_model):
     assert json.loads(res.stdout)["changes"] == 3
     final = json.loads((out / "S-001.final.json").read_text())
     verify(
-        _edit_openpyxl(out / "S-001.final.xlsx", tmp_path / "b.xlsx", {final["cells"][4]["file"]: "basophil"}, "Dr D"),
+        edit_workbook(out / "S-001.final.xlsx", tmp_path / "b.xlsx", {final["cells"][4]["file"]: "basophil"}, "Dr D"),
         out,
     )
     ok = runner.invoke(app, ["audit", "check", str(out)])
@@ -264,28 +227,20 @@ def test_audit_check_finds_an_edited_entry(tmp_path, sample, tiny_model):
     assert bad.exit_code == 1 and "seq 2, expected 1" in bad.output
 
 
-def _soffice() -> str | None:
-    return shutil.which("soffice") or shutil.which("libreoffice")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_soffice() is None, reason="LibreOffice (Debian package libreoffice-calc-nogui) is not installed")
+@pytest.mark.skipif(soffice() is None, reason="LibreOffice (Debian package libreoffice-calc-nogui) is not installed")
 def test_a_workbook_edited_and_saved_by_libreoffice_verifies(tmp_path, sample, tiny_model):
     """The corrections are typed into a copy (openpyxl), then LibreOffice opens that copy headless and saves
     it as a new .xlsx with its own writer (its shared strings, styles, validation and number formats): the
     file wbc reads is LibreOffice's, as when a physician edits in Calc."""
     out = tmp_path / "out"
     xlsx, prelim = _report(sample, out, tiny_model)
-    plan = _plan(prelim)
+    plan = review_plan(prelim)
     (tmp_path / "in").mkdir()
-    src = _edit_openpyxl(xlsx, tmp_path / "in" / "edited.xlsx", plan)
-    lo = tmp_path / "lo"
-    profile = f"-env:UserInstallation=file://{tmp_path / 'profile'}"  # a fresh LibreOffice profile
-    cmd = [_soffice(), profile, "--headless", "--convert-to", "xlsx:Calc MS Excel 2007 XML", "--outdir", str(lo)]
-    subprocess.run([*cmd, str(src)], check=True, capture_output=True, timeout=180)
-    saved = lo / "edited.xlsx"
+    src = edit_workbook(xlsx, tmp_path / "in" / "edited.xlsx", plan)
+    saved = libreoffice_save(src, tmp_path / "lo")
     assert saved.read_bytes() != src.read_bytes()  # really rewritten by LibreOffice
     done = verify(saved, out)
     final = json.loads(done.paths["json"].read_text())
-    assert final["counts"] == _expected_counts(prelim, plan) and len(final["changes"]) == 3
+    assert final["counts"] == expected_counts(prelim, plan) and len(final["changes"]) == 3
     assert check(out / "audit.jsonl").ok

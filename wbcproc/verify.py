@@ -390,3 +390,41 @@ def verify(
             "the verified cells were not copied to the laboratory data folder (sample folder or data folder unknown)"
         )
     return done
+
+
+def _holds(folder: Path, report: dict[str, Any]) -> bool:
+    names = {c.get("field") or c["file"] for c in report["cells"]}
+    return bool(names) and all((folder / n).is_file() for n in names)
+
+
+def find_sample_dir(report: dict[str, Any], roots: list[Path], *, limit: int = 500) -> Path | None:
+    """The folder holding a report's images: under ``roots`` (e.g. the inbox and its ``archive/``), first
+    the folders named after the sample (``S-1``, ``S-1.2``... - a re-dropped sample is archived beside its
+    first drop), then the most recent others.  A folder qualifies only if every cell's image (or field
+    image) is in it; among those, the one last written before the report was made (a folder is filled,
+    then processed), so a changed re-drop under the same file names is not mistaken for the first."""
+    from wbcproc.discovery import safe_stem
+
+    sid = safe_stem(str(report["sample_id"]))
+    named: list[Path] = []
+    rest: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for d in root.iterdir():
+            if d.is_dir():
+                (named if d.name == sid or d.name.startswith(sid + ".") else rest).append(d)
+    try:
+        made = datetime.fromisoformat(report["processed_at"]).timestamp()
+    except (KeyError, ValueError):
+        made = float("inf")
+
+    def order(d: Path) -> tuple[bool, float]:  # written before the report first, the closest first
+        m = d.stat().st_mtime
+        return (m > made + 1.0, abs(made - m))
+
+    rest.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in [*sorted(named, key=order), *sorted(rest[:limit], key=order)]:
+        if _holds(d, report):
+            return d
+    return None

@@ -1,0 +1,55 @@
+"""The ``verify-report`` Prefect flow: a reviewed workbook dropped into ``<inbox>/reviewed/`` becomes the
+final report (``wbcproc.verify``), visible in the UI; a rejected workbook fails the run with every reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from wbcproc.verify import find_report, find_sample_dir, read_workbook, verify
+
+
+@flow(name="verify-report", log_prints=False)
+def verify_report_flow(
+    workbook: str, out_dir: str, sample_roots: list[str] | None = None, lab_data: str | None = None
+) -> dict[str, Any]:
+    """Verify one workbook against the reports in ``out_dir``; copy the verified cells to ``lab_data``
+    when the sample's images are found under ``sample_roots`` (the inbox and its archive)."""
+    log = get_run_logger()
+    sample_dir = None
+    if sample_roots:
+        try:  # only to find the images; every check happens in verify()
+            wbk = read_workbook(workbook)
+            base = find_report(out_dir, wbk.report_id, wbk.sample_id)
+            if base is not None:
+                sample_dir = find_sample_dir(json.loads(base.read_text(encoding="utf-8")), [Path(r) for r in sample_roots])
+        except Exception:
+            sample_dir = None
+    done = verify(workbook, out_dir, sample_dir=sample_dir, lab_data=lab_data if sample_dir else None)
+    r = done.result
+    log.info(
+        "%s: final report v%d signed by %s, %d change(s): %s",
+        r["sample_id"],
+        done.version,
+        r["verified_by"],
+        len(done.changes),
+        done.paths["json"].name,
+    )
+    lines = [
+        f"# {r['sample_id']}: final report v{done.version}",
+        f"Verified by **{r['verified_by']}** at {r['verified_at']}; audit entry {done.audit_entry['seq']} "
+        f"(`{done.audit_entry['hash'][:16]}`).",
+        "",
+        "| cell | model class | verified class |",
+        "|---|---|---|",
+        *[f"| {c['file']} | {c['model_class']} | {c['verified_class']} |" for c in done.changes],
+    ]
+    if done.exported is not None:
+        lines += ["", f"Verified cells copied to the laboratory data folder: {done.exported.written}"]
+    lines += [f"- {n}" for n in done.notes]
+    create_markdown_artifact("\n".join(lines), key="verification", description="Verification")
+    return {"final": str(done.paths["json"]), "version": done.version, "changes": len(done.changes)}
