@@ -42,11 +42,13 @@ class Serve:
         self.port = _free_port()
         self.model = model
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}  # kept across restarts
 
     def start(self, args: tuple[str, ...] | None = None, env: dict[str, str] | None = None) -> None:
         """Start `wbc serve` on this folder's inbox/out/home; wait until it says it is up."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         full_env.update(WBC_HOME=str(self.home), PREFECT_HOME=str(self.root / "prefect"), WBC_MODEL=str(self.model))
+        full_env.update(self.env)
         full_env.update(env or {})
         if args is None:
             args = ("--quiet-seconds", "2", "--scan-seconds", "0.5", "--retrain-cron", "0 4 * * 1")
@@ -84,6 +86,9 @@ class Serve:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_model):
     s = Serve(tmp_path_factory.mktemp("serve"), tiny_model)
+    cfg = s.root / "wbc.toml"
+    cfg.write_text("[outputs]\nhl7 = true\n")  # the LIS message too, as a lab with an HL7 interface runs it
+    s.env["WBC_CONFIG"] = str(cfg)
     s.start()
     yield s
     if s.proc and s.proc.poll() is None:
@@ -167,6 +172,19 @@ def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, 
         assert v2["counts"] == expected_counts(prelim, plan) and len(v2["changes"]) == 3
     fhir = json.loads((served.out / "VER-1.final.fhir.json").read_text())
     assert fhir["entry"][0]["resource"]["status"] == "final"
+    from fhir.resources.R4B.bundle import Bundle
+
+    from wbcproc.report.hl7 import parse
+
+    Bundle.model_validate(fhir)
+    msg = parse((served.out / "VER-1.final.hl7").read_bytes().decode())
+    assert msg.oru_r01_patient_result.oru_r01_order_observation.obr.obr_25.value == "F"
+    assert (
+        parse(
+            (served.out / "VER-1.hl7").read_bytes().decode()
+        ).oru_r01_patient_result.oru_r01_order_observation.obr.obr_25.value
+        == "P"
+    )
     assert check(served.out / "audit.jsonl").ok
     runs = served.api("/flow_runs/filter", {"flows": {"name": {"any_": ["verify-report"]}}})
     assert runs and {r["state_type"] for r in runs} == {"COMPLETED"}

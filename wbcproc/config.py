@@ -72,7 +72,18 @@ class Settings:
     min_wbc: int = 100
     max_review_share: float = 0.10
     reference: ReferenceIntervals = field(default=None)  # type: ignore[assignment]
+    hl7: bool = False  # also write <id>.hl7 (ORU^R01 v2.5.1) beside the other reports
+    hl7_sending_facility: str = "LAB"
+    hl7_receiving_application: str = "LIS"
     source: str = "defaults"
+
+    def outputs(self) -> dict[str, Any]:
+        """The ``[outputs]`` settings as a report records them (a final report writes what its preliminary did)."""
+        return {
+            "hl7": self.hl7,
+            "hl7_sending_facility": self.hl7_sending_facility,
+            "hl7_receiving_application": self.hl7_receiving_application,
+        }
 
     def config_hash(self) -> str:
         """A short hash of everything that changes results, for traceability in reports."""
@@ -150,6 +161,7 @@ _KNOWN = {
     "inference": {"batch_size", "threads", "review_threshold"},
     "flags": {"min_wbc", "max_review_share"},
     "reference": {"file"},
+    "outputs": {"hl7", "hl7_sending_facility", "hl7_receiving_application"},
 }
 
 
@@ -187,6 +199,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
     else:
         reference = load_reference_intervals(None)
     inp, inf, flg = merged["input"], merged["inference"], merged["flags"]
+    outp = merged.get("outputs", {})
+    if not isinstance(outp.get("hl7", False), bool):
+        raise ConfigError(f"config {source!r}: [outputs] hl7 = {outp['hl7']!r}; expected true or false")
     settings = Settings(
         max_pixels=int(inp["max_pixels"]),
         min_side_px=int(inp["min_side_px"]),
@@ -198,6 +213,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         min_wbc=int(flg["min_wbc"]),
         max_review_share=float(flg["max_review_share"]),
         reference=reference,
+        hl7=bool(outp.get("hl7", False)),
+        hl7_sending_facility=str(outp.get("hl7_sending_facility", "LAB")),
+        hl7_receiving_application=str(outp.get("hl7_receiving_application", "LIS")),
         source=source,
     )
     if settings.batch_size < 1 or settings.max_pixels < 1 or settings.min_side_px < 1:

@@ -436,6 +436,7 @@ def summarise(
             "min_side_px": settings.min_side_px,
             "source": settings.source,
             "hash": settings.config_hash(),
+            "outputs": settings.outputs(),
         },
         "method": (
             "Each cell image is decoded with OpenCV, prepared as the model's sidecar prescribes and classified "

@@ -48,6 +48,7 @@ from wbcproc.audit import LOG_NAME, append, file_sha256, read_entries
 from wbcproc.classes import CLASSES
 from wbcproc.config import ReferenceIntervals
 from wbcproc.flags import flag_drivers, interval_flags, sample_flag
+from wbcproc.report import hl7_bytes
 from wbcproc.report.excel import VERIFIED_BY, workbook_bytes
 from wbcproc.report.fhir import fhir_bundle
 from wbcproc.reviewed import Exported, export_cells
@@ -184,7 +185,8 @@ def _final_paths(prelim_json: Path) -> tuple[int, dict[str, Path]]:
     while (out / f"{stem}.final{'' if version == 1 else f'.v{version}'}.json").exists():
         version += 1
     fstem = f"{stem}.final{'' if version == 1 else f'.v{version}'}"
-    return version, {"xlsx": out / f"{fstem}.xlsx", "fhir": out / f"{fstem}.fhir.json", "json": out / f"{fstem}.json"}
+    names = {"xlsx": ".xlsx", "fhir": ".fhir.json", "hl7": ".hl7", "json": ".json"}
+    return version, {k: out / f"{fstem}{ext}" for k, ext in names.items()}
 
 
 def check_workbook(wbk: ReviewedWorkbook, base: dict[str, Any], by: str | None) -> list[str]:
@@ -369,17 +371,18 @@ def verify(
     final_json = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     xlsx = workbook_bytes(result, {}, {})
     fhir = (json.dumps(fhir_bundle(result), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    hashes |= {
-        k: hashlib.sha256(v).hexdigest()
-        for k, v in (("final_json", final_json), ("final_xlsx", xlsx), ("final_fhir", fhir))
-    }
-    atomic_write_bytes(paths["xlsx"], xlsx)
-    atomic_write_bytes(paths["fhir"], fhir)
+    hl7 = hl7_bytes(result)
+    blobs = {"xlsx": xlsx, "fhir": fhir} | ({} if hl7 is None else {"hl7": hl7})
+    if hl7 is None:
+        del paths["hl7"]
+    hashes |= {f"final_{k}": hashlib.sha256(v).hexdigest() for k, v in (*blobs.items(), ("json", final_json))}
+    for k, blob in blobs.items():
+        atomic_write_bytes(paths[k], blob)
     try:
         entry = append(log, {**event, "files": {k: p.name for k, p in paths.items()}, "hashes": hashes}, now=now)
     except BaseException:
-        paths["xlsx"].unlink(missing_ok=True)
-        paths["fhir"].unlink(missing_ok=True)
+        for k in blobs:
+            paths[k].unlink(missing_ok=True)
         raise
     atomic_write_bytes(paths["json"], final_json)
     done = Verified(paths=paths, result=result, version=version, changes=result["changes"], audit_entry=entry)

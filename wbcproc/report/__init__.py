@@ -1,4 +1,4 @@
-"""Report writers: JSON (machine), FHIR R4 (interfaces), Excel (physicians).
+"""Report writers: JSON (machine), FHIR R4 and - when enabled - HL7 v2 (interfaces), Excel (physicians).
 
 Each file is written atomically (temp file in the same folder, fsync, rename), so a reader or a crash
 never sees a half file under the final name.  The JSON is written last: its presence means the whole
@@ -27,7 +27,27 @@ def report_stem(sample_id: str, version: int = 1) -> str:
 def report_paths(sample_id: str, out_dir: str | Path, version: int = 1) -> dict[str, Path]:
     out = Path(out_dir)
     stem = report_stem(sample_id, version)
-    return {"xlsx": out / f"{stem}.xlsx", "fhir": out / f"{stem}.fhir.json", "json": out / f"{stem}.json"}
+    return {
+        "xlsx": out / f"{stem}.xlsx",
+        "fhir": out / f"{stem}.fhir.json",
+        "hl7": out / f"{stem}.hl7",
+        "json": out / f"{stem}.json",
+    }
+
+
+def hl7_bytes(result: dict[str, Any]) -> bytes | None:
+    """The ORU^R01 message of a report when its config enables HL7 output (``[outputs] hl7``), else None."""
+    outputs = result.get("config", {}).get("outputs") or {}
+    if not outputs.get("hl7"):
+        return None
+    from wbcproc.report.hl7 import oru_r01
+
+    er7 = oru_r01(
+        result,
+        sending_facility=outputs.get("hl7_sending_facility", "LAB"),
+        receiving_application=outputs.get("hl7_receiving_application", "LIS"),
+    )
+    return er7.encode("utf-8")
 
 
 def write_reports(
@@ -53,8 +73,13 @@ def write_reports(
                 f["overview"] = str(target.relative_to(out))
     xlsx = workbook_bytes(result, thumbnails, overviews)
     fhir = fhir_bundle(result)
+    hl7 = hl7_bytes(result)
     atomic_write_bytes(paths["xlsx"], xlsx)
     atomic_write_json(paths["fhir"], fhir)
+    if hl7 is None:
+        del paths["hl7"]
+    else:
+        atomic_write_bytes(paths["hl7"], hl7)
     atomic_write_json(paths["json"], result)
     return paths
 

@@ -1,0 +1,148 @@
+"""HL7 v2.5.1 ``ORU^R01`` for the laboratory information system, built and validated with hl7apy.
+
+Most LIS take results as HL7 v2, not FHIR.  The message carries the same LOINC-coded results as the FHIR
+bundle (``wbcproc.report.fhir``): one OBX per percentage, NRBC per 100 WBC and - when the analyser WBC
+count is known - absolute count, each with units (UCUM), reference range, abnormal flag (H / L / N) and
+result status: **P** for the preliminary report, **F** once verified and signed, **C** for a second
+verification (a correction of a final result).  A flag's grade and message, the method and the
+disclaimer travel as NTE notes.  The verifier is OBR-32 (principal result interpreter) and OBX-16.
+
+The LIS matches results to its order by the filler order number (OBR-3 / ORC-3 = the sample id); PID-3
+carries the sample's ``patient_id`` from sample.json when there is one, else the sample id (type SID).
+Written only when ``[outputs] hl7 = true`` in the config.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from wbcproc.classes import LOINC_ABSOLUTE, LOINC_PERCENT, WBC_CLASSES
+
+VERSION = "2.5.1"
+PANEL = ("57023-4", "Auto Differential panel - Blood")
+_ESCAPE = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\", "\r": " ", "\n": " "}
+
+
+def _esc(text: Any) -> str:
+    """HL7 escape sequences for the delimiters; line breaks become spaces."""
+    return "".join(_ESCAPE.get(ch, ch) for ch in str(text))
+
+
+def _ts(iso: str) -> str:
+    """ISO 8601 -> HL7 TS (YYYYMMDDHHMMSS+ZZZZ)."""
+    dt = datetime.fromisoformat(iso)
+    out = dt.strftime("%Y%m%d%H%M%S")
+    return out + (dt.strftime("%z") if dt.tzinfo else "")
+
+
+def result_status(r: dict[str, Any]) -> str:
+    """P preliminary, F final (verified and signed), C a corrected final (second verification)."""
+    if r.get("status") != "final":
+        return "P"
+    return "F" if r.get("final_version", 1) <= 1 else "C"
+
+
+def oru_r01(r: dict[str, Any], *, sending_facility: str = "LAB", receiving_application: str = "LIS") -> str:
+    """The report ``r`` (a wbc JSON report) as an ER7-encoded ORU^R01 message (segments joined by CR)."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.core import Message
+
+    status = result_status(r)
+    when = r.get("verified_at") or r["processed_at"]
+    m = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    m.msh.msh_3 = "WBC"
+    m.msh.msh_4 = _esc(sending_facility)
+    m.msh.msh_5 = _esc(receiving_application)
+    m.msh.msh_7 = _ts(when)
+    m.msh.msh_9 = "ORU^R01^ORU_R01"
+    m.msh.msh_10 = r["report_id"][:20]  # ST(20): unique per message, the report id
+    m.msh.msh_11 = "P"
+    m.msh.msh_12 = VERSION
+    pr = m.add_group("ORU_R01_PATIENT_RESULT")
+    pid = pr.add_group("ORU_R01_PATIENT").add_segment("PID")
+    meta = r.get("metadata") or {}
+    patient = meta.get("patient_id") or (meta.get("unknown_keys") or {}).get("patient_id")
+    pid.pid_3 = f"{_esc(patient)}^^^WBC^PI" if patient else f"{_esc(r['sample_id'])}^^^WBC^SID"
+    pid.pid_5 = "^^^^^^U"  # name not known to wbc (type U: unspecified)
+    oo = pr.add_group("ORU_R01_ORDER_OBSERVATION")
+    orc = oo.add_segment("ORC")
+    orc.orc_1 = "RE"
+    orc.orc_3 = f"{_esc(r['sample_id'])}^WBC"
+    obr = oo.add_segment("OBR")
+    obr.obr_1 = "1"
+    obr.obr_3 = f"{_esc(r['sample_id'])}^WBC"
+    obr.obr_4 = f"{PANEL[0]}^{PANEL[1]}^LN"
+    obr.obr_7 = _ts(r["processed_at"])
+    obr.obr_22 = _ts(when)
+    obr.obr_24 = "HM"
+    obr.obr_25 = status
+    signer = r.get("verified_by")
+    if signer:
+        obr.obr_32 = _esc(signer)
+    notes = [r["disclaimer"], r["method"]]
+    notes += [f"{f['code']}: {f['message']}" for f in r["flags"] if f["cell"] is None]
+    if signer:
+        notes.append(f"Verified by {signer} at {r['verified_at']}")
+    for i, text in enumerate(notes, start=1):
+        nte = oo.add_segment("NTE")
+        nte.nte_1 = str(i)
+        nte.nte_3 = _esc(text)[:65536]
+    ref = r["config"]["reference_intervals"]
+    flagged = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"]}
+    rows: list[tuple[tuple[str, str], float, str, str, dict[str, Any] | None]] = []
+    if r["wbc_total"]:
+        for cls in WBC_CLASSES:
+            lo, hi = ref["percent"][cls]
+            rows.append(
+                (LOINC_PERCENT[cls], r["percent"][cls], "%^%^UCUM", f"{lo:g}-{hi:g}", flagged.get((cls, "pct")))
+            )
+        rows.append(
+            (
+                LOINC_PERCENT["erythroblast"],
+                r["nrbc_per_100_wbc"],
+                "/100{WBCs}^/100 WBC^UCUM",
+                f"0-{ref['nrbc_max_per_100_wbc']:g}",
+                flagged.get(("erythroblast", "pct")),
+            )
+        )
+        if r["absolute"] is not None:
+            for cls in WBC_CLASSES:
+                iv = ref["absolute"].get(cls)
+                rr = "" if iv is None else f"{iv[0]:g}-{iv[1]:g}"
+                rows.append(
+                    (LOINC_ABSOLUTE[cls], r["absolute"][cls], "10*9/L^10*9/L^UCUM", rr, flagged.get((cls, "abs")))
+                )
+    model = f"{r['model']['name']} {r['model']['version']}"
+    for i, ((code, name), value, unit, rr, flag) in enumerate(rows, start=1):
+        group = oo.add_group("ORU_R01_OBSERVATION")
+        obx = group.add_segment("OBX")
+        obx.obx_1 = str(i)
+        obx.obx_2 = "NM"
+        obx.obx_3 = f"{code}^{_esc(name)}^LN"
+        obx.obx_5 = f"{value:g}"
+        obx.obx_6 = unit
+        if rr:
+            obx.obx_7 = rr
+        obx.obx_8 = "N" if flag is None else ("H" if flag["direction"] == "high" else "L")
+        obx.obx_11 = status
+        obx.obx_14 = _ts(r["processed_at"])
+        if signer:
+            obx.obx_16 = _esc(signer)
+        obx.obx_17 = f"^{_esc(model)}"
+        if flag is not None:
+            nte = group.add_segment("NTE")
+            nte.nte_1 = "1"
+            nte.nte_3 = _esc(flag["message"])
+    m.validate()
+    return m.to_er7()
+
+
+def parse(er7: str):
+    """Parse an ER7 ORU^R01 strictly (hl7apy); raises on a malformed message.  Segments may end in CR (the
+    standard) or LF / CRLF (a file opened in text mode)."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    er7 = er7.replace("\r\n", "\r").replace("\n", "\r").rstrip("\r")
+    return parse_message(er7, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
