@@ -129,3 +129,21 @@ def test_nrbc_present_needs_more_calls_than_misclassification_explains(n_wbc, nr
         assert f["min_calls"] == nrbc
         assert f["expected_false_calls"] == pytest.approx(round((1 - 0.05 ** (1 / 980)) * n_wbc, 2))
         assert f"flagged from {nrbc} calls" in f["message"]
+
+
+def test_a_withheld_left_shift_is_named_and_its_cells_are_marked_for_verification():
+    """Two IG calls among 61 neutrophils: the correction withholds the flag (leak explains it), but the
+    report says so and the IG cells are flag drivers - verification confirms or dismisses them."""
+    from wbcproc.flags import flag_drivers, withheld_flags
+
+    ref = load_settings().reference
+    counts = _counts(59, 2)
+    diff = differential([c for c, k in counts.items() for _ in range(k)])
+    cor = correct(diff.counts, leaky_confusion(0.02))
+    flags = interval_flags(diff, ref, cor)
+    assert not [f for f in flags if f["code"] == "LEFT_SHIFT"]
+    held = withheld_flags(diff, ref, cor)
+    assert [(w["cell"], w["direction"]) for w in held] == [("ig", "high")]
+    assert held[0]["probability"] < 0.5 and "flag withheld - verify the marked cells" in held[0]["message"]
+    assert "ig" in flag_drivers(flags, held)
+    assert withheld_flags(diff, ref, None) == []  # no correction, nothing withheld: the raw rule flags it

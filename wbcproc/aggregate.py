@@ -88,4 +88,5 @@ def differential(labels: Iterable[str], reviews: Iterable[bool] = (), wbc_count:
         platelets_seen=counts["platelet"],
         n_cells=n_cells,
         n_review=n_review,
+        extra={} if wbc_count is None else {"wbc_count": float(wbc_count)},
     )

@@ -28,7 +28,7 @@ from wbcproc.correction import correct
 from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
-from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags
+from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
 from wbcproc.framing import FrameInfo, sample_ruler
 from wbcproc.imageio import DecodedImage, ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
@@ -387,7 +387,8 @@ def summarise(
                 domain["distance"],
             ),
         )
-    drivers = flag_drivers(flags)
+    withheld = withheld_flags(diff, settings.reference, corrected)
+    drivers = flag_drivers(flags, withheld)
     info = classifier.info
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
     return {
@@ -417,6 +418,7 @@ def summarise(
             "confusion matrix (EM), 95% intervals by bootstrap over cells and confusion-matrix uncertainty",
             "confusion_source": confusion.get("source"),
         },
+        "withheld_flags": withheld,
         "flag_drivers": sorted(drivers),
         "flag_performance": info.raw.get("flag_performance"),
         "cells": [c.as_dict() | {"flag_driver": c.label in drivers} for c in classified.cells],

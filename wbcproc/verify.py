@@ -296,6 +296,7 @@ def final_result(base: dict[str, Any], verified: dict[str, str], *, by: str, at:
             "cells_for_review": 0,
             "flags": flags,
             "corrected": None,
+            "withheld_flags": [],
             "flag_drivers": sorted(drivers),
             "cells": [c | {"flag_driver": c["class"] in drivers} for c in cells],
             "method": base["method"].split(" Final report:")[0] + FINAL_METHOD,

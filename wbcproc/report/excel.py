@@ -60,6 +60,7 @@ def _flag_fill(f: dict[str, Any]) -> PatternFill:
 
 def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
     ref = r["config"]["reference_intervals"]
+    withheld = {w["cell"] for w in r.get("withheld_flags") or []}
     flags_by_cell: dict[tuple[str, str], dict[str, Any]] = {}
     for f in r["flags"]:
         if f["cell"] is not None:
@@ -89,6 +90,8 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
         ("Marked for review", f"{r['cells_for_review']} (confidence < {r['review_threshold']:.2f})"),
         ("Reference intervals", f"{ref['name']} v{ref['version']}"),
     ]
+    if final:
+        rows.insert(4, ("Cells reclassified", f"{len(r.get('changes', []))} (Cells sheet: Class vs Model class)"))
     for i, (k, v) in enumerate(rows, start=2):
         put(ws, i, 1, k, bold=True)
         put(ws, i, 2, v)
@@ -115,6 +118,9 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
             put(ws, row, 6, flag_label(f))
             for col in range(1, 7):
                 ws.cell(row=row, column=col).fill = _flag_fill(f)
+        elif cls in withheld:
+            put(ws, row, 6, "withheld: verify")
+            ws.cell(row=row, column=6).fill = FILL_WARN
     table_bottom = row
     row += 1
     put(ws, row, 1, "NRBC per 100 WBC", bold=True)
@@ -143,9 +149,9 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
             put(ws, row, 5, _fmt_interval(ref["absolute"].get(cls), ""))
             f = flags_by_cell.get((cls, "abs"))
             if f:
-                put(ws, row, 6, f["direction"].upper())
+                put(ws, row, 6, flag_label(f))
                 for col in range(1, 7):
-                    ws.cell(row=row, column=col).fill = FILL_HIGH if f["direction"] == "high" else FILL_LOW
+                    ws.cell(row=row, column=col).fill = _flag_fill(f)
     row += 2
     put(ws, row, 1, "Flags", bold=True)
     if not r["flags"]:
@@ -155,6 +161,10 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
         put(ws, row, 3, f["message"])
         if f["cell"] is None:
             ws.cell(row=row, column=2).fill = FILL_WARN
+        row += 1
+    for w in r.get("withheld_flags") or []:
+        put(ws, row, 2, "withheld")
+        put(ws, row, 3, w["message"])
         row += 1
     row += 1
     put(ws, row, 1, r["disclaimer"], bold=True)
