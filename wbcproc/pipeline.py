@@ -446,7 +446,9 @@ def summarise(
             "red-cell diameter where it can be measured (one slide, one magnification). Percentages are of the "
             "WBC total (neutrophils, "
             "lymphocytes, monocytes, eosinophils, basophils, immature granulocytes); NRBC per 100 WBC; 95% "
-            "confidence intervals are exact binomial (Clopper-Pearson)."
+            "confidence intervals are exact binomial (Clopper-Pearson). Cells below the review threshold are "
+            "counted with the model's class and marked REVIEW. This report is preliminary until a qualified "
+            "person verifies it (wbc verify): the final report is recomputed from the verified classes."
         ),
         "disclaimer": "Decision support only, not a diagnosis: results require review by a qualified person.",
     }

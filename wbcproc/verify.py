@@ -299,7 +299,7 @@ def final_result(base: dict[str, Any], verified: dict[str, str], *, by: str, at:
             "withheld_flags": [],
             "flag_drivers": sorted(drivers),
             "cells": [c | {"flag_driver": c["class"] in drivers} for c in cells],
-            "method": base["method"].split(" Final report:")[0] + FINAL_METHOD,
+            "method": base["method"].split(" This report is preliminary")[0].split(" Final report:")[0] + FINAL_METHOD,
         }
     )
     r["changes"] = [

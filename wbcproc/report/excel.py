@@ -251,8 +251,11 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
         ("Confidence intervals", "95 % exact binomial (Clopper-Pearson), equivalent to Rümke's table"),
         (
             "Review mark",
-            f"cells with calibrated confidence below {r['review_threshold']:.2f}, and every cell of a "
-            "class behind a raised high flag ('REVIEW (flag)', listed first on the Cells sheet)",
+            f"cells with calibrated confidence below {r['review_threshold']:.2f} (counted with the model's "
+            "class until verified), and every cell of a class behind a raised or withheld high flag ('REVIEW "
+            "(flag)', listed first on the Cells sheet). To sign: give each REVIEW cell a Reviewed class, type "
+            "your name in 'Verified by' on the Summary sheet, save, and drop the workbook into the inbox's "
+            "reviewed/ folder (or run wbc verify)",
         ),
         (
             "Flags",
