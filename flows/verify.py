@@ -26,7 +26,9 @@ def verify_report_flow(
             wbk = read_workbook(workbook)
             base = find_report(out_dir, wbk.report_id, wbk.sample_id)
             if base is not None:
-                sample_dir = find_sample_dir(json.loads(base.read_text(encoding="utf-8")), [Path(r) for r in sample_roots])
+                sample_dir = find_sample_dir(
+                    json.loads(base.read_text(encoding="utf-8")), [Path(r) for r in sample_roots]
+                )
         except Exception:
             sample_dir = None
     done = verify(workbook, out_dir, sample_dir=sample_dir, lab_data=lab_data if sample_dir else None)
