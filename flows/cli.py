@@ -316,6 +316,10 @@ def worker(
     if not os.environ.get("PREFECT_API_URL"):
         raise _fail("set PREFECT_API_URL to the server's API (e.g. http://lab-server:4200/api)", 2)
     env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS=str(poll), PREFECT_WORKER_PREFETCH_SECONDS="5")
+    # heartbeats let the server tell a run whose machine died from a long one (flows.serve.ensure_zombie_automation)
+    from flows.serve import HEARTBEAT_S
+
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     cmd = [
         sys.executable,
         "-m",

@@ -203,6 +203,53 @@ def _remove_stale_temp_files(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+ZOMBIE_AUTOMATION = "wbc: crash runs whose worker stopped"
+HEARTBEAT_S = 30  # `wbc worker` flow runs send a heartbeat this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY)
+
+
+async def ensure_zombie_automation(heartbeat_s: int = HEARTBEAT_S, missed: int = 3) -> None:
+    """A run whose worker machine died (power, kill -9, OOM) stays RUNNING for ever: no process is left to
+    report its end.  Workers' flow runs send heartbeats; this automation (Prefect's documented zombie
+    detection) marks a run CRASHED when ``missed`` heartbeats in a row do not arrive, and the watcher
+    then runs the sample again.  Created once per server, found by name afterwards."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    async with get_client() as client:
+        if await client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            return
+    await Automation(
+        name=ZOMBIE_AUTOMATION,
+        description="Marks a flow run CRASHED when its heartbeats stop (its worker is gone); wbc serve reruns it.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=heartbeat_s * missed),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message=f"no heartbeat for {heartbeat_s * missed} s: its worker stopped"
+            )
+        ],
+    ).acreate()
+
+
 async def ensure_pool(name: str) -> None:
     """Create the process work pool ``name`` if it does not exist yet."""
     from prefect.client.orchestration import get_client
@@ -305,6 +352,7 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
     runner = None
     if opts.pool:
         await ensure_pool(opts.pool)
+        await ensure_zombie_automation()
         await proc.aapply(work_pool_name=opts.pool)
         await retr.aapply(work_pool_name=opts.pool)
         log.info(
@@ -367,6 +415,7 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         move_done=opts.move_done,
         crash=None if opts.pool else crash,
         finished_locally=None if opts.pool else (lambda run_id: run_id in _FINISHED),
+        mark_crashed=crash if opts.pool else None,
     )
     # Reviewed workbooks are verified here, in this process (no model, well under a second): a run of the
     # verify-report flow each, so a signature and a rejection both show in the UI.

@@ -40,11 +40,15 @@ STALE_STATES = {"RUNNING", "PENDING", "CANCELLING"}
 ORPHAN_GRACE_S = 10.0
 
 
+CRASH_RERUNS = 2  # a run that crashed (its worker died) is run again this many times before failed/
+
+
 @dataclass
 class InFlight:
     fingerprint: str
     version: int
     run_id: str
+    crashes: int = 0
 
 
 class _Handler(FileSystemEventHandler):
@@ -91,6 +95,8 @@ class InboxWatcher:
         move_done: bool = True,
         crash: Callable[[str, str], None] | None = None,
         finished_locally: Callable[[str], bool] | None = None,
+        mark_crashed: Callable[[str, str], None] | None = None,
+        stuck_pending_s: float = 120.0,
     ) -> None:
         self.inbox = inbox
         self.ledger = ledger
@@ -103,6 +109,12 @@ class InboxWatcher:
         # set: tells whether an in-process execution of a run has returned; a run that has returned but whose
         # state never became final (the API was down at the end, e.g. a server restart) is run again
         self.finished_locally = finished_locally
+        # set (work-pool mode): a run a worker took (PENDING) whose process never started - e.g. it died
+        # on a database outage before it could report - is marked CRASHED after ``stuck_pending_s`` and,
+        # as every crash, run again.  No heartbeat covers it: heartbeats begin when the flow starts.
+        self.mark_crashed = mark_crashed
+        self.stuck_pending_s = stuck_pending_s
+        self._pending_since: dict[str, float] = {}
         self._orphan_since: dict[str, float] = {}
         self.tracker = SettleTracker(quiet_s=quiet_s, marker=marker)
         self.in_flight: dict[str, InFlight] = {}
@@ -178,9 +190,23 @@ class InboxWatcher:
             if state in DONE_STATES:
                 self.ledger.record(name, inf.fingerprint, inf.version, "completed", inf.run_id)
                 self._finish(name, "archive", None)
+            elif state == "CRASHED" and inf.crashes < CRASH_RERUNS:
+                # the infrastructure's failure, not the sample's (a worker machine died): run it again
+                run_id = self.submit(self.inbox / name, inf.fingerprint, inf.version, f"crash-{inf.crashes + 1}")
+                self.ledger.record(name, inf.fingerprint, inf.version, "submitted", run_id)
+                self.in_flight[name] = InFlight(inf.fingerprint, inf.version, run_id, inf.crashes + 1)
+                log.warning("%s: run %s crashed (%s); resubmitted as %s", name, inf.run_id, message or "", run_id)
             elif state in FAILED_STATES:
                 self.ledger.record(name, inf.fingerprint, inf.version, "failed", inf.run_id, message)
                 self._finish(name, "failed", f"run {inf.run_id} ended {state}: {message or ''}".strip())
+            elif state == "PENDING" and self.mark_crashed is not None:
+                since = self._pending_since.setdefault(inf.run_id, time.monotonic())
+                if time.monotonic() - since > self.stuck_pending_s:
+                    self._pending_since.pop(inf.run_id, None)
+                    self.mark_crashed(
+                        inf.run_id, f"taken by a worker but not started within {self.stuck_pending_s:g} s"
+                    )
+                    log.warning("%s: run %s stuck in PENDING; marked crashed", name, inf.run_id)
             elif self.finished_locally is not None and self.finished_locally(inf.run_id):
                 since = self._orphan_since.setdefault(inf.run_id, time.monotonic())
                 if time.monotonic() - since > ORPHAN_GRACE_S:
