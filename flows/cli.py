@@ -25,6 +25,8 @@ app = typer.Typer(
     help="White-blood-cell differential from folders of blood-smear images (decision support).",
     no_args_is_help=True,
     add_completion=False,
+    # plain help: rich markup would eat "[train]" and render metavars as "<bool>", "{folders}..."
+    rich_markup_mode=None,
 )
 models_app = typer.Typer(help="The model registry: list, show, register and promote versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -207,7 +209,9 @@ def classify(
     candidates: list[Candidate] = []
     errors: list[dict[str, Any]] = []
     for p in paths:
-        if p.is_dir():
+        if not p.exists():
+            errors.append({"file": str(p), "label": None, "error": "no such file or folder"})
+        elif p.is_dir():
             inv = scan_sample(p, settings)
             for c in inv.candidates:
                 candidates.append(Candidate(str(p / c.path.name), c.path, c.width, c.height, c.format, c.mode))
@@ -229,6 +233,10 @@ def classify(
             typer.echo(f"{line['label']:<13} {line['confidence']:.3f}  {line['file']}")
         else:
             typer.echo(f"{'REJECTED':<13} {'':5}  {line['file']}: {line['error']}")
+    if not lines:
+        raise _fail(f"no image found in {', '.join(str(p) for p in paths)}", 1)
+    if not classified.cells:  # every input failed: say so in the exit status too
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -269,6 +277,9 @@ def serve(
             "add it there, or reports would list the marker as a rejected file",
             2,
         )
+    for what, path in (("--inbox", inbox), ("--out", out)):
+        if path.exists() and not path.is_dir():
+            raise _fail(f"{what} {str(path)!r} is a file; give a folder (it is created if missing)", 2)
     try:
         load_classifier(model)  # refuse to start without a usable model: every run would fail
     except ModelError as exc:
@@ -727,8 +738,25 @@ def models_promote(
     typer.echo(f"current model: {version}")
 
 
+def _plain_metavars(cmd) -> None:
+    """Argument names in capitals in the usage line (``wbc process [OPTIONS] {FOLDERS}...``: typer writes
+    required arguments in braces) rather than the lower-case parameter names."""
+    for p in cmd.params:
+        if p.param_type_name == "argument":
+            p.metavar = p.name.upper()
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_metavars(sub)
+
+
+def command():
+    """The click command behind ``wbc`` (for ``main`` and tests of the help text)."""
+    cmd = typer.main.get_command(app)
+    _plain_metavars(cmd)
+    return cmd
+
+
 def main() -> None:
-    app()
+    command()()
 
 
 if __name__ == "__main__":

@@ -68,6 +68,19 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (a server there would exit with only a log line)."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> subprocess.Popen:
     """``prefect server start`` in its own process group, SQLite under ``home``; waits until healthy."""
     env = dict(os.environ)
@@ -78,6 +91,11 @@ def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> su
     env["PREFECT_SERVER_API_PORT"] = str(port)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     reap_stale_server(home)
+    if not port_free(host, port):
+        raise RuntimeError(
+            f"port {port} on {host} is already in use (another wbc serve or Prefect server?): stop it, or start "
+            f"this one with --port (e.g. --port {port + 1})"
+        )
     logf = open(home / "prefect-server.log", "ab")  # noqa: SIM115 - the child keeps it open
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],

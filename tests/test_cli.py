@@ -153,3 +153,30 @@ def test_installed_wheel_finds_packaged_model(tmp_path, tiny_model):
     assert "wbcproc/_models/README.md" in names
     assert "wbcproc/data/reference_intervals.toml" in names
     assert any(n.startswith("flows/") for n in names) and any(n.startswith("training/") for n in names)
+
+
+def test_first_contact_papercuts_each_get_a_one_line_cause_and_an_exit_code(tmp_path, tiny_model):
+    """Tried as a new user would (issue: a codebase the next engineer can live in, item 7)."""
+    import socket
+
+    r = run("--help")
+    assert r.returncode == 0 and "<bool>" not in r.stdout
+    train = run("train", "--help")
+    assert "card (needs [train])" in " ".join(train.stdout.split())  # markup no longer eats "[train]"
+    assert "{FOLDERS}..." in run("process", "--help").stdout
+    r = run("classify", "/nonexistent.jpg", "--model", str(tiny_model))
+    assert r.returncode == 1 and "/nonexistent.jpg: no such file or folder" in r.stdout
+    (tmp_path / "empty").mkdir()
+    r = run("classify", str(tmp_path / "empty"), "--model", str(tiny_model))
+    assert r.returncode == 1 and f"wbc: no image found in {tmp_path / 'empty'}" in r.stderr
+    (tmp_path / "a-file").write_text("x")
+    r = run("serve", "--inbox", str(tmp_path / "a-file"), "--out", str(tmp_path / "o"), "--model", str(tiny_model))
+    assert r.returncode == 2 and "is a file; give a folder" in r.stderr and "Traceback" not in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run("serve", "--inbox", str(tmp_path / "i"), "--out", str(tmp_path / "o"), "--port", str(port),
+                "--model", str(tiny_model), env={"WBC_HOME": str(tmp_path / "home")})  # fmt: skip
+    assert r.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in r.stderr
+    assert f"--port {port + 1}" in r.stderr and "Traceback" not in r.stderr
