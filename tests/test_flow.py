@@ -20,6 +20,14 @@ def test_process_sample_flow(prefect_server, tmp_path, sample, tiny_model):
     res = state.result()
     assert json.loads((out / "S-001.json").read_text())["sample_id"] == "S-001"
     assert res["paths"]["xlsx"].endswith("S-001.xlsx")
+    # the flow and the direct path (wbc process without a server) write the same report
+    from wbcproc.pipeline import process_sample
+
+    direct = json.loads(process_sample(sample, tmp_path / "direct", model=tiny_model)["json"].read_text())
+    flowed = json.loads((out / "S-001.json").read_text())
+    for r in (direct, flowed):
+        r.pop("processed_at"), r.pop("report_id")
+    assert flowed == direct
 
     import anyio
 

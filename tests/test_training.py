@@ -74,8 +74,9 @@ def test_augment_and_freeze():
     cfg = TrainConfig()
     x = torch.rand(4, 3, 32, 32)
     y = augment(x, cfg, torch.Generator().manual_seed(0))
-    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
-    assert not torch.allclose(x, y)
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    # the basic recipe moves pixels and shifts colour a little; it does not replace the image
+    assert float((y.mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3))).abs().max()) < 0.15
     model, record = build_model("scratch")
     assert record["used"] == "scratch" and model.fc.out_features == 8
     freeze_stages(model, 2)
@@ -388,8 +389,18 @@ def test_device_script_runs_without_opencv(tmp_path, trained_run):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["shards"] and 0 <= summary["test_accuracy"] <= 1
-    assert (tmp_path / "dev" / "train_info.json").is_file()
+    assert summary["shards"] and (tmp_path / "dev" / "train_info.json").is_file()
+    # the reported accuracy is the shards' own: rebuilt from them, the model scores the same on the test split
+    from training.cache import load_cache as _load
+    from training.engine import build_model as _build
+    from training.engine import predict_logits
+    from training.shards import load_shards
+
+    net, _ = _build("scratch")
+    net.load_state_dict(load_shards(tmp_path / "dev"))  # fp16 shards: the same argmax up to rounding
+    test = _load(out / "cache-32.npz").subset("test")
+    pred = predict_logits(net.eval(), test, torch.device("cpu")).argmax(1)
+    assert summary["test_accuracy"] == pytest.approx(float(np.mean(pred == np.asarray(test.labels))), abs=0.05)
     from training.gpu_train import load_cache_torch
 
     a, b = load_cache_torch(out / "cache-32.npz"), load_cache(out / "cache-32.npz")
@@ -402,7 +413,7 @@ def test_robust_augmentation_changes_colour_and_resolution_within_range():
     cfg = TrainConfig(**ROBUST_AUGMENTATION, rotate=False)
     x = torch.rand(64, 3, 32, 32) * 0.5 + 0.25
     y = augment(x, cfg, torch.Generator().manual_seed(1))
-    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert y.shape == x.shape
     # per-image colour casts differ (stain / white-balance jitter), not only brightness
     cast = (y.mean(dim=(2, 3)) - x.mean(dim=(2, 3))).std(dim=0)
     assert float(cast.min()) > 0.01
@@ -479,7 +490,7 @@ def test_stain_augmentation_mixes_stain_colours_and_greys_some_images():
     a = augment(x, cfg, torch.Generator().manual_seed(3))
     random.seed(5)  # the low-resolution factor comes from the host's `random` (no device round trip)
     b = augment(x, cfg, torch.Generator().manual_seed(3))
-    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert a.shape == x.shape and not torch.allclose(a, x)
     assert torch.allclose(a, b)
     with pytest.raises(ValueError, match="unknown"):
         augmentation("heavy")

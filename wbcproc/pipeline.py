@@ -397,6 +397,7 @@ def summarise(
         # report id ties an edited workbook to exactly this report (wbcproc.verify)
         "status": "preliminary",
         "report_id": uuid.uuid4().hex,
+        "report_version": 1,  # a changed re-drop of a reported sample is version 2, 3... (the watcher's ledger)
         "processed_at": (processed_at or datetime.now(UTC)).isoformat(timespec="seconds"),
         "counts": {c: diff.counts[c] for c in CLASSES},
         "wbc_total": diff.wbc_total,
