@@ -189,9 +189,8 @@ def _final_paths(prelim_json: Path) -> tuple[int, dict[str, Path]]:
     return version, {k: out / f"{fstem}{ext}" for k, ext in names.items()}
 
 
-def check_workbook(wbk: ReviewedWorkbook, base: dict[str, Any], by: str | None) -> list[str]:
-    """Every reason the workbook cannot become a final report of ``base`` (empty: it can)."""
-    problems: list[str] = []
+def _identity_problems(wbk: ReviewedWorkbook, base: dict[str, Any]) -> list[str]:
+    problems = []
     if wbk.sample_id != base["sample_id"]:
         problems.append(f"the workbook is for sample {wbk.sample_id!r}, the report for {base['sample_id']!r}")
     if wbk.report_id != base.get("report_id"):
@@ -203,33 +202,42 @@ def check_workbook(wbk: ReviewedWorkbook, base: dict[str, Any], by: str | None) 
             f"model sha256 {wbk.model_sha256[:12]}... in the workbook differs from the report's "
             f"{base['model']['sha256'][:12]}..."
         )
+    return problems
+
+
+def _row_problems(r: Row, cell: dict[str, Any] | None, seen: set[str]) -> list[str]:
+    if cell is None:
+        return [f"Cells row {r.number}: cell {r.file!r} is not in the report (rows must not be added or renamed)"]
+    problems = []
+    if r.file in seen:
+        problems.append(f"Cells row {r.number}: cell {r.file!r} appears twice")
+    if r.model_class != cell["class"]:
+        problems.append(
+            f"Cells row {r.number}: the Class of {r.file!r} was changed from {cell['class']!r} to "
+            f"{r.model_class!r}; corrections go in 'Reviewed class'"
+        )
+    if r.reviewed is not None and r.reviewed.lower() not in CLASSES:
+        problems.append(
+            f"Cells row {r.number}: {r.reviewed!r} for {r.file!r} is not a canonical class (one of {', '.join(CLASSES)})"
+        )
+    return problems
+
+
+def check_workbook(wbk: ReviewedWorkbook, base: dict[str, Any], by: str | None) -> list[str]:
+    """Every reason the workbook cannot become a final report of ``base`` (empty: it can)."""
+    problems = _identity_problems(wbk, base)
     cells = {c["file"]: c for c in base["cells"]}
     seen: set[str] = set()
     for r in wbk.rows:
-        if r.file not in cells:
-            problems.append(
-                f"Cells row {r.number}: cell {r.file!r} is not in the report (rows must not be added or renamed)"
-            )
-            continue
-        if r.file in seen:
-            problems.append(f"Cells row {r.number}: cell {r.file!r} appears twice")
-        seen.add(r.file)
-        if r.model_class != cells[r.file]["class"]:
-            problems.append(
-                f"Cells row {r.number}: the Class of {r.file!r} was changed from {cells[r.file]['class']!r} to "
-                f"{r.model_class!r}; corrections go in 'Reviewed class'"
-            )
-        if r.reviewed is not None and r.reviewed.lower() not in CLASSES:
-            problems.append(
-                f"Cells row {r.number}: {r.reviewed!r} for {r.file!r} is not a canonical class (one of {', '.join(CLASSES)})"
-            )
+        problems += _row_problems(r, cells.get(r.file), seen)
+        if r.file in cells:
+            seen.add(r.file)
     gone = [f for f in cells if f not in seen]
     if gone:
         problems.append(f"{len(gone)} cell row(s) missing from the workbook: {', '.join(gone[:10])}")
     reviewed = {r.file for r in wbk.rows if r.reviewed is not None}
-    open_cells = [
-        f for f, c in cells.items() if (c.get("review") or c.get("flag_driver")) and f not in reviewed and f in seen
-    ]
+    marked = [f for f, c in cells.items() if (c.get("review") or c.get("flag_driver")) and f in seen]
+    open_cells = [f for f in marked if f not in reviewed]
     if base.get("status") != "final" and open_cells:
         problems.append(
             f"{len(open_cells)} cell(s) marked REVIEW have no reviewed class (type the class, or the same class to "
@@ -369,13 +377,35 @@ def verify(
     }
     result["hashes"] = dict(hashes)
     result["audit"] = [*trail, {**event, "at": at}]
+    entry = _write_final(result, paths, log, event, hashes, now)
+    done = Verified(paths=paths, result=result, version=version, changes=result["changes"], audit_entry=entry)
+    if lab_data is not None and sample_dir is not None and verified:
+        done.exported = export_cells(result, verified, sample_dir, lab_data)
+    elif verified:
+        done.notes.append(
+            "the verified cells were not copied to the laboratory data folder (sample folder or data folder unknown)"
+        )
+    return done
+
+
+def _write_final(
+    result: dict[str, Any],
+    paths: dict[str, Path],
+    log: Path,
+    event: dict[str, Any],
+    hashes: dict[str, str],
+    now: datetime | None,
+) -> dict[str, Any]:
+    """Workbook, FHIR and HL7 (each atomic), then the audit entry with their hashes, then the JSON last;
+    the files already written are removed if the audit entry cannot be.  Returns the audit entry."""
     final_json = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    xlsx = workbook_bytes(result, {}, {})
     fhir = (json.dumps(fhir_bundle(result), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    blobs = {"xlsx": workbook_bytes(result, {}, {}), "fhir": fhir}
     hl7 = hl7_bytes(result)
-    blobs = {"xlsx": xlsx, "fhir": fhir} | ({} if hl7 is None else {"hl7": hl7})
     if hl7 is None:
         del paths["hl7"]
+    else:
+        blobs["hl7"] = hl7
     hashes |= {f"final_{k}": hashlib.sha256(v).hexdigest() for k, v in (*blobs.items(), ("json", final_json))}
     for k, blob in blobs.items():
         atomic_write_bytes(paths[k], blob)
@@ -386,14 +416,7 @@ def verify(
             paths[k].unlink(missing_ok=True)
         raise
     atomic_write_bytes(paths["json"], final_json)
-    done = Verified(paths=paths, result=result, version=version, changes=result["changes"], audit_entry=entry)
-    if lab_data is not None and sample_dir is not None and verified:
-        done.exported = export_cells(result, verified, sample_dir, lab_data)
-    elif verified:
-        done.notes.append(
-            "the verified cells were not copied to the laboratory data folder (sample folder or data folder unknown)"
-        )
-    return done
+    return entry
 
 
 def _holds(folder: Path, report: dict[str, Any]) -> bool:

@@ -58,20 +58,18 @@ def _flag_fill(f: dict[str, Any]) -> PatternFill:
     return FILL_HIGH if f["direction"] == "high" else FILL_LOW
 
 
-def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
-    ref = r["config"]["reference_intervals"]
-    withheld = {w["cell"] for w in r.get("withheld_flags") or []}
-    flags_by_cell: dict[tuple[str, str], dict[str, Any]] = {}
-    for f in r["flags"]:
-        if f["cell"] is not None:
-            flags_by_cell[(f["cell"], "abs" if f["kind"] == "absolute" else "pct")] = f
+def _title(ws: Worksheet, r: dict[str, Any]) -> None:
     put(ws, 1, 1, "White-cell differential", bold=True).font = Font(bold=True, size=14)
-    shift = next((f for f in r["flags"] if f["code"] == "DOMAIN_SHIFT"), None)
-    if shift is not None:  # the most important warning goes where nobody can miss it
+    if any(f["code"] == "DOMAIN_SHIFT" for f in r["flags"]):  # the most important warning, where nobody misses it
         banner = put(ws, 1, 3, "DOMAIN SHIFT - images unlike the training data: verify every cell before use")
         banner.font = Font(bold=True, color="FFFFFF", size=12)
         banner.fill = PatternFill("solid", start_color="C00000", end_color="C00000")
         ws.merge_cells(start_row=1, start_column=3, end_row=1, end_column=8)
+
+
+def _identity(ws: Worksheet, r: dict[str, Any]) -> int:
+    """Sample, status, report id, signature, model...; returns the first free row."""
+    ref = r["config"]["reference_intervals"]
     final = r.get("status") == "final"
     status = (
         f"FINAL - verified by {r['verified_by']} at {r['verified_at']}"
@@ -100,59 +98,69 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
             put(ws, i, 3, "<- type your name here to sign the verified report")
         if k == "Status":
             ws.cell(row=i, column=2).fill = FILL_FINAL if final else FILL_WARN
-    row = 2 + len(rows) + 1
-    table_top = row
+    return 2 + len(rows) + 1
+
+
+def _mark(ws: Worksheet, row: int, f: dict[str, Any], label: str) -> None:
+    put(ws, row, 6, label)
+    for col in range(1, 7):
+        ws.cell(row=row, column=col).fill = _flag_fill(f)
+
+
+def _differential(ws: Worksheet, r: dict[str, Any], row: int, flags: dict[tuple[str, str], dict[str, Any]]) -> int:
+    """Class / count / % / CI / reference / flag, then NRBC and platelets; returns the last row written."""
+    ref = r["config"]["reference_intervals"]
+    withheld = {w["cell"] for w in r.get("withheld_flags") or []}
     _header(ws, row, ["Class", "Count", "%", "95% CI", "Reference", "Flag"])
     for cls in WBC_CLASSES:
         row += 1
-        pct = r["percent"][cls]
         ci = r["ci95"][cls]
         put(ws, row, 1, DISPLAY_NAMES[cls])
         put(ws, row, 2, r["counts"][cls])
-        put(ws, row, 3, pct)
+        put(ws, row, 3, r["percent"][cls])
         ws.cell(row=row, column=3).number_format = "0.0"
         put(ws, row, 4, "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}")
         put(ws, row, 5, _fmt_interval(ref["percent"][cls]))
-        f = flags_by_cell.get((cls, "pct"))
+        f = flags.get((cls, "pct"))
         if f:
-            put(ws, row, 6, flag_label(f))
-            for col in range(1, 7):
-                ws.cell(row=row, column=col).fill = _flag_fill(f)
+            _mark(ws, row, f, flag_label(f))
         elif cls in withheld:
             put(ws, row, 6, "withheld: verify")
             ws.cell(row=row, column=6).fill = FILL_WARN
-    table_bottom = row
     row += 1
     put(ws, row, 1, "NRBC per 100 WBC", bold=True)
     put(ws, row, 2, r["counts"]["erythroblast"])
     put(ws, row, 3, r["nrbc_per_100_wbc"])
     put(ws, row, 5, f"<= {ref['nrbc_max_per_100_wbc']:g}")
-    f = flags_by_cell.get(("erythroblast", "pct"))
+    f = flags.get(("erythroblast", "pct"))
     if f:
-        put(ws, row, 6, "PRESENT" + (f" ({f['grade']})" if f.get("grade") else ""))
-        for col in range(1, 7):
-            ws.cell(row=row, column=col).fill = _flag_fill(f)
+        _mark(ws, row, f, "PRESENT" + (f" ({f['grade']})" if f.get("grade") else ""))
     row += 1
     put(ws, row, 1, "Platelets seen", bold=True)
     put(ws, row, 2, r["platelets_seen"])
     put(ws, row, 6, "not part of the differential")
-    if r["absolute"] is not None:
-        row += 2
-        put(ws, row, 1, f"Absolute counts (analyser WBC {r['metadata']['wbc_count']:g} x10^9/L)", bold=True)
-        row += 1
-        _header(ws, row, ["Class", "x10^9/L", "", "", "Reference", "Flag"])
-        for cls in WBC_CLASSES:
-            row += 1
-            put(ws, row, 1, DISPLAY_NAMES[cls])
-            put(ws, row, 2, r["absolute"][cls])
-            ws.cell(row=row, column=2).number_format = "0.00"
-            put(ws, row, 5, _fmt_interval(ref["absolute"].get(cls), ""))
-            f = flags_by_cell.get((cls, "abs"))
-            if f:
-                put(ws, row, 6, flag_label(f))
-                for col in range(1, 7):
-                    ws.cell(row=row, column=col).fill = _flag_fill(f)
+    return row
+
+
+def _absolute(ws: Worksheet, r: dict[str, Any], row: int, flags: dict[tuple[str, str], dict[str, Any]]) -> int:
+    ref = r["config"]["reference_intervals"]
     row += 2
+    put(ws, row, 1, f"Absolute counts (analyser WBC {r['metadata']['wbc_count']:g} x10^9/L)", bold=True)
+    row += 1
+    _header(ws, row, ["Class", "x10^9/L", "", "", "Reference", "Flag"])
+    for cls in WBC_CLASSES:
+        row += 1
+        put(ws, row, 1, DISPLAY_NAMES[cls])
+        put(ws, row, 2, r["absolute"][cls])
+        ws.cell(row=row, column=2).number_format = "0.00"
+        put(ws, row, 5, _fmt_interval(ref["absolute"].get(cls), ""))
+        f = flags.get((cls, "abs"))
+        if f:
+            _mark(ws, row, f, flag_label(f))
+    return row
+
+
+def _flag_list(ws: Worksheet, r: dict[str, Any], row: int) -> int:
     put(ws, row, 1, "Flags", bold=True)
     if not r["flags"]:
         put(ws, row, 2, "none")
@@ -166,24 +174,36 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
         put(ws, row, 2, "withheld")
         put(ws, row, 3, w["message"])
         row += 1
-    row += 1
+    return row
+
+
+def _chart(ws: Worksheet, top: int, bottom: int) -> None:
+    chart = BarChart()
+    chart.type = "bar"
+    chart.title = "Differential (% of WBC)"
+    chart.y_axis.title = "%"
+    chart.legend = None
+    chart.add_data(Reference(ws, min_col=3, min_row=top, max_row=bottom), titles_from_data=True)
+    chart.set_categories(Reference(ws, min_col=1, min_row=top + 1, max_row=bottom))
+    chart.height, chart.width = 7.5, 14
+    ws.add_chart(chart, "H2")
+
+
+def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
+    flags = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"] is not None}
+    _title(ws, r)
+    top = _identity(ws, r)
+    row = _differential(ws, r, top, flags)
+    if r["absolute"] is not None:
+        row = _absolute(ws, r, row, flags)
+    row = _flag_list(ws, r, row + 2) + 1
     put(ws, row, 1, r["disclaimer"], bold=True)
     ws.column_dimensions["A"].width = 26
     ws.column_dimensions["B"].width = 22
     for col, width in (("C", 10), ("D", 14), ("E", 14), ("F", 18)):
         ws.column_dimensions[col].width = width
     if r["wbc_total"]:
-        chart = BarChart()
-        chart.type = "bar"
-        chart.title = "Differential (% of WBC)"
-        chart.y_axis.title = "%"
-        chart.legend = None
-        data = Reference(ws, min_col=3, min_row=table_top, max_row=table_bottom)
-        cats = Reference(ws, min_col=1, min_row=table_top + 1, max_row=table_bottom)
-        chart.add_data(data, titles_from_data=True)
-        chart.set_categories(cats)
-        chart.height, chart.width = 7.5, 14
-        ws.add_chart(chart, "H2")
+        _chart(ws, top, top + len(WBC_CLASSES))
 
 
 def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> None:

@@ -14,6 +14,7 @@ Written only when ``[outputs] hl7 = true`` in the config.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,29 +44,68 @@ def result_status(r: dict[str, Any]) -> str:
     return "F" if r.get("final_version", 1) <= 1 else "C"
 
 
-def oru_r01(r: dict[str, Any], *, sending_facility: str = "LAB", receiving_application: str = "LIS") -> str:
-    """The report ``r`` (a wbc JSON report) as an ER7-encoded ORU^R01 message (segments joined by CR)."""
-    from hl7apy.consts import VALIDATION_LEVEL
-    from hl7apy.core import Message
+@dataclass(frozen=True)
+class Result:
+    """One OBX: a LOINC-coded value with its unit, reference range and the flag raised on it (if any)."""
 
-    status = result_status(r)
-    when = r.get("verified_at") or r["processed_at"]
-    m = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    loinc: tuple[str, str]
+    value: float
+    unit: str
+    range: str
+    flag: dict[str, Any] | None
+
+
+def results(r: dict[str, Any]) -> list[Result]:
+    """The report's results in OBX order: six percentages, NRBC per 100 WBC, absolute counts when known."""
+    if not r["wbc_total"]:
+        return []
+    ref = r["config"]["reference_intervals"]
+    flagged = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"]}
+    out = [
+        Result(
+            LOINC_PERCENT[c],
+            r["percent"][c],
+            "%^%^UCUM",
+            "{:g}-{:g}".format(*ref["percent"][c]),
+            flagged.get((c, "pct")),
+        )
+        for c in WBC_CLASSES
+    ]
+    nrbc_range = f"0-{ref['nrbc_max_per_100_wbc']:g}"
+    nrbc_flag = flagged.get(("erythroblast", "pct"))
+    out.append(
+        Result(LOINC_PERCENT["erythroblast"], r["nrbc_per_100_wbc"], "/100{WBCs}^/100 WBC^UCUM", nrbc_range, nrbc_flag)
+    )
+    if r["absolute"] is not None:
+        for c in WBC_CLASSES:
+            iv = ref["absolute"].get(c)
+            rr = "" if iv is None else f"{iv[0]:g}-{iv[1]:g}"
+            out.append(Result(LOINC_ABSOLUTE[c], r["absolute"][c], "10*9/L^10*9/L^UCUM", rr, flagged.get((c, "abs"))))
+    return out
+
+
+def _header(m, r: dict[str, Any], sending_facility: str, receiving_application: str) -> None:
     m.msh.msh_3 = "WBC"
     m.msh.msh_4 = _esc(sending_facility)
     m.msh.msh_5 = _esc(receiving_application)
-    m.msh.msh_7 = _ts(when)
+    m.msh.msh_7 = _ts(r.get("verified_at") or r["processed_at"])
     m.msh.msh_9 = "ORU^R01^ORU_R01"
     m.msh.msh_10 = r["report_id"][:20]  # ST(20): unique per message, the report id
     m.msh.msh_11 = "P"
     m.msh.msh_12 = VERSION
-    pr = m.add_group("ORU_R01_PATIENT_RESULT")
-    pid = pr.add_group("ORU_R01_PATIENT").add_segment("PID")
+
+
+def _patient(group, r: dict[str, Any]) -> None:
+    pid = group.add_group("ORU_R01_PATIENT").add_segment("PID")
     meta = r.get("metadata") or {}
     patient = meta.get("patient_id") or (meta.get("unknown_keys") or {}).get("patient_id")
     pid.pid_3 = f"{_esc(patient)}^^^WBC^PI" if patient else f"{_esc(r['sample_id'])}^^^WBC^SID"
     pid.pid_5 = "^^^^^^U"  # name not known to wbc (type U: unspecified)
-    oo = pr.add_group("ORU_R01_ORDER_OBSERVATION")
+
+
+def _order(oo, r: dict[str, Any], status: str) -> None:
+    """ORC, OBR (the panel, its status and interpreter) and the report-level notes."""
+    signer = r.get("verified_by")
     orc = oo.add_segment("ORC")
     orc.orc_1 = "RE"
     orc.orc_3 = f"{_esc(r['sample_id'])}^WBC"
@@ -74,66 +114,56 @@ def oru_r01(r: dict[str, Any], *, sending_facility: str = "LAB", receiving_appli
     obr.obr_3 = f"{_esc(r['sample_id'])}^WBC"
     obr.obr_4 = f"{PANEL[0]}^{PANEL[1]}^LN"
     obr.obr_7 = _ts(r["processed_at"])
-    obr.obr_22 = _ts(when)
+    obr.obr_22 = _ts(r.get("verified_at") or r["processed_at"])
     obr.obr_24 = "HM"
     obr.obr_25 = status
-    signer = r.get("verified_by")
-    if signer:
-        obr.obr_32 = _esc(signer)
     notes = [r["disclaimer"], r["method"]]
     notes += [f"{f['code']}: {f['message']}" for f in r["flags"] if f["cell"] is None]
     if signer:
+        obr.obr_32 = _esc(signer)
         notes.append(f"Verified by {signer} at {r['verified_at']}")
     for i, text in enumerate(notes, start=1):
         nte = oo.add_segment("NTE")
         nte.nte_1 = str(i)
         nte.nte_3 = _esc(text)[:65536]
-    ref = r["config"]["reference_intervals"]
-    flagged = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"]}
-    rows: list[tuple[tuple[str, str], float, str, str, dict[str, Any] | None]] = []
-    if r["wbc_total"]:
-        for cls in WBC_CLASSES:
-            lo, hi = ref["percent"][cls]
-            rows.append(
-                (LOINC_PERCENT[cls], r["percent"][cls], "%^%^UCUM", f"{lo:g}-{hi:g}", flagged.get((cls, "pct")))
-            )
-        rows.append(
-            (
-                LOINC_PERCENT["erythroblast"],
-                r["nrbc_per_100_wbc"],
-                "/100{WBCs}^/100 WBC^UCUM",
-                f"0-{ref['nrbc_max_per_100_wbc']:g}",
-                flagged.get(("erythroblast", "pct")),
-            )
-        )
-        if r["absolute"] is not None:
-            for cls in WBC_CLASSES:
-                iv = ref["absolute"].get(cls)
-                rr = "" if iv is None else f"{iv[0]:g}-{iv[1]:g}"
-                rows.append(
-                    (LOINC_ABSOLUTE[cls], r["absolute"][cls], "10*9/L^10*9/L^UCUM", rr, flagged.get((cls, "abs")))
-                )
-    model = f"{r['model']['name']} {r['model']['version']}"
-    for i, ((code, name), value, unit, rr, flag) in enumerate(rows, start=1):
-        group = oo.add_group("ORU_R01_OBSERVATION")
-        obx = group.add_segment("OBX")
-        obx.obx_1 = str(i)
-        obx.obx_2 = "NM"
-        obx.obx_3 = f"{code}^{_esc(name)}^LN"
-        obx.obx_5 = f"{value:g}"
-        obx.obx_6 = unit
-        if rr:
-            obx.obx_7 = rr
-        obx.obx_8 = "N" if flag is None else ("H" if flag["direction"] == "high" else "L")
-        obx.obx_11 = status
-        obx.obx_14 = _ts(r["processed_at"])
-        if signer:
-            obx.obx_16 = _esc(signer)
-        obx.obx_17 = f"^{_esc(model)}"
-        if flag is not None:
-            nte = group.add_segment("NTE")
-            nte.nte_1 = "1"
-            nte.nte_3 = _esc(flag["message"])
+
+
+def _observation(oo, i: int, res: Result, r: dict[str, Any], status: str) -> None:
+    group = oo.add_group("ORU_R01_OBSERVATION")
+    obx = group.add_segment("OBX")
+    obx.obx_1 = str(i)
+    obx.obx_2 = "NM"
+    obx.obx_3 = f"{res.loinc[0]}^{_esc(res.loinc[1])}^LN"
+    obx.obx_5 = f"{res.value:g}"
+    obx.obx_6 = res.unit
+    if res.range:
+        obx.obx_7 = res.range
+    obx.obx_8 = "N" if res.flag is None else ("H" if res.flag["direction"] == "high" else "L")
+    obx.obx_11 = status
+    obx.obx_14 = _ts(r["processed_at"])
+    if r.get("verified_by"):
+        obx.obx_16 = _esc(r["verified_by"])
+    obx.obx_17 = f"^{_esc(r['model']['name'] + ' ' + r['model']['version'])}"
+    if res.flag is not None:
+        nte = group.add_segment("NTE")
+        nte.nte_1 = "1"
+        nte.nte_3 = _esc(res.flag["message"])
+
+
+def oru_r01(r: dict[str, Any], *, sending_facility: str = "LAB", receiving_application: str = "LIS") -> str:
+    """The report ``r`` (a wbc JSON report) as an ER7-encoded ORU^R01 message (segments joined by CR)."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.core import Message
+
+    status = result_status(r)
+    m = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    _header(m, r, sending_facility, receiving_application)
+    pr = m.add_group("ORU_R01_PATIENT_RESULT")
+    _patient(pr, r)
+    oo = pr.add_group("ORU_R01_ORDER_OBSERVATION")
+    _order(oo, r, status)
+    for i, res in enumerate(results(r), start=1):
+        _observation(oo, i, res, r, status)
     m.validate()
     return m.to_er7()
 
