@@ -635,8 +635,8 @@ def adapt(
     ] = 0.2,
     version: Annotated[str | None, typer.Option(help="Version (default: parent version + lab timestamp).")] = None,
 ) -> None:
-    """Adapt the model to your laboratory from its reviewed cells, on the CPU, in seconds (README,
-    'Adapting to your laboratory'); then `wbc models register OUT` and `wbc models promote VERSION`."""
+    """Adapt the model to your laboratory from its reviewed cells, on the CPU, in seconds
+    (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`."""
     try:
         from training.adapt import AdaptError
         from training.adapt import adapt as run_adapt

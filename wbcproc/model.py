@@ -39,7 +39,7 @@ class ModelNotFoundError(ModelError):
 HOW_TO_GET_A_MODEL = (
     "No model found: no --model, no $WBC_MODEL, no current registry model, and no shipped default (models/ of "
     "the repository, wbcproc/_models/ of an installed wheel). Train one with "
-    "`pip install 'wbc[train]'` and `wbc train --data PBC_DIR --out RUN_DIR` (see README, 'Training'), "
+    "`pip install 'wbc[train]'` and `wbc train --data PBC_DIR --out RUN_DIR` (see docs/training.md), "
     "then pass `--model RUN_DIR/model.onnx`, set WBC_MODEL, or make it current with "
     "`wbc models register RUN_DIR` and `wbc models promote VERSION`."
 )
