@@ -124,6 +124,35 @@ class SampleFolderError(Exception):
     """The folder itself cannot be processed (missing, not a directory, unreadable)."""
 
 
+def _meta_wbc_count(meta: SampleMetadata, value: Any) -> None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1000:
+        meta.wbc_count = float(value)
+    else:
+        meta.errors.append(f"wbc_count {value!r} is not a number in (0, 1000) x10^9/L; absolute counts omitted")
+
+
+def _meta_age_group(meta: SampleMetadata, value: Any) -> None:
+    if isinstance(value, str) and value.strip():
+        meta.age_group = value.strip()
+    else:
+        meta.errors.append(f"age_group {value!r} is not a non-empty string")
+
+
+def _meta_image_type(meta: SampleMetadata, value: Any) -> None:
+    if value in ("cell", "field", "auto"):
+        meta.image_type = value
+    else:
+        meta.errors.append(f"image_type {value!r} is not one of 'cell', 'field', 'auto'; 'auto' used")
+
+
+def _meta_notes(meta: SampleMetadata, value: Any) -> None:
+    meta.notes = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+_META_KEYS = {"wbc_count": _meta_wbc_count, "age_group": _meta_age_group, "image_type": _meta_image_type,
+              "notes": _meta_notes}  # fmt: skip
+
+
 def read_metadata(path: Path) -> SampleMetadata:
     """Parse ``sample.json``.  Problems are recorded in ``errors``, never raised: metadata is optional."""
     meta = SampleMetadata(present=True)
@@ -136,25 +165,11 @@ def read_metadata(path: Path) -> SampleMetadata:
         meta.errors.append(f"{METADATA_FILE} must hold a JSON object, got {type(raw).__name__}")
         return meta
     for key, value in raw.items():
-        if key == "wbc_count":
-            if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1000:
-                meta.wbc_count = float(value)
-            else:
-                meta.errors.append(f"wbc_count {value!r} is not a number in (0, 1000) x10^9/L; absolute counts omitted")
-        elif key == "age_group":
-            if isinstance(value, str) and value.strip():
-                meta.age_group = value.strip()
-            else:
-                meta.errors.append(f"age_group {value!r} is not a non-empty string")
-        elif key == "image_type":
-            if value in ("cell", "field", "auto"):
-                meta.image_type = value
-            else:
-                meta.errors.append(f"image_type {value!r} is not one of 'cell', 'field', 'auto'; 'auto' used")
-        elif key == "notes":
-            meta.notes = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        else:
+        parse = _META_KEYS.get(key)
+        if parse is None:
             meta.unknown[str(key)] = value
+        else:
+            parse(meta, value)
     return meta
 
 
@@ -166,125 +181,125 @@ def _is_within(path: Path, folder_real: Path) -> bool:
     return True
 
 
-def check_image_header(path: Path, name: str, settings: Settings) -> Candidate | Rejected:
-    """Every check that needs only the file's size and header."""
+def _read_header(path: Path, name: str) -> tuple[str, int, int, str, int] | Rejected:
+    """(format, width, height, mode, frames) from the file's header, or why it cannot be read."""
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return Rejected(name, "file vanished before it could be read", "vanished")
-    except PermissionError:
-        return Rejected(name, "permission denied", "unreadable")
-    if size == 0:
-        return Rejected(name, "empty file (0 bytes)", "empty")
-    try:
+        if path.stat().st_size == 0:
+            return Rejected(name, "empty file (0 bytes)", "empty")
         with Image.open(path) as im:
-            fmt = im.format or "unknown"
-            width, height = im.size
-            mode = im.mode
-            n_frames = getattr(im, "n_frames", 1)
-    except PermissionError:
-        return Rejected(name, "permission denied", "unreadable")
+            return im.format or "unknown", im.size[0], im.size[1], im.mode, getattr(im, "n_frames", 1)
     except FileNotFoundError:
         return Rejected(name, "file vanished before it could be read", "vanished")
+    except PermissionError:
+        return Rejected(name, "permission denied", "unreadable")
     except UnidentifiedImageError:
         return Rejected(name, "not an image: content is not JPEG, PNG, BMP or TIFF", "not_image")
     except (OSError, ValueError, SyntaxError) as exc:
         return Rejected(name, f"image header is damaged: {exc}", "corrupt")
+
+
+def _header_problem(
+    fmt: str, width: int, height: int, mode: str, frames: int, settings: Settings
+) -> tuple[str, str] | None:
+    """(reason, code) when a readable header describes an image wbc does not take."""
     if fmt not in SUPPORTED_FORMATS:
-        return Rejected(name, f"content is {fmt}, not a supported image type (JPEG/PNG/BMP/TIFF)", "format")
+        return f"content is {fmt}, not a supported image type (JPEG/PNG/BMP/TIFF)", "format"
     if width * height > settings.max_pixels:
-        return Rejected(
-            name,
-            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {settings.max_pixels:,}; not decoded",
-            "too_large",
-        )
+        pixels = f"{width}x{height} = {width * height:,} pixels"
+        return f"{pixels} exceeds the limit of {settings.max_pixels:,}; not decoded", "too_large"
     if min(width, height) < settings.min_side_px:
-        return Rejected(
-            name,
+        return (
             f"{width}x{height} is too small to hold a cell (shorter side under {settings.min_side_px} px)",
             "too_small",
         )
-    if n_frames > 1:
-        return Rejected(name, f"multi-page image ({n_frames} pages); save one cell per file", "multipage")
+    if frames > 1:
+        return f"multi-page image ({frames} pages); save one cell per file", "multipage"
     if mode in GREY_MODES:
-        return Rejected(
-            name,
-            f"greyscale image (mode {mode}): the classifier needs the stain colours; save in colour",
-            "greyscale",
-        )
+        return f"greyscale image (mode {mode}): the classifier needs the stain colours; save in colour", "greyscale"
     if mode not in COLOUR_MODES:
-        return Rejected(name, f"unsupported colour mode {mode}", "colour_mode")
+        return f"unsupported colour mode {mode}", "colour_mode"
+    return None
+
+
+def check_image_header(path: Path, name: str, settings: Settings) -> Candidate | Rejected:
+    """Every check that needs only the file's size and header."""
+    header = _read_header(path, name)
+    if isinstance(header, Rejected):
+        return header
+    problem = _header_problem(*header, settings)
+    if problem is not None:
+        return Rejected(name, *problem)
+    fmt, width, height, mode, _ = header
     return Candidate(name, path, width, height, fmt, mode)
 
 
-def scan_sample(folder: str | Path, settings: Settings) -> SampleInventory:
-    """List a sample folder (not recursively) and sort each entry into candidates/rejected/ignored."""
-    folder = Path(folder)
+def _symlink_problem(path: Path, name: str, folder_real: Path) -> Rejected | None:
+    target = Path(os.path.realpath(path))
+    if not _is_within(target, folder_real):
+        return Rejected(name, "symbolic link to a file outside the sample folder", "symlink")
+    if target.parent == folder_real:
+        same = f"symbolic link to {display_name(target.name)!r} in the same folder (that file is counted once)"
+        return Rejected(name, same, "symlink")
+    return None
+
+
+def _ignored_reason(path: Path, raw_name: str, settings: Settings) -> str | None:
+    """Why an entry is not a cell image at all (listed as ignored, not rejected), or None."""
+    lower = raw_name.lower()
+    if raw_name in settings.marker_files:
+        return "completion marker"
+    if lower in SYSTEM_FILES or lower.startswith("._"):
+        return "operating-system file"
+    if raw_name.startswith("."):
+        return "hidden file"
+    if path.is_dir():
+        return "sub-folder (sample folders are not searched recursively)"
+    return None
+
+
+def _entry(path: Path, raw_name: str, settings: Settings) -> Candidate | Rejected | Ignored:
+    """A (non-metadata) folder entry, its symbolic link already checked: ignored, rejected or a candidate."""
+    name = display_name(raw_name)
+    why = _ignored_reason(path, raw_name, settings)
+    if why is not None:
+        return Ignored(name, why)
+    if not path.exists():
+        return Rejected(name, "file vanished before it could be read", "vanished")
+    if not path.is_file():
+        return Rejected(name, "not a regular file", "not_file")
+    ext = os.path.splitext(raw_name.lower())[1]
+    if ext not in IMAGE_EXTENSIONS:
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        return Rejected(name, f"extension {ext or '(none)'!r} is not an image type ({kinds})", "extension")
+    return check_image_header(path, name, settings)
+
+
+def _list_folder(folder: Path) -> list[str]:
     if not folder.exists():
         raise SampleFolderError(f"sample folder {str(folder)!r} does not exist")
     if not folder.is_dir():
         raise SampleFolderError(f"{str(folder)!r} is not a folder; a sample is a folder of cell images")
     try:
-        names = sorted(os.listdir(folder))
+        return sorted(os.listdir(folder))
     except PermissionError:
         raise SampleFolderError(f"sample folder {str(folder)!r} cannot be listed: permission denied") from None
+
+
+def scan_sample(folder: str | Path, settings: Settings) -> SampleInventory:
+    """List a sample folder (not recursively) and sort each entry into candidates/rejected/ignored."""
+    folder = Path(folder)
+    names = _list_folder(folder)
     folder_real = folder.resolve()
-    sample_id = display_name(folder_real.name)
-    candidates: list[Candidate] = []
-    rejected: list[Rejected] = []
-    ignored: list[Ignored] = []
-    metadata = SampleMetadata()
+    inv = SampleInventory(display_name(folder_real.name), folder, [], [], [], SampleMetadata())
     for raw_name in names:
-        name = display_name(raw_name)
         path = folder / raw_name
-        lower = raw_name.lower()
+        got: Candidate | Rejected | Ignored | None = None
         if path.is_symlink():
-            target = Path(os.path.realpath(path))
-            if not _is_within(target, folder_real):
-                rejected.append(Rejected(name, "symbolic link to a file outside the sample folder", "symlink"))
-                continue
-            if target.parent == folder_real:
-                rejected.append(
-                    Rejected(
-                        name,
-                        f"symbolic link to {display_name(target.name)!r} in the same folder "
-                        "(that file is counted once)",
-                        "symlink",
-                    )
-                )
-                continue
-        if lower == METADATA_FILE and path.is_file():
-            metadata = read_metadata(path)
-            ignored.append(Ignored(name, "sample metadata"))
-            continue
-        if raw_name in settings.marker_files:
-            ignored.append(Ignored(name, "completion marker"))
-            continue
-        if lower in SYSTEM_FILES or lower.startswith("._"):
-            ignored.append(Ignored(name, "operating-system file"))
-            continue
-        if raw_name.startswith("."):
-            ignored.append(Ignored(name, "hidden file"))
-            continue
-        if path.is_dir():
-            ignored.append(Ignored(name, "sub-folder (sample folders are not searched recursively)"))
-            continue
-        if not path.exists():
-            rejected.append(Rejected(name, "file vanished before it could be read", "vanished"))
-            continue
-        if not path.is_file():
-            rejected.append(Rejected(name, "not a regular file", "not_file"))
-            continue
-        ext = os.path.splitext(lower)[1]
-        if ext not in IMAGE_EXTENSIONS:
-            rejected.append(
-                Rejected(
-                    name,
-                    f"extension {ext or '(none)'!r} is not an image type ({', '.join(sorted(IMAGE_EXTENSIONS))})",
-                    "extension",
-                )
-            )
-            continue
-        result = check_image_header(path, name, settings)
-        (candidates if isinstance(result, Candidate) else rejected).append(result)  # type: ignore[arg-type]
-    return SampleInventory(sample_id, folder, candidates, rejected, ignored, metadata)
+            got = _symlink_problem(path, display_name(raw_name), folder_real)
+        if got is None and raw_name.lower() == METADATA_FILE and path.is_file():
+            inv.metadata = read_metadata(path)
+            got = Ignored(display_name(raw_name), "sample metadata")
+        if got is None:
+            got = _entry(path, raw_name, settings)
+        {Candidate: inv.candidates, Rejected: inv.rejected, Ignored: inv.ignored}[type(got)].append(got)  # type: ignore[attr-defined]
+    return inv

@@ -134,113 +134,117 @@ def _graded(raw_outside: bool, ci_out: bool, probability: float | None) -> str |
     return "definite" if ci_out else "possible"
 
 
+def _percent_flags(
+    diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None, cell: str
+) -> list[dict[str, Any]]:
+    value = diff.percent[cell]
+    lo, hi = ref.percent[cell]
+    ci = diff.ci95[cell]
+    assert value is not None and ci is not None
+    flags = []
+    for direction, outside, ci_out, prob in (
+        ("high", value > hi, ci[0] > hi, corrected.prob_above(cell, hi) if corrected else None),
+        ("low", value < lo, ci[1] < lo, corrected.prob_below(cell, lo) if corrected else None),
+    ):
+        g = _graded(outside, ci_out, prob)
+        if g is None:
+            continue
+        term = _TERMS[(cell, direction)]
+        code = "LEFT_SHIFT" if (cell, direction) == ("ig", "high") else f"{cell.upper()}_PCT_{direction.upper()}"
+        extra: dict[str, Any] = {}
+        how = ""
+        if corrected is not None:
+            cv, (clo, chi) = corrected.percent[cell], corrected.ci95[cell]
+            extra = {"corrected_value": round(cv, 2), "corrected_ci95": [round(clo, 2), round(chi, 2)],
+                     "probability": round(float(prob), 3)}  # fmt: skip
+            how = f"; corrected for the model's confusion {cv:.1f} % ({clo:.1f}-{chi:.1f}), P = {prob:.2f}"
+        message = (
+            f"{g}: {DISPLAY_NAMES[cell]} {value:.1f} % (95% CI {ci[0]:.1f}-{ci[1]:.1f}) {direction} "
+            f"vs reference {lo:g}-{hi:g} %" + (f" ({term})" if term else "") + how
+        )
+        flags.append(
+            _flag(cell, direction, code, round(value, 2), (lo, hi), ci_out, message, kind="percent", grade=g, **extra)
+        )
+    return flags
+
+
+def _absolute_flags(diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None) -> list[dict[str, Any]]:
+    """An absolute limit is a limit on the share, given the analyser's WBC count: decided on the corrected
+    share like the percentages (without a correction: "possible", the raw share)."""
+    flags: list[dict[str, Any]] = []
+    if diff.absolute is None:
+        return flags
+    wbc_count = diff.extra["wbc_count"]
+    for cell, (lo, hi) in ref.absolute.items():
+        value = diff.absolute[cell]
+        for direction, outside, prob in (
+            ("high", value > hi, corrected.prob_above(cell, 100 * hi / wbc_count) if corrected else None),
+            ("low", value < lo, corrected.prob_below(cell, 100 * lo / wbc_count) if corrected else None),
+        ):
+            g = _graded(outside, False, prob) if prob is not None else ("possible" if outside else None)
+            if g is None:
+                continue
+            how = "" if prob is None else f"; corrected for the model's confusion: P = {prob:.2f}"
+            extra = {} if prob is None else {"probability": round(float(prob), 3)}
+            message = (
+                f"{g}: {DISPLAY_NAMES[cell]} {value:.2f} x10^9/L {direction} vs reference {lo:g}-{hi:g} x10^9/L{how}"
+            )
+            code = f"{cell.upper()}_ABS_{direction.upper()}"
+            flags.append(
+                _flag(
+                    cell, direction, code, round(value, 3), (lo, hi), None, message, kind="absolute", grade=g, **extra
+                )
+            )
+    return flags
+
+
+def _nrbc_flags(diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None) -> list[dict[str, Any]]:
+    nrbc = diff.nrbc_per_100_wbc
+    limit = ref.nrbc_max_per_100_wbc
+    if nrbc is None:
+        return []
+    prob = corrected.prob_above("erythroblast", limit) if corrected else None
+    det = corrected.nrbc_detection(limit) if corrected else None
+    # beyond the limit of blank too: more erythroblast calls than misclassification explains
+    g = _graded(nrbc > limit and (det is None or det.detected), False, prob)
+    if g is None:
+        return []
+    extra: dict[str, Any] = {}
+    how = ""
+    if corrected is not None and det is not None:
+        cv = corrected.nrbc_per_100_wbc
+        extra = {"corrected_value": round(cv, 2), "probability": round(float(prob), 3),
+                 "min_calls": det.min_calls, "expected_false_calls": round(det.expected_false, 2)}  # fmt: skip
+        how = (
+            f"; corrected for the model's confusion {cv:.1f} per 100 WBC, P = {prob:.2f}; "
+            f"flagged from {det.min_calls} calls in a sample of this size (misclassification alone: "
+            f"up to {det.expected_false:.2f} expected)"
+        )
+    message = f"{g}: {diff.counts['erythroblast']} NRBC seen ({nrbc:.1f} per 100 WBC){how}"
+    return [
+        _flag(
+            "erythroblast",
+            "high",
+            "NRBC_PRESENT",
+            round(nrbc, 2),
+            (0.0, limit),
+            None,
+            message,
+            kind="nrbc",
+            grade=g,
+            **extra,
+        )
+    ]
+
+
 def interval_flags(
     diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None = None
 ) -> list[dict[str, Any]]:
     """One flag for every percentage, absolute count and NRBC value outside its interval (see module doc)."""
-    flags: list[dict[str, Any]] = []
     if diff.wbc_total == 0:
-        return flags
-    for cell in WBC_CLASSES:
-        value = diff.percent[cell]
-        lo, hi = ref.percent[cell]
-        ci = diff.ci95[cell]
-        assert value is not None and ci is not None
-        for direction, outside, ci_out, prob in (
-            ("high", value > hi, ci[0] > hi, corrected.prob_above(cell, hi) if corrected else None),
-            ("low", value < lo, ci[1] < lo, corrected.prob_below(cell, lo) if corrected else None),
-        ):
-            g = _graded(outside, ci_out, prob)
-            if g is None:
-                continue
-            term = _TERMS[(cell, direction)]
-            code = "LEFT_SHIFT" if (cell, direction) == ("ig", "high") else f"{cell.upper()}_PCT_{direction.upper()}"
-            extra: dict[str, Any] = {}
-            how = ""
-            if corrected is not None:
-                cv, (clo, chi) = corrected.percent[cell], corrected.ci95[cell]
-                extra = {"corrected_value": round(cv, 2), "corrected_ci95": [round(clo, 2), round(chi, 2)],
-                         "probability": round(float(prob), 3)}  # fmt: skip
-                how = f"; corrected for the model's confusion {cv:.1f} % ({clo:.1f}-{chi:.1f}), P = {prob:.2f}"
-            flags.append(
-                _flag(
-                    cell,
-                    direction,
-                    code,
-                    round(value, 2),
-                    (lo, hi),
-                    ci_out,
-                    f"{g}: {DISPLAY_NAMES[cell]} {value:.1f} % (95% CI {ci[0]:.1f}-{ci[1]:.1f}) {direction} "
-                    f"vs reference {lo:g}-{hi:g} %" + (f" ({term})" if term else "") + how,
-                    kind="percent",
-                    grade=g,
-                    **extra,
-                )
-            )
-    if diff.absolute is not None:
-        wbc_count = diff.extra["wbc_count"]
-        for cell, (lo, hi) in ref.absolute.items():
-            value = diff.absolute[cell]
-            # an absolute limit is a limit on the share, given the analyser's WBC count: decided on the
-            # corrected share like the percentages (without a correction: "possible", the raw share)
-            for direction, outside, prob in (
-                ("high", value > hi, corrected.prob_above(cell, 100 * hi / wbc_count) if corrected else None),
-                ("low", value < lo, corrected.prob_below(cell, 100 * lo / wbc_count) if corrected else None),
-            ):
-                g = _graded(outside, False, prob) if prob is not None else ("possible" if outside else None)
-                if g is None:
-                    continue
-                how = "" if prob is None else f"; corrected for the model's confusion: P = {prob:.2f}"
-                extra = {} if prob is None else {"probability": round(float(prob), 3)}
-                flags.append(
-                    _flag(
-                        cell,
-                        direction,
-                        f"{cell.upper()}_ABS_{direction.upper()}",
-                        round(value, 3),
-                        (lo, hi),
-                        None,
-                        f"{g}: {DISPLAY_NAMES[cell]} {value:.2f} x10^9/L {direction} vs reference {lo:g}-{hi:g} "
-                        f"x10^9/L{how}",
-                        kind="absolute",
-                        grade=g,
-                        **extra,
-                    )
-                )
-    nrbc = diff.nrbc_per_100_wbc
-    limit = ref.nrbc_max_per_100_wbc
-    if nrbc is not None:
-        prob = corrected.prob_above("erythroblast", limit) if corrected else None
-        det = corrected.nrbc_detection(limit) if corrected else None
-        # beyond the limit of blank too: more erythroblast calls than misclassification explains
-        g = _graded(nrbc > limit and (det is None or det.detected), False, prob)
-        if g is not None:
-            extra = {}
-            how = ""
-            if corrected is not None and det is not None:
-                cv = corrected.nrbc_per_100_wbc
-                extra = {"corrected_value": round(cv, 2), "probability": round(float(prob), 3),
-                         "min_calls": det.min_calls, "expected_false_calls": round(det.expected_false, 2)}  # fmt: skip
-                how = (
-                    f"; corrected for the model's confusion {cv:.1f} per 100 WBC, P = {prob:.2f}; "
-                    f"flagged from {det.min_calls} calls in a sample of this size (misclassification alone: "
-                    f"up to {det.expected_false:.2f} expected)"
-                )
-            flags.append(
-                _flag(
-                    "erythroblast",
-                    "high",
-                    "NRBC_PRESENT",
-                    round(nrbc, 2),
-                    (0.0, limit),
-                    None,
-                    f"{g}: {diff.counts['erythroblast']} NRBC seen ({nrbc:.1f} per 100 WBC){how}",
-                    kind="nrbc",
-                    grade=g,
-                    **extra,
-                )
-            )
-    return flags
+        return []
+    flags = [f for cell in WBC_CLASSES for f in _percent_flags(diff, ref, corrected, cell)]
+    return flags + _absolute_flags(diff, ref, corrected) + _nrbc_flags(diff, ref, corrected)
 
 
 def sample_flags(

@@ -165,6 +165,102 @@ def _sample_scale(
     return {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}, located, gains, keep
 
 
+class _Batches:
+    """Decoded cells -> prepared batches -> ONNX Runtime.  A batch's cells are prepared on two threads and
+    the inference of one batch overlaps the decoding and preparation of the next (ONNX Runtime and OpenCV
+    both release the GIL): at most two batches are in memory, and results are taken in order."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        batch_size: int,
+        threshold: float,
+        prep: Callable[[_Unit], tuple[np.ndarray, np.ndarray, bytes | None]],
+        timings: dict[str, float],
+        on_batch: Callable[[int], None] | None,
+    ) -> None:
+        self.classifier, self.batch_size, self.threshold, self.prep = classifier, batch_size, threshold, prep
+        self.t, self.on_batch = timings, on_batch
+        self.cells: list[CellResult] = []
+        self.feats: list[np.ndarray] = []
+        self.thumbs: dict[str, bytes] = {}
+        self._decoded: list[_Unit] = []
+        self._batch: list[_Unit] = []
+        self._prepared: list[np.ndarray] = []
+        self._pending: list[tuple[Future, list[_Unit]]] = []
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wbc-prepare")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-infer")
+
+    def add(self, unit: _Unit) -> None:
+        self._decoded.append(unit)
+        if len(self._decoded) >= self.batch_size:
+            self._prepare_decoded()
+
+    def finish(self) -> None:
+        self._prepare_decoded()
+        self._flush()
+        self._collect()
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=True)
+        self._executor.shutdown(wait=True)
+
+    def _infer(self, x_batch: np.ndarray) -> np.ndarray:
+        t3 = time.perf_counter()
+        probs = self.classifier.probabilities(x_batch)
+        self.t["inference"] += time.perf_counter() - t3
+        return probs
+
+    def _collect(self) -> None:
+        classes = self.classifier.info.classes
+        while self._pending:
+            fut, units = self._pending.pop(0)
+            probs = fut.result()
+            order = np.argsort(-probs, axis=1)
+            for i, unit in enumerate(units):
+                top, second = int(order[i, 0]), int(order[i, 1])
+                conf = float(probs[i, top])
+                self.cells.append(
+                    CellResult(
+                        file=unit.name,
+                        label=classes[top],
+                        confidence=round(conf, 6),
+                        runner_up=classes[second],
+                        runner_up_confidence=round(float(probs[i, second]), 6),
+                        review=conf < self.threshold,
+                        notes=unit.notes,
+                        box=unit.box,
+                        field=unit.field,
+                    )
+                )
+            if self.on_batch:
+                self.on_batch(len(units))
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        t2 = time.perf_counter()
+        x = to_input(np.stack(self._prepared), self.classifier.info.preprocess)
+        self.t["preprocess"] += time.perf_counter() - t2
+        self._collect()  # the previous batch: keeps one in flight and the order of cells
+        self._pending.append((self._executor.submit(self._infer, x), list(self._batch)))
+        self._batch.clear()
+        self._prepared.clear()
+
+    def _prepare_decoded(self) -> None:
+        t1 = time.perf_counter()
+        for unit, (x, f, thumb) in zip(self._decoded, self._workers.map(self.prep, self._decoded), strict=True):
+            self._prepared.append(x)
+            self.feats.append(f)
+            if thumb is not None:
+                self.thumbs[unit.name] = thumb
+            self._batch.append(unit)
+        self._decoded.clear()
+        self.t["preprocess"] += time.perf_counter() - t1
+        if len(self._batch) >= self.batch_size:
+            self._flush()
+
+
 def classify_candidates(
     candidates: list[Candidate],
     classifier: Classifier,
@@ -181,60 +277,9 @@ def classify_candidates(
     info = classifier.info
     spec = info.preprocess
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
-    cells: list[CellResult] = []
     rejected: list[Rejected] = []
-    thumbs: dict[str, bytes] = {}
     fields: list[dict[str, Any]] = []
-    feats: list[np.ndarray] = []
     t = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
-    batch: list[_Unit] = []
-    prepared: list[np.ndarray] = []
-
-    # Inference of one batch overlaps the decoding and preparation of the next (ONNX Runtime and OpenCV
-    # both release the GIL): at most two batches are in memory, and results are taken in order.
-    pending: list[tuple[Future, list[_Unit]]] = []
-
-    def infer(x_batch: np.ndarray) -> np.ndarray:
-        t3 = time.perf_counter()
-        probs = classifier.probabilities(x_batch)
-        t["inference"] += time.perf_counter() - t3
-        return probs
-
-    def collect() -> None:
-        while pending:
-            fut, units = pending.pop(0)
-            probs = fut.result()
-            order = np.argsort(-probs, axis=1)
-            for i, unit in enumerate(units):
-                top, second = int(order[i, 0]), int(order[i, 1])
-                conf = float(probs[i, top])
-                cells.append(
-                    CellResult(
-                        file=unit.name,
-                        label=info.classes[top],
-                        confidence=round(conf, 6),
-                        runner_up=info.classes[second],
-                        runner_up_confidence=round(float(probs[i, second]), 6),
-                        review=conf < threshold,
-                        notes=unit.notes,
-                        box=unit.box,
-                        field=unit.field,
-                    )
-                )
-            if on_batch:
-                on_batch(len(units))
-
-    def flush() -> None:
-        if not batch:
-            return
-        t2 = time.perf_counter()
-        x = to_input(np.stack(prepared), spec)
-        t["preprocess"] += time.perf_counter() - t2
-        collect()  # the previous batch: keeps one in flight and the order of cells
-        pending.append((executor.submit(infer, x), list(batch)))
-        batch.clear()
-        prepared.clear()
-
     scale, located, gains, decoded_cache = (
         _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {}, {}, {})
     )
@@ -251,42 +296,20 @@ def classify_candidates(
         )
         return x, cell_features(x, spec.colour_order), _thumbnail(unit.bgr) if thumbnails else None
 
-    # a batch's cells are prepared on two threads (OpenCV releases the GIL), in order
-    workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wbc-prepare")
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wbc-infer")
-    decoded: list[_Unit] = []
-
-    def prepare_decoded() -> None:
-        t1 = time.perf_counter()
-        for unit, (x, f, thumb) in zip(decoded, workers.map(prep, decoded), strict=True):
-            prepared.append(x)
-            feats.append(f)
-            if thumb is not None:
-                thumbs[unit.name] = thumb
-            batch.append(unit)
-        decoded.clear()
-        t["preprocess"] += time.perf_counter() - t1
-        if len(batch) >= settings.batch_size:
-            flush()
-
+    runner = _Batches(classifier, settings.batch_size, threshold, prep, t, on_batch)
     try:
         for unit in _units(candidates, settings, image_type, rejected, fields, t, decoded_cache):
-            decoded.append(unit)
-            if len(decoded) >= settings.batch_size:
-                prepare_decoded()
-        prepare_decoded()
-        flush()
-        collect()
+            runner.add(unit)
+        runner.finish()
     finally:
-        workers.shutdown(wait=True)
-        executor.shutdown(wait=True)
+        runner.close()
     overviews = {}
     for f in fields:
         bgr = f.pop("_bgr")
         if thumbnails:
-            labels = {c.box: c for c in cells if c.field == f["file"]}
+            labels = {c.box: c for c in runner.cells if c.field == f["file"]}
             overviews[f["file"]] = overview_png(bgr, f["detections"], labels)
-    return Classified(cells, rejected, thumbs, t, fields, overviews, feats, scale)
+    return Classified(runner.cells, rejected, runner.thumbs, t, fields, overviews, runner.feats, scale)
 
 
 def locate_and_classify(bgr: np.ndarray, classifier: Classifier | None) -> dict[str, Any]:
