@@ -165,6 +165,23 @@ _KNOWN = {
 }
 
 
+def _merge_user(merged: dict[str, Any], path: Path) -> None:
+    """Merge a user's config file over the defaults, key by key; unknown sections or keys are errors."""
+    user = _read_toml(path, "config file")
+    for section, values in user.items():
+        if section not in _KNOWN or not isinstance(values, dict):
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown section [{section}]; expected one of {sorted(_KNOWN)}"
+            )
+        bad = set(values) - _KNOWN[section]
+        if bad:
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown keys {sorted(bad)} in [{section}]; "
+                f"expected some of {sorted(_KNOWN[section])}"
+            )
+        merged.setdefault(section, {}).update(values)
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Defaults merged with ``path`` (or ``$WBC_CONFIG`` when ``path`` is None)."""
     if path is None and os.environ.get("WBC_CONFIG"):
@@ -175,19 +192,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     source = "defaults"
     base_dir = Path.cwd()
     if path is not None:
-        user = _read_toml(Path(path), "config file")
-        for section, values in user.items():
-            if section not in _KNOWN or not isinstance(values, dict):
-                raise ConfigError(
-                    f"config file {str(path)!r}: unknown section [{section}]; expected one of {sorted(_KNOWN)}"
-                )
-            bad = set(values) - _KNOWN[section]
-            if bad:
-                raise ConfigError(
-                    f"config file {str(path)!r}: unknown keys {sorted(bad)} in [{section}]; "
-                    f"expected some of {sorted(_KNOWN[section])}"
-                )
-            merged.setdefault(section, {}).update(values)
+        _merge_user(merged, Path(path))
         source = str(path)
         base_dir = Path(path).resolve().parent
     ref_file = merged.get("reference", {}).get("file")

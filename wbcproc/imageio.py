@@ -55,6 +55,32 @@ def _check_complete(data: bytes) -> None:
             raise ImageRejected(f"image data is damaged or truncated: {exc}", "truncated") from None
 
 
+def _to_8bit(img: np.ndarray, notes: list[str]) -> np.ndarray:
+    if img.dtype == np.uint16:
+        notes.append("converted from 16-bit to 8-bit")
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise ImageRejected(f"unsupported sample type {img.dtype} (expected 8- or 16-bit integers)", "depth")
+    return img
+
+
+def _to_bgr(img: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Three channels: greyscale refused, alpha composited onto white (or dropped when opaque)."""
+    if img.ndim == 2 or img.shape[2] == 1:
+        raise ImageRejected("greyscale image: the classifier needs the stain colours; save in colour", "greyscale")
+    if img.shape[2] == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        if float(alpha.min()) < 1.0:
+            rgb = img[:, :, :3].astype(np.float32)
+            notes.append("transparent pixels composited onto white")
+            return np.clip(rgb * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
+        notes.append("opaque alpha channel dropped")
+        return np.ascontiguousarray(img[:, :, :3])
+    if img.shape[2] != 3:
+        raise ImageRejected(f"{img.shape[2]} colour channels are not supported", "colour_mode")
+    return img
+
+
 def decode_bytes(data: bytes) -> DecodedImage:
     """Decode image bytes to an 8-bit, 3-channel BGR array according to the module's policy."""
     if not data:
@@ -65,25 +91,8 @@ def decode_bytes(data: bytes) -> DecodedImage:
     if img is None:
         raise ImageRejected("the image data could not be decoded", "corrupt")
     notes: list[str] = []
-    if img.dtype == np.uint16:
-        img = (img.astype(np.uint32) + 128) // 257
-        img = img.astype(np.uint8)
-        notes.append("converted from 16-bit to 8-bit")
-    elif img.dtype != np.uint8:
-        raise ImageRejected(f"unsupported sample type {img.dtype} (expected 8- or 16-bit integers)", "depth")
-    if img.ndim == 2 or img.shape[2] == 1:
-        raise ImageRejected("greyscale image: the classifier needs the stain colours; save in colour", "greyscale")
-    if img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        if float(alpha.min()) < 1.0:
-            rgb = img[:, :, :3].astype(np.float32)
-            img = np.clip(rgb * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
-            notes.append("transparent pixels composited onto white")
-        else:
-            img = np.ascontiguousarray(img[:, :, :3])
-            notes.append("opaque alpha channel dropped")
-    elif img.shape[2] != 3:
-        raise ImageRejected(f"{img.shape[2]} colour channels are not supported", "colour_mode")
+    img = _to_8bit(img, notes)
+    img = _to_bgr(img, notes)
     if data[:3] == b"\xff\xd8\xff" and _is_cmyk_jpeg(data):
         notes.append("converted from CMYK")
     step = max(1, min(img.shape[:2]) // 64)

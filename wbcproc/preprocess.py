@@ -51,6 +51,26 @@ class ColourNormalisation:
         return {"method": self.method, "mean": list(self.mean), "std": list(self.std)}
 
 
+def _colour_normalisation(cn: dict[str, Any]) -> ColourNormalisation:
+    method = cn.get("method")
+    if method == "reinhard_lab":
+        return ColourNormalisation("reinhard_lab", tuple(cn["mean"]), tuple(cn["std"]))
+    if method == "white_balance":
+        return ColourNormalisation("white_balance", reference=tuple(cn["reference"]))
+    raise ValueError(f"colour normalisation {method!r} is unknown; expected one of {COLOUR_METHODS}")
+
+
+def _framing(fr: dict[str, Any]) -> Framing:
+    fr = dict(fr)
+    for key in ("rbc_range", "side_range", "extent_per_rbc"):
+        if key in fr:
+            fr[key] = tuple(fr[key])
+    unknown = set(fr) - set(Framing.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"framing has unknown keys {sorted(unknown)}")
+    return Framing(**fr)
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     input_size: int = 224
@@ -85,25 +105,8 @@ class PreprocessSpec:
         for key in ("mean", "std", "pad_value"):
             if key in d:
                 d[key] = tuple(d[key])
-        norm = None
-        if cn:
-            method = cn.get("method")
-            if method == "reinhard_lab":
-                norm = ColourNormalisation("reinhard_lab", tuple(cn["mean"]), tuple(cn["std"]))
-            elif method == "white_balance":
-                norm = ColourNormalisation("white_balance", reference=tuple(cn["reference"]))
-            else:
-                raise ValueError(f"colour normalisation {method!r} is unknown; expected one of {COLOUR_METHODS}")
-        framing = None
-        if fr:
-            fr = dict(fr)
-            for key in ("rbc_range", "side_range", "extent_per_rbc"):
-                if key in fr:
-                    fr[key] = tuple(fr[key])
-            unknown_fr = set(fr) - set(Framing.__dataclass_fields__)
-            if unknown_fr:
-                raise ValueError(f"framing has unknown keys {sorted(unknown_fr)}")
-            framing = Framing(**fr)
+        norm = _colour_normalisation(cn) if cn else None
+        framing = _framing(fr) if fr else None
         return cls(colour_normalisation=norm, framing=framing, **d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -162,19 +162,8 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         ],
         "presentedForm": [{"contentType": "text/plain", "title": "Disclaimer", "data": _b64(r["disclaimer"])}],
     }
-    if status != "preliminary":
-        practitioner = {
-            "resourceType": "Practitioner",
-            "id": str(uuid.uuid5(ns, f"verifier:{r['verified_by']}")),
-            "name": [{"text": r["verified_by"]}],
-        }
-        report["performer"] = [{"reference": f"urn:uuid:{practitioner['id']}", "display": r["verified_by"]}]
-        report["resultsInterpreter"] = report["performer"]
-        for o in observations:
-            o["performer"] = report["performer"]
-        entries = [report, specimen, practitioner, *observations]
-    else:
-        entries = [report, specimen, *observations]
+    verifier = [] if status == "preliminary" else [_sign(report, observations, r["verified_by"], ns)]
+    entries = [report, specimen, *verifier, *observations]
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid5(ns, "bundle")),
@@ -182,6 +171,20 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         "timestamp": r["processed_at"],
         "entry": [{"fullUrl": f"urn:uuid:{e['id']}", "resource": e} for e in entries],
     }
+
+
+def _sign(report: dict[str, Any], observations: list[dict[str, Any]], name: str, ns: uuid.UUID) -> dict[str, Any]:
+    """The verifier as a Practitioner, performer and results interpreter of the report and its results."""
+    practitioner = {
+        "resourceType": "Practitioner",
+        "id": str(uuid.uuid5(ns, f"verifier:{name}")),
+        "name": [{"text": name}],
+    }
+    report["performer"] = [{"reference": f"urn:uuid:{practitioner['id']}", "display": name}]
+    report["resultsInterpreter"] = report["performer"]
+    for o in observations:
+        o["performer"] = report["performer"]
+    return practitioner
 
 
 def _b64(text: str) -> str:
