@@ -189,23 +189,10 @@ def _flow_runner(model: Path | None, config: Path | None):
     return run
 
 
-@app.command()
-def classify(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (a folder expands to its images).")],
-    model: Annotated[Path | None, typer.Option(help="Model .onnx with its sidecar.")] = None,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
-    config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
-) -> None:
-    """Classify single-cell images: one line per file."""
+def _classify_inputs(paths: list[Path], settings) -> tuple[list, list[dict[str, Any]]]:
+    """Candidates to classify from files and folders, and a line for each input that cannot be."""
     from wbcproc.discovery import Candidate, check_image_header, display_name, scan_sample
-    from wbcproc.model import ModelError, load_classifier
-    from wbcproc.pipeline import classify_candidates
 
-    settings = _load_settings(config)
-    try:
-        clf = load_classifier(model, settings.threads)
-    except ModelError as exc:
-        raise _fail(str(exc)) from None
     candidates: list[Candidate] = []
     errors: list[dict[str, Any]] = []
     for p in paths:
@@ -222,17 +209,40 @@ def classify(
                 candidates.append(res)
             else:
                 errors.append({"file": res.file, "label": None, "error": res.reason})
+    return candidates, errors
+
+
+def _classify_line(line: dict[str, Any], jsonl: bool) -> str:
+    if jsonl:
+        return json.dumps(line, ensure_ascii=False)
+    if line.get("label"):
+        return f"{line['label']:<13} {line['confidence']:.3f}  {line['file']}"
+    return f"{'REJECTED':<13} {'':5}  {line['file']}: {line['error']}"
+
+
+@app.command()
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (a folder expands to its images).")],
+    model: Annotated[Path | None, typer.Option(help="Model .onnx with its sidecar.")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
+) -> None:
+    """Classify single-cell images: one line per file."""
+    from wbcproc.model import ModelError, load_classifier
+    from wbcproc.pipeline import classify_candidates
+
+    settings = _load_settings(config)
+    try:
+        clf = load_classifier(model, settings.threads)
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+    candidates, errors = _classify_inputs(paths, settings)
     classified = classify_candidates(candidates, clf, settings, thumbnails=False)
     errors += [{"file": r.file, "label": None, "error": r.reason} for r in classified.rejected]
     lines = [{"file": c.file, "label": c.label, "confidence": round(c.confidence, 4)} for c in classified.cells]
     lines += errors
     for line in lines:
-        if jsonl:
-            typer.echo(json.dumps(line, ensure_ascii=False))
-        elif line.get("label"):
-            typer.echo(f"{line['label']:<13} {line['confidence']:.3f}  {line['file']}")
-        else:
-            typer.echo(f"{'REJECTED':<13} {'':5}  {line['file']}: {line['error']}")
+        typer.echo(_classify_line(line, jsonl))
     if not lines:
         raise _fail(f"no image found in {', '.join(str(p) for p in paths)}", 1)
     if not classified.cells:  # every input failed: say so in the exit status too

@@ -22,6 +22,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wbcproc.registry import app_home
 
@@ -312,22 +313,13 @@ async def _supervise_server(servers: list[subprocess.Popen], home: Path, opts: S
                 log.error("could not restart the Prefect server: %s", exc)
 
 
-async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.Popen]) -> int:
-    # Prefect is imported only now, after PREFECT_API_URL points at the server.
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.runner import Runner
+async def _deployments(opts: ServeOptions, home: Path, out: Path) -> tuple[Any, Any, list[str]]:
+    """The process-sample and weekly retrain deployments (not yet attached to a runner or pool)."""
     from prefect.types.entrypoint import EntrypointType
 
     from flows.process import process_sample_flow
     from flows.retrain import retrain_flow
-    from flows.verify import verify_report_flow
-    from flows.watcher import InboxWatcher, ReviewedWatcher
-    from wbcproc.inbox import Ledger
 
-    out = opts.out.resolve()
-    inbox = opts.inbox.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     params = {
         "out_dir": str(out),
         "model": None if opts.model is None else str(opts.model),
@@ -354,20 +346,31 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         "promotes only a better model.",
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    _say_what_retrain_lacks(opts.retrain_cron, train_data)
+    return proc, retr, train_data
+
+
+def _say_what_retrain_lacks(cron: str, train_data: list[str]) -> None:
     from flows.retrain import training_extra_missing
 
     missing = training_extra_missing("adapt")
     if missing:  # said once, here, rather than as a failed run every week
-        log.warning("weekly retrain (%s): %s; until then its runs end with 'nothing to do'", opts.retrain_cron, missing)
+        log.warning("weekly retrain (%s): %s; until then its runs end with 'nothing to do'", cron, missing)
     elif not any(Path(d).is_dir() for d in train_data):
         log.info(
             "weekly retrain (%s) learns from %s, which does not exist yet: `wbc reviewed ... --out %s` puts reviewed "
             "cells there",
-            opts.retrain_cron,
+            cron,
             ", ".join(train_data),
             train_data[0],
         )
-    runner = None
+
+
+async def _attach(opts: ServeOptions, proc: Any, retr: Any) -> Any:
+    """Put the deployments on the work pool (workers elsewhere run them; returns None) or on an in-process
+    runner (returned)."""
+    from prefect.runner import Runner
+
     if opts.pool:
         await ensure_pool(opts.pool)
         await ensure_zombie_automation()
@@ -376,19 +379,27 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         log.info(
             "deployments registered on work pool %r: start workers with `wbc worker --pool %s`", opts.pool, opts.pool
         )
-    else:
-        # one slot more than sample processing allows: a retrain can never take the samples' slots
-        runner = Runner(name="wbc-serve", query_seconds=1, limit=opts.concurrency + 1, pause_on_shutdown=False)
-        for dep in (proc, retr):
-            await runner.aadd_deployment(dep)
-    ledger = Ledger(home / "ledger.sqlite")
+        return None
+    # one slot more than sample processing allows: a retrain can never take the samples' slots
+    runner = Runner(name="wbc-serve", query_seconds=1, limit=opts.concurrency + 1, pause_on_shutdown=False)
+    for dep in (proc, retr):
+        await runner.aadd_deployment(dep)
+    return runner
 
-    executor = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="wbc-run")
 
-    def submit(folder: Path, fp: str, version: int, attempt: str) -> str:
+class _Runs:
+    """What the watcher needs from Prefect: start a sample's run, read a run's state, mark one crashed."""
+
+    def __init__(self, pool: str | None, executor: ThreadPoolExecutor) -> None:
+        self.pool, self.executor = pool, executor
+
+    def submit(self, folder: Path, fp: str, version: int, attempt: str) -> str:
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+
         params = {"folder": str(folder), "report_version": version}
         key = f"{folder.name}:{fp}:{version}:{attempt}"
-        if opts.pool:  # workers elsewhere pull it
+        if self.pool:  # workers elsewhere pull it
             run = run_deployment(
                 PROCESS_DEPLOYMENT, parameters=params, timeout=0, idempotency_key=key, flow_run_name=folder.name
             )
@@ -404,36 +415,84 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
                 dep.id, parameters=params, name=folder.name, idempotency_key=key, state=Pending()
             )
         if run.state is not None and run.state.type.value == "PENDING":  # not an earlier run with this key
-            executor.submit(_execute_in_process, run)
+            self.executor.submit(_execute_in_process, run)
         return str(run.id)
 
+    @staticmethod
     def crash(run_id: str, message: str) -> None:
+        from prefect.client.orchestration import get_client
         from prefect.states import Crashed
 
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run_id, Crashed(message=message), force=True)
 
+    @staticmethod
     def state_of(run_id: str) -> tuple[str | None, str | None]:
+        from prefect.client.orchestration import get_client
+
         with get_client(sync_client=True) as client:
             fr = client.read_flow_run(run_id)
         if fr.state is None:
             return None, None
         return fr.state.type.value, fr.state.message
 
+
+def _stop_on_signals() -> asyncio.Event:
+    """SIGTERM / SIGINT set the returned event (registered before anything starts)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _wait_for_stop(runner_task: asyncio.Task, stop: asyncio.Event) -> int:
+    done, _ = await asyncio.wait({runner_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if runner_task in done and runner_task.exception() is not None:
+        log.error("runner stopped: %s", runner_task.exception())
+        return 1
+    return 0
+
+
+async def _stop_runner(runner: Any, runner_task: asyncio.Task) -> None:
+    if runner is not None and not runner.stopping:
+        await runner.astop()
+    elif runner is None:
+        runner_task.cancel()
+    try:
+        await asyncio.wait_for(runner_task, timeout=15)
+    except (TimeoutError, asyncio.CancelledError, Exception):  # shutting down: report, do not hang
+        runner_task.cancel()
+
+
+async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.Popen]) -> int:
+    # Prefect is imported only now (in the helpers), after PREFECT_API_URL points at the server.
+    from flows.verify import verify_report_flow
+    from flows.watcher import InboxWatcher, ReviewedWatcher
+    from wbcproc.inbox import Ledger
+
+    out = opts.out.resolve()
+    inbox = opts.inbox.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    proc, retr, train_data = await _deployments(opts, home, out)
+    runner = await _attach(opts, proc, retr)
+    ledger = Ledger(home / "ledger.sqlite")
+    executor = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="wbc-run")
+    runs = _Runs(opts.pool, executor)
     _remove_stale_temp_files(out)
     watcher = InboxWatcher(
         inbox,
         ledger,
-        submit,
-        state_of,
+        runs.submit,
+        runs.state_of,
         quiet_s=opts.quiet_s,
         scan_s=opts.scan_s,
         marker=opts.marker,
         polling=opts.polling,
         move_done=opts.move_done,
-        crash=None if opts.pool else crash,
+        crash=None if opts.pool else runs.crash,
         finished_locally=None if opts.pool else (lambda run_id: run_id in _FINISHED),
-        mark_crashed=crash if opts.pool else None,
+        mark_crashed=runs.crash if opts.pool else None,
     )
     # Reviewed workbooks are verified here, in this process (no model, well under a second): a run of the
     # verify-report flow each, so a signature and a rejection both show in the UI.
@@ -444,33 +503,19 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         ),
         scan_s=opts.scan_s,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     runner_task = asyncio.create_task(runner.start() if runner is not None else asyncio.Event().wait())
     supervisor = asyncio.create_task(_supervise_server(servers, home, opts))
     await asyncio.sleep(0)
     await asyncio.to_thread(watcher.start)
     await asyncio.to_thread(reviewed.start)
     print(f"wbc serve: UI http://{opts.host}:{opts.port}  inbox {inbox}  out {out}", flush=True)
-    done, _ = await asyncio.wait({runner_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    if runner_task in done and runner_task.exception() is not None:
-        log.error("runner stopped: %s", runner_task.exception())
-        code = 1
+    code = await _wait_for_stop(runner_task, stop)
     supervisor.cancel()
     await asyncio.to_thread(watcher.stop)
     await asyncio.to_thread(reviewed.stop)
     await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-    if runner is not None and not runner.stopping:
-        await runner.astop()
-    elif runner is None:
-        runner_task.cancel()
-    try:
-        await asyncio.wait_for(runner_task, timeout=15)
-    except (TimeoutError, asyncio.CancelledError, Exception):  # shutting down: report, do not hang
-        runner_task.cancel()
+    await _stop_runner(runner, runner_task)
     ledger.close()
     # Flush Prefect's log/event services while the server still answers (in-process runs use them).
     from prefect._internal.concurrency.services import QueueService

@@ -173,44 +173,53 @@ class InboxWatcher:
 
     def scan_once(self) -> None:
         for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir()):
-            name = folder.name
-            if name in SPECIAL or name.startswith(".") or name in self.in_flight:
-                continue
-            if name in self.kept:
-                try:
-                    if listing(folder) == self.kept[name]:
-                        continue  # already reported and unchanged
-                except FileNotFoundError:
-                    continue
-                del self.kept[name]
-            if self.tracker.check(folder):
+            if self._waiting(folder) and self.tracker.check(folder):
                 self._take(folder)
         for name, inf in list(self.in_flight.items()):
-            state, message = self.state_of(inf.run_id)
-            if state in DONE_STATES:
-                self.ledger.record(name, inf.fingerprint, inf.version, "completed", inf.run_id)
-                self._finish(name, "archive", None)
-            elif state == "CRASHED" and inf.crashes < CRASH_RERUNS:
-                # the infrastructure's failure, not the sample's (a worker machine died): run it again
-                run_id = self.submit(self.inbox / name, inf.fingerprint, inf.version, f"crash-{inf.crashes + 1}")
-                self.ledger.record(name, inf.fingerprint, inf.version, "submitted", run_id)
-                self.in_flight[name] = InFlight(inf.fingerprint, inf.version, run_id, inf.crashes + 1)
-                log.warning("%s: run %s crashed (%s); resubmitted as %s", name, inf.run_id, message or "", run_id)
-            elif state in FAILED_STATES:
-                self.ledger.record(name, inf.fingerprint, inf.version, "failed", inf.run_id, message)
-                self._finish(name, "failed", f"run {inf.run_id} ended {state}: {message or ''}".strip())
-            elif state == "PENDING" and self.mark_crashed is not None:
-                since = self._pending_since.setdefault(inf.run_id, time.monotonic())
-                if time.monotonic() - since > self.stuck_pending_s:
-                    self._pending_since.pop(inf.run_id, None)
-                    self.mark_crashed(
-                        inf.run_id, f"taken by a worker but not started within {self.stuck_pending_s:g} s"
-                    )
-                    log.warning("%s: run %s stuck in PENDING; marked crashed", name, inf.run_id)
-            elif self.finished_locally is not None and self.finished_locally(inf.run_id):
-                since = self._orphan_since.setdefault(inf.run_id, time.monotonic())
-                if time.monotonic() - since > ORPHAN_GRACE_S:
-                    self._rerun(name, inf, state)
+            self._follow(name, inf)
+
+    def _waiting(self, folder: Path) -> bool:
+        """A folder that may be new work: not special, not in flight, not a kept folder unchanged since."""
+        name = folder.name
+        if name in SPECIAL or name.startswith(".") or name in self.in_flight:
+            return False
+        if name in self.kept:
+            try:
+                if listing(folder) == self.kept[name]:
+                    return False  # already reported and unchanged
+            except FileNotFoundError:
+                return False
+            del self.kept[name]
+        return True
+
+    def _follow(self, name: str, inf: InFlight) -> None:
+        """Act on the state of a submitted run: archive, rerun after a crash, fail, or watch for a stuck one."""
+        state, message = self.state_of(inf.run_id)
+        if state in DONE_STATES:
+            self.ledger.record(name, inf.fingerprint, inf.version, "completed", inf.run_id)
+            self._finish(name, "archive", None)
+        elif state == "CRASHED" and inf.crashes < CRASH_RERUNS:
+            # the infrastructure's failure, not the sample's (a worker machine died): run it again
+            run_id = self.submit(self.inbox / name, inf.fingerprint, inf.version, f"crash-{inf.crashes + 1}")
+            self.ledger.record(name, inf.fingerprint, inf.version, "submitted", run_id)
+            self.in_flight[name] = InFlight(inf.fingerprint, inf.version, run_id, inf.crashes + 1)
+            log.warning("%s: run %s crashed (%s); resubmitted as %s", name, inf.run_id, message or "", run_id)
+        elif state in FAILED_STATES:
+            self.ledger.record(name, inf.fingerprint, inf.version, "failed", inf.run_id, message)
+            self._finish(name, "failed", f"run {inf.run_id} ended {state}: {message or ''}".strip())
+        elif state == "PENDING" and self.mark_crashed is not None:
+            self._check_stuck(name, inf)
+        elif self.finished_locally is not None and self.finished_locally(inf.run_id):
+            since = self._orphan_since.setdefault(inf.run_id, time.monotonic())
+            if time.monotonic() - since > ORPHAN_GRACE_S:
+                self._rerun(name, inf, state)
+
+    def _check_stuck(self, name: str, inf: InFlight) -> None:
+        since = self._pending_since.setdefault(inf.run_id, time.monotonic())
+        if time.monotonic() - since > self.stuck_pending_s and self.mark_crashed is not None:
+            self._pending_since.pop(inf.run_id, None)
+            self.mark_crashed(inf.run_id, f"taken by a worker but not started within {self.stuck_pending_s:g} s")
+            log.warning("%s: run %s stuck in PENDING; marked crashed", name, inf.run_id)
 
     def _rerun(self, name: str, inf: InFlight, state: str | None) -> None:
         """A run whose execution ended here without a final state: mark it crashed and run the sample again."""

@@ -84,6 +84,27 @@ def expand_roots(roots: list[str | Path]) -> list[Path]:
     return out
 
 
+def _hash_if_image(path: Path, skipped: list[tuple[str, str]]) -> str | None:
+    """The file's sha256 when it may be a cell image (cheap checks: name, size), else None and why in
+    ``skipped``."""
+    name = path.name
+    shown = display_name(str(path))
+    if name.lower() in SYSTEM_FILES or name.startswith("._"):
+        skipped.append((shown, "operating-system file"))
+        return None
+    if os.path.splitext(name.lower())[1] not in IMAGE_EXTENSIONS:
+        skipped.append((shown, "not an image extension"))
+        return None
+    try:
+        if path.stat().st_size == 0:
+            skipped.append((shown, "empty file"))
+            return None
+        return _sha256(path)
+    except OSError as exc:
+        skipped.append((shown, f"unreadable: {exc.strerror or exc}"))
+        return None
+
+
 def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction: float = 0.15) -> Gathered:
     """Read ``root/<class>/*`` for each root (see ``expand_roots``).  Cheap checks only (names, size);
     decoding comes later."""
@@ -106,23 +127,9 @@ def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction
                 skipped.append((str(sub), f"folder name {sub.name!r} is not a canonical class {list(CLASSES)}"))
                 continue
             for name in sorted(os.listdir(sub)):
-                path = sub / name
-                shown = display_name(str(path))
-                if name.lower() in SYSTEM_FILES or name.startswith("._"):
-                    skipped.append((shown, "operating-system file"))
-                    continue
-                if os.path.splitext(name.lower())[1] not in IMAGE_EXTENSIONS:
-                    skipped.append((shown, "not an image extension"))
-                    continue
-                try:
-                    if path.stat().st_size == 0:
-                        skipped.append((shown, "empty file"))
-                        continue
-                    digest = _sha256(path)
-                except OSError as exc:
-                    skipped.append((shown, f"unreadable: {exc.strerror or exc}"))
-                    continue
-                by_hash.setdefault(digest, []).append((path, sub.name))
+                digest = _hash_if_image(sub / name, skipped)
+                if digest is not None:
+                    by_hash.setdefault(digest, []).append((sub / name, sub.name))
     items: list[Item] = []
     duplicates: list[tuple[str, str]] = []
     conflicts: list[tuple[str, str]] = []
