@@ -178,62 +178,55 @@ def _from_od(od: torch.Tensor) -> torch.Tensor:
     return torch.exp(-od.clamp(min=0))
 
 
-def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Batch augmentation on float images in [0, 1], NCHW, on whatever device they are.
+def _rotate_scale_flip(x: torch.Tensor, cfg: TrainConfig, rnd) -> torch.Tensor:
+    n = x.shape[0]
+    theta = rnd(n) * 2 * math.pi
+    scale = 1.0 + (rnd(n) * 2 - 1) * cfg.scale_jitter
+    flip = torch.where(rnd(n) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(theta) / scale, torch.sin(theta) / scale
+    mat = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, torch.zeros_like(cos)], 1),
+            torch.stack([sin * flip, cos, torch.zeros_like(cos)], 1),
+        ],
+        1,
+    )
+    border = x[:, :, :2, :].mean(dim=(2, 3), keepdim=True)
+    grid = F.affine_grid(mat, list(x.shape), align_corners=False)
+    return F.grid_sample(x - border, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + border
 
-    A cell has no orientation: any rotation and flips.  Scale jitter covers magnification differences;
-    brightness/contrast/saturation/hue jitter and an occasional blur cover stain and camera differences.
-    The background outside the rotated frame is filled with the image's own border colour.
 
-    Nothing here waits for the device: random numbers come from ``gen`` (best a generator on the batch's
-    device) and per-image choices are blends, not masks - each host-device synchronisation stalled a
-    shared GPU (the robust preset ran at a third of the basic one's speed before).
-    """
+def _colour_jitter(x: torch.Tensor, cj: float, rnd) -> torch.Tensor:
+    n = x.shape[0]
+    b = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
+    c = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
+    s = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    x = x * b
+    grey = x.mean(dim=1, keepdim=True)
+    return (x - grey) * s + grey
+
+
+def _hue_rotate(x: torch.Tensor, hue_jitter: float, rnd) -> torch.Tensor:
+    """A small rotation of the chroma plane around the grey axis approximates a hue shift."""
+    angle = (rnd(x.shape[0]) * 2 - 1) * hue_jitter * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    k = 1.0 / 3.0
+    sq = math.sqrt(1.0 / 3.0)
+    rows = []
+    for i in range(3):
+        row = []
+        for j in range(3):
+            cross = 0.0 if i == j else (sq if (j - i) % 3 == 1 else -sq)
+            row.append(cos * (1.0 if i == j else 0.0) + (1 - cos) * k + sin * cross)
+        rows.append(torch.stack(row, 1))
+    return torch.einsum("nij,njhw->nihw", torch.stack(rows, 1), x)
+
+
+def _stain(x: torch.Tensor, cfg: TrainConfig, rnd) -> torch.Tensor:
+    """Channel gains, stain mixing, greyscale, stain amount (Beer-Lambert), gamma - in this order."""
     n, dev = x.shape[0], x.device
-
-    def rnd(*shape):
-        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
-
-    if cfg.rotate:
-        theta = rnd(n) * 2 * math.pi
-        scale = 1.0 + (rnd(n) * 2 - 1) * cfg.scale_jitter
-        flip = torch.where(rnd(n) < 0.5, -1.0, 1.0)
-        cos, sin = torch.cos(theta) / scale, torch.sin(theta) / scale
-        mat = torch.stack(
-            [
-                torch.stack([cos * flip, -sin, torch.zeros_like(cos)], 1),
-                torch.stack([sin * flip, cos, torch.zeros_like(cos)], 1),
-            ],
-            1,
-        )
-        border = x[:, :, :2, :].mean(dim=(2, 3), keepdim=True)
-        grid = F.affine_grid(mat, list(x.shape), align_corners=False)
-        x = F.grid_sample(x - border, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + border
-    cj = cfg.colour_jitter
-    if cj > 0:
-        b = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
-        c = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
-        s = 1.0 + (rnd(n, 1, 1, 1) * 2 - 1) * cj
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * c + mean
-        x = x * b
-        grey = x.mean(dim=1, keepdim=True)
-        x = (x - grey) * s + grey
-    if cfg.hue_jitter > 0:
-        # a small rotation of the chroma plane around the grey axis approximates a hue shift
-        angle = (rnd(n) * 2 - 1) * cfg.hue_jitter * 2 * math.pi
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        k = 1.0 / 3.0
-        sq = math.sqrt(1.0 / 3.0)
-        rows = []
-        for i in range(3):
-            row = []
-            for j in range(3):
-                cross = 0.0 if i == j else (sq if (j - i) % 3 == 1 else -sq)
-                row.append(cos * (1.0 if i == j else 0.0) + (1 - cos) * k + sin * cross)
-            rows.append(torch.stack(row, 1))
-        m = torch.stack(rows, 1)  # n x 3 x 3
-        x = torch.einsum("nij,njhw->nihw", m, x)
     if cfg.channel_gain > 0:
         x = x * (1.0 + (rnd(n, 3, 1, 1) * 2 - 1) * cfg.channel_gain)
     if cfg.stain_mix > 0:
@@ -250,6 +243,12 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
     if cfg.gamma_jitter > 0:
         g = torch.exp((rnd(n, 1, 1, 1) * 2 - 1) * math.log1p(cfg.gamma_jitter))
         x = x.clamp(1e-4, 1) ** g
+    return x
+
+
+def _degrade(x: torch.Tensor, cfg: TrainConfig, rnd, gen: torch.Generator) -> torch.Tensor:
+    """Lower resolution, blur, noise - in this order."""
+    n, dev = x.shape[0], x.device
     if cfg.lowres_prob > 0:
         low = (rnd(n, 1, 1, 1) < cfg.lowres_prob).to(x.dtype)
         size = x.shape[-1]
@@ -268,7 +267,33 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
     if cfg.noise_prob > 0:
         noisy = (rnd(n, 1, 1, 1) < cfg.noise_prob).float() * rnd(n, 1, 1, 1) * 0.03
         x = x + torch.randn(x.shape, generator=gen, device=gen.device).to(dev) * noisy
-    return x.clamp(0, 1)
+    return x
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Batch augmentation on float images in [0, 1], NCHW, on whatever device they are.
+
+    A cell has no orientation: any rotation and flips.  Scale jitter covers magnification differences;
+    brightness/contrast/saturation/hue jitter and an occasional blur cover stain and camera differences.
+    The background outside the rotated frame is filled with the image's own border colour.
+
+    Nothing here waits for the device: random numbers come from ``gen`` (best a generator on the batch's
+    device) and per-image choices are blends, not masks - each host-device synchronisation stalled a
+    shared GPU (the robust preset ran at a third of the basic one's speed before).
+    """
+    dev = x.device
+
+    def rnd(*shape):
+        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
+
+    if cfg.rotate:
+        x = _rotate_scale_flip(x, cfg, rnd)
+    if cfg.colour_jitter > 0:
+        x = _colour_jitter(x, cfg.colour_jitter, rnd)
+    if cfg.hue_jitter > 0:
+        x = _hue_rotate(x, cfg.hue_jitter, rnd)
+    x = _stain(x, cfg, rnd)
+    return _degrade(x, cfg, rnd, gen).clamp(0, 1)
 
 
 ROBUST_AUGMENTATION: dict[str, float] = {
@@ -339,8 +364,95 @@ def class_weights(labels: np.ndarray, k: int = len(CLASSES)) -> np.ndarray:
     return w
 
 
-def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -> tuple[nn.Module, dict[str, Any]]:
-    """Train with early stopping on validation macro-F1; returns the best model and the history."""
+def _optimiser(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer {cfg.optimizer!r} is unknown; expected 'adamw' or 'sgd'")
+
+
+def _warmup_cosine(opt: torch.optim.Optimizer, warm: int, plan: dict[str, int]) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine to zero at ``plan["total"]`` steps (read at each step: a time budget
+    may shorten the plan after the first epochs)."""
+
+    def lr_lambda(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, plan["total"] - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+
+@dataclass
+class _Loop:
+    """What one training epoch needs, fixed for the whole run."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    device: torch.device
+    criterion: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    gen: torch.Generator  # the order of images
+    aug_gen: torch.Generator  # augmentation, drawn where the batch is
+
+    def epoch(self, n: int) -> tuple[float, int, float]:
+        """One pass over the training set: (summed loss, images seen, seconds)."""
+        cfg, device = self.cfg, self.device
+        use_cuda = device.type == "cuda"
+        amp = cfg.amp and use_cuda
+        self.model.train()
+        _set_frozen_bn_eval(self.model, cfg.freeze_stages)
+        perm = torch.randperm(n, generator=self.gen)
+        if use_cuda:
+            perm = perm.to(device)
+        running, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            x = to_float(self.images[idx].to(device, non_blocking=True))
+            y = self.labels[idx].to(device, non_blocking=True)
+            x = _normalise(augment(x, cfg, self.aug_gen), self.mean, self.std)
+            if use_cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = self.criterion(self.model(x), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            running += loss.detach().float() * len(idx)  # summed on the device: no wait per step
+            seen += len(idx)
+        loss_sum = float(running)  # waits for the epoch's last step, so the time below is true
+        return loss_sum, seen, time.perf_counter() - t0
+
+
+def _replan(cfg: TrainConfig, epoch: int, clock: dict[str, float], plan: dict[str, int], log) -> None:
+    """Epochs that fit ``cfg.time_budget_s``: planned after epoch 1 from its time, then again after epoch 2
+    from the second epoch alone (the first carries start-up costs - cuDNN autotuning, caches - and
+    under-counts what fits)."""
+    now = time.perf_counter()
+    if epoch == 0:
+        per_epoch, done_s = now - clock["start"], now - clock["start"]
+        clock["first"] = now
+    else:
+        per_epoch, done_s = now - clock["first"], now - clock["start"]
+    fit = max(2, epoch + 1 + int((cfg.time_budget_s - done_s) // max(per_epoch, 1e-6)))
+    fit = min(fit, cfg.epochs)
+    if fit != plan["epochs"]:
+        log(f"time budget {cfg.time_budget_s:.0f} s at {per_epoch:.1f} s/epoch: {fit} epochs, not {cfg.epochs}")
+        plan.update(epochs=fit, total=plan["steps_per_epoch"] * fit)
+
+
+def _setup(train: CachedSet, cfg: TrainConfig) -> tuple[_Loop, dict[str, Any], dict[str, int], np.ndarray]:
+    """Model, loss, optimiser, schedule and data on the device: the loop, the init record, the plan (epochs,
+    steps) and the class weights."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model, init_record = build_model(cfg.init, norm=cfg.norm)
@@ -353,89 +465,51 @@ def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -
     criterion = nn.CrossEntropyLoss(
         weight=torch.tensor(weights, dtype=torch.float32, device=device), label_smoothing=cfg.label_smoothing
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"optimizer {cfg.optimizer!r} is unknown; expected 'adamw' or 'sgd'")
+    opt = _optimiser([p for p in model.parameters() if p.requires_grad], cfg)
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
-    plan = {"epochs": cfg.epochs, "total": steps_per_epoch * cfg.epochs}
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-
-    def lr_lambda(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, plan["total"] - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    plan = {"epochs": cfg.epochs, "total": steps_per_epoch * cfg.epochs, "steps_per_epoch": steps_per_epoch}
+    sched = _warmup_cosine(opt, max(1, int(cfg.warmup_epochs * steps_per_epoch)), plan)
     images = torch.from_numpy(train.images)
     labels = torch.from_numpy(train.labels)
     if use_cuda:
         images, labels = images.to(device), labels.to(device)
     mean = torch.tensor(train.spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(train.spec.std, device=device).view(1, 3, 1, 1)
-    gen = torch.Generator().manual_seed(cfg.seed)  # the order of images
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # augmentation, drawn where the batch is
-    amp = cfg.amp and use_cuda
+    gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    loop = _Loop(model, cfg, device, criterion, opt, sched, images, labels, mean, std, gen, aug_gen)
+    return loop, init_record, plan, weights
+
+
+def _validate(model: nn.Module, val: CachedSet, device: torch.device) -> dict[str, Any]:
+    if not len(val):
+        return {"macro_f1": 0.0, "accuracy": 0.0}
+    return classification_metrics(val.labels, predict_logits(model, val, device).argmax(1), CLASSES)
+
+
+def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -> tuple[nn.Module, dict[str, Any]]:
+    """Train with early stopping on validation macro-F1; returns the best model and the history."""
+    loop, init_record, plan, weights = _setup(train, cfg)
+    model, device = loop.model, loop.device
     history: list[dict[str, Any]] = []
     best_f1, best_state, best_epoch, bad = -1.0, None, -1, 0
-    t_start = t_first = time.perf_counter()
+    t_start = time.perf_counter()
+    clock = {"start": t_start, "first": t_start}
     epoch = 0
     while epoch < plan["epochs"]:
-        model.train()
-        _set_frozen_bn_eval(model, cfg.freeze_stages)
-        perm = torch.randperm(len(train), generator=gen)
-        if use_cuda:
-            perm = perm.to(device)
-        running, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
-        for i in range(0, len(train), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            x = to_float(images[idx].to(device, non_blocking=True))
-            y = labels[idx].to(device, non_blocking=True)
-            x = _normalise(augment(x, cfg, aug_gen), mean, std)
-            if use_cuda and cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = criterion(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.detach().float() * len(idx)  # summed on the device: no wait per step
-            seen += len(idx)
-        loss_sum = float(running)  # waits for the epoch's last step, so the time below is true
-        dt = time.perf_counter() - t0
-        val_metrics = (
-            classification_metrics(val.labels, predict_logits(model, val, device).argmax(1), CLASSES)
-            if len(val)
-            else {"macro_f1": 0.0, "accuracy": 0.0}
-        )
+        loss_sum, seen, dt = loop.epoch(len(train))
+        val_metrics = _validate(model, val, device)
         rec = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(1, seen),
             "val_accuracy": val_metrics["accuracy"],
             "val_macro_f1": val_metrics["macro_f1"],
             "images_per_s": seen / dt if dt > 0 else 0.0,
-            "lr": sched.get_last_lr()[0],
+            "lr": loop.sched.get_last_lr()[0],
         }
         history.append(rec)
         if cfg.time_budget_s > 0 and epoch in (0, 1):
-            # planned after epoch 1 from its time, then again after epoch 2 from the second epoch alone:
-            # the first one carries start-up costs (cuDNN autotuning, caches) and under-counts what fits
-            now = time.perf_counter()
-            if epoch == 0:
-                per_epoch, done_s, t_first = now - t_start, now - t_start, now
-            else:
-                per_epoch, done_s = now - t_first, now - t_start
-            fit = max(2, epoch + 1 + int((cfg.time_budget_s - done_s) // max(per_epoch, 1e-6)))
-            fit = min(fit, cfg.epochs)
-            if fit != plan["epochs"]:
-                log(f"time budget {cfg.time_budget_s:.0f} s at {per_epoch:.1f} s/epoch: {fit} epochs, not {cfg.epochs}")
-                plan.update(epochs=fit, total=steps_per_epoch * fit)
+            _replan(cfg, epoch, clock, plan, log)
         log(
             f"epoch {epoch + 1}/{plan['epochs']}: loss {rec['loss']:.4f} val acc {rec['val_accuracy']:.4f} "
             f"macro-F1 {rec['val_macro_f1']:.4f} ({rec['images_per_s']:.0f} img/s)"
@@ -457,7 +531,7 @@ def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -
         "epochs_planned": plan["epochs"],
         "best_val_macro_f1": best_f1,
         "init": init_record,
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if use_cuda else ""),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "class_weights": dict(zip(CLASSES, [round(float(w), 4) for w in weights], strict=True)),
         "train_seconds": time.perf_counter() - t_start,
         "config": cfg.as_dict(),
