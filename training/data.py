@@ -105,6 +105,18 @@ def _hash_if_image(path: Path, skipped: list[tuple[str, str]]) -> str | None:
         return None
 
 
+def _is_class_folder(sub: Path, skipped: list[tuple[str, str]]) -> bool:
+    """Whether ``sub`` of a data root is a canonical class folder; anything else is listed in ``skipped``."""
+    if not sub.is_dir():
+        if not sub.name.startswith(".") and sub.name != FRAMED_MARKER:
+            skipped.append((str(sub), "not a class folder"))
+        return False
+    if sub.name not in CLASSES:
+        skipped.append((str(sub), f"folder name {sub.name!r} is not a canonical class {list(CLASSES)}"))
+        return False
+    return True
+
+
 def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction: float = 0.15) -> Gathered:
     """Read ``root/<class>/*`` for each root (see ``expand_roots``).  Cheap checks only (names, size);
     decoding comes later."""
@@ -119,12 +131,7 @@ def gather(roots: list[str | Path], *, val_fraction: float = 0.10, test_fraction
         if (root / FRAMED_MARKER).is_file():
             framed_roots.add(root)
         for sub in sorted(root.iterdir()):
-            if not sub.is_dir():
-                if not sub.name.startswith(".") and sub.name != FRAMED_MARKER:
-                    skipped.append((str(sub), "not a class folder"))
-                continue
-            if sub.name not in CLASSES:
-                skipped.append((str(sub), f"folder name {sub.name!r} is not a canonical class {list(CLASSES)}"))
+            if not _is_class_folder(sub, skipped):
                 continue
             for name in sorted(os.listdir(sub)):
                 digest = _hash_if_image(sub / name, skipped)
