@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from training.data import Item, gather
+from training.data import Gathered, Item, gather
 from wbcproc.classes import CLASSES
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import ModelError, read_sidecar, write_sidecar
@@ -230,26 +230,9 @@ def load_replay(model_path: Path, sha256: str) -> dict[str, np.ndarray] | None:
         return {k: z[k] for k in ("train_x", "train_y", "check_x", "check_y")}
 
 
-def adapt(
-    data: list[str | Path],
-    out: str | Path,
-    model: str | Path | None = None,
-    *,
-    min_per_class: int = MIN_PER_CLASS,
-    holdout: float = HOLDOUT_FRACTION,
-    version: str | None = None,
-    threads: int = 0,
-    log=print,
-) -> dict[str, Any]:
-    """Fit a laboratory head; write ``out/model.onnx`` + sidecar; returns the summary."""
-    from training.metrics import classification_metrics, fit_temperature, review_threshold
-    from wbcproc.domain import cell_features, fit_reference
-    from wbcproc.model import resolve_model_path
-
-    t0 = time.time()
-    parent_path = resolve_model_path(model)
-    parent = read_sidecar(parent_path)
-    spec = parent.preprocess
+def _lab_cells(data: list[str | Path], min_per_class: int, holdout: float) -> tuple[Gathered, dict[str, int]]:
+    """The laboratory's reviewed cells (a share held out) and the fitted count per class; refuses a reviewed
+    class with too few cells, naming each."""
     g = gather(data, val_fraction=0.0, test_fraction=holdout)
     if not g.items:
         raise AdaptError(f"no reviewed cells found under {', '.join(map(str, data))}: expected class folders")
@@ -264,6 +247,101 @@ def adapt(
             "for checking); review more cells of these classes, or leave the class out entirely to keep the "
             "current model's behaviour for it"
         )
+    return g, counts
+
+
+def _with_replay(
+    lab_x: np.ndarray, lab_y: np.ndarray, replay: dict | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels and sample weights for the head fit: the lab's cells, plus the original
+    training cells' replay features - the laboratory and the original data weigh the same in total."""
+    if replay is None:
+        return lab_x, lab_y, np.ones(len(lab_y))
+    x = np.concatenate([lab_x, replay["train_x"].astype(np.float32)])
+    y = np.concatenate([lab_y, replay["train_y"]])
+    wts = np.concatenate(
+        [np.full(len(lab_y), 1.0 / len(lab_y)), np.full(len(replay["train_y"]), 1.0 / len(replay["train_y"]))]
+    )
+    return x, y, wts
+
+
+def _score(logits: np.ndarray, yy: np.ndarray) -> dict[str, float]:
+    from training.metrics import classification_metrics
+
+    m = classification_metrics(yy, logits.argmax(1), CLASSES)
+    return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "n": len(yy)}
+
+
+def _check_original(metrics: dict, parent_head, head, cx: np.ndarray, cy: np.ndarray, counts: dict[str, int]) -> None:
+    """Accuracy on the original laboratory's check cells before/after (refused beyond MAX_ORIGINAL_DROP),
+    and the recall of each class the laboratory did not review (it keeps the parent's behaviour)."""
+    before, after = _score(parent_head.logits(cx), cy), _score(head.logits(cx), cy)
+    metrics["original_check"] = {"parent": before, "adapted": after, "max_drop": MAX_ORIGINAL_DROP}
+    unreviewed = [c for c, n in counts.items() if n == 0]
+    p_pred, a_pred = parent_head.logits(cx).argmax(1), head.logits(cx).argmax(1)
+    metrics["unreviewed_recall"] = {
+        c: {
+            "parent": round(float((p_pred[cy == CLASSES.index(c)] == CLASSES.index(c)).mean()), 4),
+            "adapted": round(float((a_pred[cy == CLASSES.index(c)] == CLASSES.index(c)).mean()), 4),
+        }
+        for c in unreviewed
+        if (cy == CLASSES.index(c)).any()
+    }
+    if before["accuracy"] - after["accuracy"] > MAX_ORIGINAL_DROP:
+        raise AdaptError(
+            f"the adapted model would lose {100 * (before['accuracy'] - after['accuracy']):.1f} points on the "
+            f"original laboratory's check cells ({before['accuracy']:.3f} -> {after['accuracy']:.3f}; at most "
+            f"{100 * MAX_ORIGINAL_DROP:g} allowed): not written"
+        )
+
+
+def _calibration(calib_logits: list[np.ndarray], calib_y: list[np.ndarray], parent) -> tuple[float, float]:
+    """Temperature and review threshold refitted on the held-out lab cells and check cells (else the parent's)."""
+    from training.metrics import fit_temperature, review_threshold
+
+    if not calib_logits:
+        return parent.temperature, parent.review_threshold
+    cl, cyy = np.concatenate(calib_logits), np.concatenate(calib_y)
+    temperature = float(fit_temperature(cl, cyy))
+    return temperature, float(review_threshold(softmax(cl / temperature), cyy))
+
+
+def _add_lab_to_domain(side: dict, imgs: np.ndarray, is_fit: np.ndarray, colour_order: str, data) -> None:
+    """The laboratory's colour reference joins the guard's (``domain.labs``): its samples pass the colour half."""
+    from wbcproc.domain import cell_features, fit_reference
+
+    lab_feats = np.array([cell_features(im, colour_order) for im in imgs])
+    if len(lab_feats) < 10:
+        return
+    domain = dict(side.get("domain") or {})
+    lab_ref = fit_reference(
+        lab_feats[is_fit] if is_fit.sum() >= 5 else lab_feats,
+        lab_feats[~is_fit] if (~is_fit).sum() >= 5 else lab_feats,
+    )
+    lab_ref["name"] = ", ".join(Path(d).name for d in data)
+    domain["labs"] = [*domain.get("labs", []), lab_ref]
+    side["domain"] = domain
+
+
+def adapt(
+    data: list[str | Path],
+    out: str | Path,
+    model: str | Path | None = None,
+    *,
+    min_per_class: int = MIN_PER_CLASS,
+    holdout: float = HOLDOUT_FRACTION,
+    version: str | None = None,
+    threads: int = 0,
+    log=print,
+) -> dict[str, Any]:
+    """Fit a laboratory head; write ``out/model.onnx`` + sidecar; returns the summary."""
+    from wbcproc.model import resolve_model_path
+
+    t0 = time.time()
+    parent_path = resolve_model_path(model)
+    parent = read_sidecar(parent_path)
+    spec = parent.preprocess
+    g, counts = _lab_cells(data, min_per_class, holdout)
     extractor = Features(parent_path, threads)
     imgs, kept, rejected = prepare_items(g.items, spec)
     for f, why in rejected:
@@ -282,55 +360,20 @@ def adapt(
         log(
             f"no replay features for this model ({replay_path(parent_path).name}): the head learns from the lab's cells only"
         )
-        x, y, wts = lab_x, lab_y, np.ones(len(lab_y))
-    else:
-        x = np.concatenate([lab_x, replay["train_x"].astype(np.float32)])
-        y = np.concatenate([lab_y, replay["train_y"]])
-        # the laboratory and the original data weigh the same in total
-        wts = np.concatenate(
-            [np.full(len(lab_y), 1.0 / len(lab_y)), np.full(len(replay["train_y"]), 1.0 / len(replay["train_y"]))]
-        )
+    x, y, wts = _with_replay(lab_x, lab_y, replay)
     head = fit_head(x, y, extractor.head, weights=wts)
     metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
-
-    def score(logits: np.ndarray, yy: np.ndarray) -> dict[str, float]:
-        m = classification_metrics(yy, logits.argmax(1), CLASSES)
-        return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "n": len(yy)}
-
     calib_logits, calib_y = [], []
     if hold_x is not None and len(hold_y):
-        metrics["lab_holdout"] = {"parent": score(hold_logits, hold_y), "adapted": score(head.logits(hold_x), hold_y)}
+        metrics["lab_holdout"] = {"parent": _score(hold_logits, hold_y), "adapted": _score(head.logits(hold_x), hold_y)}
         calib_logits.append(head.logits(hold_x))
         calib_y.append(hold_y)
     if replay is not None:
         cx, cy = replay["check_x"].astype(np.float32), replay["check_y"]
-        before, after = score(extractor.head.logits(cx), cy), score(head.logits(cx), cy)
-        metrics["original_check"] = {"parent": before, "adapted": after, "max_drop": MAX_ORIGINAL_DROP}
-        # a class the laboratory did not review keeps the parent's behaviour: its recall on the check cells
-        unreviewed = [c for c, n in counts.items() if n == 0]
-        p_pred, a_pred = extractor.head.logits(cx).argmax(1), head.logits(cx).argmax(1)
-        metrics["unreviewed_recall"] = {
-            c: {
-                "parent": round(float((p_pred[cy == CLASSES.index(c)] == CLASSES.index(c)).mean()), 4),
-                "adapted": round(float((a_pred[cy == CLASSES.index(c)] == CLASSES.index(c)).mean()), 4),
-            }
-            for c in unreviewed
-            if (cy == CLASSES.index(c)).any()
-        }
+        _check_original(metrics, extractor.head, head, cx, cy, counts)
         calib_logits.append(head.logits(cx))
         calib_y.append(cy)
-        if before["accuracy"] - after["accuracy"] > MAX_ORIGINAL_DROP:
-            raise AdaptError(
-                f"the adapted model would lose {100 * (before['accuracy'] - after['accuracy']):.1f} points on the "
-                f"original laboratory's check cells ({before['accuracy']:.3f} -> {after['accuracy']:.3f}; at most "
-                f"{100 * MAX_ORIGINAL_DROP:g} allowed): not written"
-            )
-    if calib_logits:
-        cl, cyy = np.concatenate(calib_logits), np.concatenate(calib_y)
-        temperature = float(fit_temperature(cl, cyy))
-        threshold = float(review_threshold(softmax(cl / temperature), cyy))
-    else:
-        temperature, threshold = parent.temperature, parent.review_threshold
+    temperature, threshold = _calibration(calib_logits, calib_y, parent)
     out = Path(out)
     onnx_out = write_adapted(parent_path, head, out / "model.onnx")
     side = {k: v for k, v in parent.raw.items() if k not in ("format", "format_version", "file", "sha256")}
@@ -338,16 +381,7 @@ def adapt(
     side["version"] = version or f"{parent.version}+lab.{stamp.strftime('%Y%m%d%H%M%S')}"
     side["created_at"] = stamp.isoformat(timespec="seconds")
     side["temperature"], side["review_threshold"] = temperature, threshold
-    lab_feats = np.array([cell_features(im, spec.colour_order) for im in imgs])
-    domain = dict(side.get("domain") or {})
-    if len(lab_feats) >= 10:
-        lab_ref = fit_reference(
-            lab_feats[is_fit] if is_fit.sum() >= 5 else lab_feats,
-            lab_feats[~is_fit] if (~is_fit).sum() >= 5 else lab_feats,
-        )
-        lab_ref["name"] = ", ".join(Path(d).name for d in data)
-        domain["labs"] = [*domain.get("labs", []), lab_ref]
-        side["domain"] = domain
+    _add_lab_to_domain(side, imgs, is_fit, spec.colour_order, data)
     side["adaptation"] = {
         "method": "classifier head refitted on the laboratory's reviewed cells (8 rotations/flips each) as the "
         "parent's int8 backbone sees them, plus replay features of the original training cells, pulled "

@@ -221,6 +221,25 @@ def calibrate_and_score(
     return metrics, probs
 
 
+def _diagnostics(cm_rows: list[list[int]], probs: np.ndarray, test: CachedSet, rgb: bool, run_dir: Path) -> None:
+    """confusion.png / confusion.csv and a gallery of up to 48 misclassified test cells."""
+    confusion_png(cm_rows, list(CLASSES), run_dir / "confusion.png")
+    with open(run_dir / "confusion.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["true \\ predicted", *CLASSES])
+        for c, row in zip(CLASSES, cm_rows, strict=True):
+            w.writerow([c, *row])
+    wrong = np.flatnonzero(probs.argmax(1) != test.labels)[:48]
+    gallery_png(
+        test.images[wrong],
+        [CLASSES[i] for i in test.labels[wrong]],
+        [CLASSES[i] for i in probs.argmax(1)[wrong]],
+        [float(probs[i].max()) for i in wrong],
+        run_dir / "misclassified.png",
+        rgb=rgb,
+    )
+
+
 def evaluate_and_export(
     model, data: CachedSet, train_info: dict[str, Any], cfg, opts: RunOptions, g: Gathered, log=print
 ) -> dict[str, Any]:
@@ -273,22 +292,7 @@ def evaluate_and_export(
             q.unlink()
         log(f"int8: {quant}")
     metrics["per_source"] = per_source(test, probs.argmax(1))
-    cm_rows = metrics["confusion"]
-    confusion_png(cm_rows, list(CLASSES), run_dir / "confusion.png")
-    with open(run_dir / "confusion.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["true \\ predicted", *CLASSES])
-        for c, row in zip(CLASSES, cm_rows, strict=True):
-            w.writerow([c, *row])
-    wrong = np.flatnonzero(probs.argmax(1) != test.labels)[:48]
-    gallery_png(
-        test.images[wrong],
-        [CLASSES[i] for i in test.labels[wrong]],
-        [CLASSES[i] for i in probs.argmax(1)[wrong]],
-        [float(probs[i].max()) for i in wrong],
-        run_dir / "misclassified.png",
-        rgb=data.spec.colour_order == "RGB",
-    )
+    _diagnostics(metrics["confusion"], probs, test, data.spec.colour_order == "RGB", run_dir)
     version = opts.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     counts = g.counts() if g is not None else cache_counts(data)
     sidecar = {
