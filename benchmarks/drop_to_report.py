@@ -36,7 +36,7 @@ def _comparable(path: Path) -> dict:
     return {k: v for k, v in d.items() if k not in VOLATILE}
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path)
     ap.add_argument("--random-resnet50", type=int, metavar="SIZE")
@@ -57,7 +57,11 @@ def main() -> None:
         metavar="S",
         help="copy one file every S seconds (a slow scanner): never taken early?",
     )
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wbc-d2r-"))
     model = args.model
     if model is None:

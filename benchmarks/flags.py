@@ -107,6 +107,103 @@ def truth(counts: dict[str, int], ref) -> dict[tuple[str, str], tuple[bool, floa
     return out
 
 
+def _pools(args, clf, settings) -> dict[str, list[str]]:
+    """Called labels of every cell of the split, by true class (cached in ``--predictions``)."""
+    if args.predictions and args.predictions.is_file():
+        return json.loads(args.predictions.read_text())
+    _, items = load_set(f"pbc={args.data}@{args.split}")
+    t0 = time.time()
+    _, got, labels = classify_as_sample(items, clf, settings, thumbnails=False)
+    pools = defaultdict(list)
+    for cell in got.cells:
+        pools[labels[cell.file]].append(cell.label)
+    print(f"classified {len(got.cells)} cells of {args.data}@{args.split} in {time.time() - t0:.0f} s")
+    if args.predictions:
+        args.predictions.write_text(json.dumps(pools))
+    return pools
+
+
+def _simulate(rng, pools, n: int, patients, ref, confusion) -> tuple[dict, list[float], list[float]]:
+    """(cell, direction) -> rule -> [(true beyond?, true value, grade or None)], and the percentage errors."""
+    rec: dict = defaultdict(lambda: defaultdict(list))
+    err_raw, err_cor = [], []
+    for target, _direction in patients:
+        counts, called = draw_patient(rng, pools, n, target)
+        tru = truth(counts, ref)
+        diff = differential(called)
+        cor = correct(diff.counts, confusion)
+        wbc = sum(counts[c] for c in WBC_CLASSES)
+        for c in WBC_CLASSES:
+            true_pct = 100 * counts[c] / wbc
+            err_raw.append(abs(diff.percent[c] - true_pct))
+            err_cor.append(abs(cor.percent[c] - true_pct))
+        for rule, flags in (("raw", interval_flags(diff, ref)), ("shipped", interval_flags(diff, ref, cor))):
+            got = {(f["cell"], f["direction"]): f["grade"] for f in flags if f["kind"] in ("percent", "nrbc")}
+            for key, (beyond, value) in tru.items():
+                rec[key][rule].append((beyond, value, got.get(key)))
+    return rec, err_raw, err_cor
+
+
+def _sensitivities(raw, shp, inside, direction: str, sev) -> tuple[list[str], list[str]]:
+    values = raw[:, 1].astype(float)
+    sens, found = [], []
+    edges = [*sev, np.inf] if direction == "high" else [-np.inf, *sev]
+    for lo_e, hi_e in pairwise(edges):
+        sel = (~inside) & (values >= lo_e) & (values < hi_e) if direction == "high" else (
+            (~inside) & (values > lo_e) & (values <= hi_e))  # fmt: skip
+        if sel.sum() < 20:
+            continue
+        s_raw = np.mean([g is not None for g in raw[sel, 2]])
+        s_any = np.mean([g is not None for g in shp[sel, 2]])
+        s_def = np.mean([g == "definite" for g in shp[sel, 2]])
+        label = f">= {lo_e:g}" if direction == "high" else f"<= {hi_e:g}"
+        sens.append(f"{label}: {s_raw:.2f} / {s_any:.2f} / {s_def:.2f} (n {sel.sum()})")
+        found.append(f"{label}: {s_any:.2f}")
+    return sens, found
+
+
+def _table(rec: dict, n: int, perf: dict) -> list[str]:
+    """The markdown table of one sample size (printed as it goes); per-flag summaries into ``perf``."""
+    head = (
+        "| flag | in-interval samples | false + raw rule | false + shipped (any) | false + definite "
+        "| sensitivity raw / shipped (any) / definite, by true value |"
+    )
+    lines = [f"**{n} cells per sample**", "", head, "|---|---|---|---|---|---|"]
+    for (cell, direction), rules in rec.items():
+        sev = next((vals for c, d, vals in SEVERITIES if c == cell and d == direction), None)
+        if sev is None:
+            continue
+        raw, shp = np.array(rules["raw"], dtype=object), np.array(rules["shipped"], dtype=object)
+        inside = ~raw[:, 0].astype(bool)
+        fp_raw = np.mean([g is not None for g in raw[inside, 2]])
+        fp_any = np.mean([g is not None for g in shp[inside, 2]])
+        fp_def = np.mean([g == "definite" for g in shp[inside, 2]])
+        sens, found = _sensitivities(raw, shp, inside, direction, sev)
+        name = f"{cell} {direction}"
+        row = f"| {name} | {inside.sum()} | {fp_raw:.3f} | {fp_any:.3f} | {fp_def:.3f} | {'; '.join(sens)} |"
+        perf.setdefault(str(n), {})[name] = (
+            f"raised on {100 * fp_any:.1f} % of samples whose true value is normal ({100 * fp_def:.1f} % "
+            f"definite); found (any grade): " + "; ".join(found)
+        )
+        print(row)
+        lines.append(row)
+    return lines
+
+
+def _write_sidecar(clf, args, perf: dict) -> None:
+    from wbcproc.model import write_sidecar
+
+    raw = dict(clf.info.raw)
+    for k in ("format", "format_version", "file", "sha256"):
+        raw.pop(k, None)
+    raw["flag_performance"] = {
+        "source": f"benchmarks/flags.py: synthetic patients from {Path(args.data).name} {args.split} split "
+        f"(never trained on), {args.normal} normal + {args.per_severity} per abnormality and severity",
+        "sizes": perf,
+    }
+    write_sidecar(clf.info.onnx_path, raw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -127,18 +224,7 @@ def main() -> None:
     ref = settings.reference
     clf = load_classifier(args.model, settings.threads)
     confusion = clf.info.raw["confusion_val"]["counts"]
-    if args.predictions and args.predictions.is_file():
-        pools = json.loads(args.predictions.read_text())
-    else:
-        _, items = load_set(f"pbc={args.data}@{args.split}")
-        t0 = time.time()
-        _, got, labels = classify_as_sample(items, clf, settings, thumbnails=False)
-        pools = defaultdict(list)
-        for cell in got.cells:
-            pools[labels[cell.file]].append(cell.label)
-        print(f"classified {len(got.cells)} cells of {args.data}@{args.split} in {time.time() - t0:.0f} s")
-        if args.predictions:
-            args.predictions.write_text(json.dumps(pools))
+    pools = _pools(args, clf, settings)
     acc = np.mean([lab == c for c in pools for lab in pools[c]])
     print(f"model {clf.info.name} {clf.info.version}: {sum(map(len, pools.values()))} cells, accuracy {acc:.4f}")
     rng = np.random.default_rng(args.seed)
@@ -148,77 +234,16 @@ def main() -> None:
         t0 = time.time()
         patients = [(None, None)] * args.normal
         patients += [((c, v), d) for c, d, vals in SEVERITIES for v in vals for _ in range(args.per_severity)]
-        # (cell, direction) -> rule -> list of (true beyond?, true value, flagged grade or None)
-        rec: dict = defaultdict(lambda: defaultdict(list))
-        err_raw, err_cor = [], []
-        for target, _direction in patients:
-            counts, called = draw_patient(rng, pools, n, target)
-            tru = truth(counts, ref)
-            diff = differential(called)
-            cor = correct(diff.counts, confusion)
-            wbc = sum(counts[c] for c in WBC_CLASSES)
-            for c in WBC_CLASSES:
-                true_pct = 100 * counts[c] / wbc
-                err_raw.append(abs(diff.percent[c] - true_pct))
-                err_cor.append(abs(cor.percent[c] - true_pct))
-            for rule, flags in (("raw", interval_flags(diff, ref)), ("shipped", interval_flags(diff, ref, cor))):
-                got = {(f["cell"], f["direction"]): f["grade"] for f in flags if f["kind"] in ("percent", "nrbc")}
-                for key, (beyond, value) in tru.items():
-                    rec[key][rule].append((beyond, value, got.get(key)))
+        rec, err_raw, err_cor = _simulate(rng, pools, n, patients, ref, confusion)
         print(f"\n=== {n} WBC per sample: {len(patients)} patients ({time.time() - t0:.0f} s) ===")
-        head = (
-            "| flag | in-interval samples | false + raw rule | false + shipped (any) | false + definite "
-            "| sensitivity raw / shipped (any) / definite, by true value |"
-        )
-        lines = [f"**{n} cells per sample**", "", head, "|---|---|---|---|---|---|"]
-        for (cell, direction), rules in rec.items():
-            sev = next((vals for c, d, vals in SEVERITIES if c == cell and d == direction), None)
-            if sev is None:
-                continue
-            raw, shp = np.array(rules["raw"], dtype=object), np.array(rules["shipped"], dtype=object)
-            inside = ~raw[:, 0].astype(bool)
-            fp_raw = np.mean([g is not None for g in raw[inside, 2]])
-            fp_any = np.mean([g is not None for g in shp[inside, 2]])
-            fp_def = np.mean([g == "definite" for g in shp[inside, 2]])
-            values = raw[:, 1].astype(float)
-            sens, found = [], []
-            edges = [*sev, np.inf] if direction == "high" else [-np.inf, *sev]
-            for lo_e, hi_e in pairwise(edges):
-                sel = (~inside) & (values >= lo_e) & (values < hi_e) if direction == "high" else (
-                    (~inside) & (values > lo_e) & (values <= hi_e))  # fmt: skip
-                if sel.sum() < 20:
-                    continue
-                s_raw = np.mean([g is not None for g in raw[sel, 2]])
-                s_any = np.mean([g is not None for g in shp[sel, 2]])
-                s_def = np.mean([g == "definite" for g in shp[sel, 2]])
-                label = f">= {lo_e:g}" if direction == "high" else f"<= {hi_e:g}"
-                sens.append(f"{label}: {s_raw:.2f} / {s_any:.2f} / {s_def:.2f} (n {sel.sum()})")
-                found.append(f"{label}: {s_any:.2f}")
-            name = f"{cell} {direction}"
-            row = f"| {name} | {inside.sum()} | {fp_raw:.3f} | {fp_any:.3f} | {fp_def:.3f} | {'; '.join(sens)} |"
-            perf.setdefault(str(n), {})[name] = (
-                f"raised on {100 * fp_any:.1f} % of samples whose true value is normal ({100 * fp_def:.1f} % "
-                f"definite); found (any grade): " + "; ".join(found)
-            )
-            print(row)
-            lines.append(row)
+        lines = _table(rec, n, perf)
         e = f"mean absolute error of the reported percentages: raw {np.mean(err_raw):.2f} pp, corrected {np.mean(err_cor):.2f} pp"
         print(e)
         md += [*lines, "", e, ""]
     if args.markdown:
         args.markdown.write_text("\n".join(md) + "\n")
     if args.write_sidecar:
-        from wbcproc.model import write_sidecar
-
-        raw = dict(clf.info.raw)
-        for k in ("format", "format_version", "file", "sha256"):
-            raw.pop(k, None)
-        raw["flag_performance"] = {
-            "source": f"benchmarks/flags.py: synthetic patients from {Path(args.data).name} {args.split} split "
-            f"(never trained on), {args.normal} normal + {args.per_severity} per abnormality and severity",
-            "sizes": perf,
-        }
-        write_sidecar(clf.info.onnx_path, raw)
+        _write_sidecar(clf, args, perf)
 
 
 if __name__ == "__main__":

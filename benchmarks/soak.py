@@ -45,14 +45,27 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path)
     ap.add_argument("--burst", type=int, default=200)
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--every", type=float, default=20)
     ap.add_argument("--cells", type=int, default=10)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _wait_for(reports, n: int, t0: float) -> float:
+    """Seconds from ``t0`` until ``n`` reports exist (an hour at most)."""
+    while len(reports()) < n:
+        if time.monotonic() - t0 > 3600:
+            raise SystemExit(f"burst: only {len(reports())} of {n} reports after an hour")
+        time.sleep(1)
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    args = _parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wbc-soak-"))
     model = args.model
     if model is None:
@@ -83,11 +96,7 @@ def main() -> None:
         t0 = time.monotonic()
         for d in sorted(stage.iterdir()):
             d.rename(tmp / "inbox" / d.name)
-        while len(reports()) < args.burst:
-            if time.monotonic() - t0 > 3600:
-                raise SystemExit(f"burst: only {len(reports())} of {args.burst} reports after an hour")
-            time.sleep(1)
-        burst_s = time.monotonic() - t0
+        burst_s = _wait_for(reports, args.burst, t0)
         after_burst = rss_mib(proc.pid)
         print(
             f"burst: {args.burst} folders -> {len(reports())} reports in {burst_s:.0f} s; "
