@@ -136,9 +136,34 @@ def soffice() -> str | None:
     return shutil.which("soffice") or shutil.which("libreoffice")
 
 
-def libreoffice_save(src: Path, outdir: Path) -> Path:
-    """LibreOffice opens ``src`` headless and saves it as a new .xlsx with its own writer."""
-    profile = f"-env:UserInstallation=file://{outdir.parent / 'lo-profile'}"  # a fresh LibreOffice profile
-    cmd = [soffice(), profile, "--headless", "--convert-to", "xlsx:Calc MS Excel 2007 XML", "--outdir", str(outdir)]
-    subprocess.run([*cmd, str(src)], check=True, capture_output=True, timeout=180)
-    return outdir / src.name
+def libreoffice_uno() -> str | None:
+    """The system Python that can drive LibreOffice through UNO (Debian python3-uno), or None."""
+    for py in ("/usr/bin/python3", shutil.which("python3") or ""):
+        if py and soffice() and subprocess.run([py, "-c", "import uno"], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def libreoffice_edit(src: Path, dest: Path, plan: dict[str, str], name: str | None = "Dr A. Example") -> Path:
+    """Type ``plan``'s reviewed classes (and the verifier's name) into a report *in LibreOffice Calc* and
+    save it as .xlsx (tests/lo_edit.py, UNO): the edit itself is LibreOffice's, as a physician's in Calc."""
+    import json
+
+    wb = load_workbook(src, read_only=True)
+    edits = []
+    for row, values in enumerate(wb["Cells"].iter_rows(min_row=2, values_only=True), start=2):
+        if values[0] in plan:
+            edits.append(["Cells", f"H{row}", plan[values[0]]])
+    if name is not None:
+        for row, values in enumerate(wb["Summary"].iter_rows(max_col=1, values_only=True), start=1):
+            if values[0] == "Verified by":
+                edits.append(["Summary", f"B{row}", name])
+    wb.close()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    profile = dest.parent / f".lo-profile-{dest.stem}"
+    script = Path(__file__).with_name("lo_edit.py")
+    py = libreoffice_uno()
+    assert py, "LibreOffice with python3-uno is needed"
+    subprocess.run([py, str(script), str(src), str(dest), json.dumps(edits), str(profile)], check=True,
+                   capture_output=True, timeout=240)  # fmt: skip
+    return dest

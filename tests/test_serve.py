@@ -14,7 +14,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import copy_cells, edit_workbook, expected_counts, fixture_images, libreoffice_save, review_plan, soffice
+from helpers import (
+    copy_cells,
+    edit_workbook,
+    expected_counts,
+    fixture_images,
+    libreoffice_edit,
+    libreoffice_uno,
+    review_plan,
+)
 
 WBC = str(Path(sys.executable).parent / "wbc")
 pytestmark = pytest.mark.slow
@@ -164,8 +172,8 @@ def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, 
     # the verified cells reached the lab data folder the weekly retrain reads
     lab = served.home / "training-data" / "cells"
     assert sorted(p.parent.name for p in lab.rglob("*") if p.is_file()) == sorted(plan.values())
-    if soffice() is not None:
-        saved = libreoffice_save(edited, tmp_path / "lo")
+    if libreoffice_uno() is not None:  # the same three corrections typed in LibreOffice Calc: final v2
+        saved = libreoffice_edit(served.out / "VER-1.xlsx", tmp_path / "lo" / "VER-1-calc.xlsx", plan)
         shutil.copy(saved, reviewed / "VER-1-calc.xlsx")
         assert _wait(lambda: (served.out / "VER-1.final.v2.json").exists(), 90), served.text()[-3000:]
         v2 = json.loads((served.out / "VER-1.final.v2.json").read_text())

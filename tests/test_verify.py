@@ -10,7 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import REV_COL, edit_workbook, expected_counts, libreoffice_save, other_class, review_plan, soffice
+from helpers import (
+    REV_COL,
+    edit_workbook,
+    expected_counts,
+    libreoffice_edit,
+    libreoffice_uno,
+    other_class,
+    review_plan,
+)
 from openpyxl import load_workbook
 
 from wbcproc.audit import check, read_entries
@@ -228,19 +236,20 @@ def test_audit_check_finds_an_edited_entry(tmp_path, sample, tiny_model):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(soffice() is None, reason="LibreOffice (Debian package libreoffice-calc-nogui) is not installed")
-def test_a_workbook_edited_and_saved_by_libreoffice_verifies(tmp_path, sample, tiny_model):
-    """The corrections are typed into a copy (openpyxl), then LibreOffice opens that copy headless and saves
-    it as a new .xlsx with its own writer (its shared strings, styles, validation and number formats): the
-    file wbc reads is LibreOffice's, as when a physician edits in Calc."""
+@pytest.mark.skipif(
+    libreoffice_uno() is None,
+    reason="LibreOffice Calc with python3-uno (Debian: libreoffice-calc-nogui python3-uno) is not installed",
+)
+def test_a_workbook_edited_and_saved_in_libreoffice_verifies(tmp_path, sample, tiny_model):
+    """The three corrections, the confirmations and the name are typed *in LibreOffice Calc* (headless,
+    through UNO) and the workbook saved by Calc as .xlsx: the file wbc reads is LibreOffice's own."""
     out = tmp_path / "out"
     xlsx, prelim = _report(sample, out, tiny_model)
     plan = review_plan(prelim)
-    (tmp_path / "in").mkdir()
-    src = edit_workbook(xlsx, tmp_path / "in" / "edited.xlsx", plan)
-    saved = libreoffice_save(src, tmp_path / "lo")
-    assert saved.read_bytes() != src.read_bytes()  # really rewritten by LibreOffice
+    saved = libreoffice_edit(xlsx, tmp_path / "lo" / "edited.xlsx", plan)
+    assert saved.read_bytes()[:2] == b"PK" and saved.stat().st_size != xlsx.stat().st_size
     done = verify(saved, out)
     final = json.loads(done.paths["json"].read_text())
     assert final["counts"] == expected_counts(prelim, plan) and len(final["changes"]) == 3
+    assert final["verified_by"] == "Dr A. Example"
     assert check(out / "audit.jsonl").ok
