@@ -9,11 +9,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from wbcproc.verify import find_report, find_sample_dir, read_workbook, verify
 
 
-@flow(name="verify-report", log_prints=False)
+def _run_name() -> str:
+    """The run is named after the workbook (e.g. "verify S-001.xlsx"), as sample runs after their folder."""
+    return "verify " + Path(str(flow_run.parameters.get("workbook", "workbook"))).name
+
+
+@flow(name="verify-report", flow_run_name=_run_name, log_prints=False)
 def verify_report_flow(
     workbook: str, out_dir: str, sample_roots: list[str] | None = None, lab_data: str | None = None
 ) -> dict[str, Any]:

@@ -196,6 +196,7 @@ def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, 
     assert check(served.out / "audit.jsonl").ok
     runs = served.api("/flow_runs/filter", {"flows": {"name": {"any_": ["verify-report"]}}})
     assert runs and {r["state_type"] for r in runs} == {"COMPLETED"}
+    assert "verify VER-1.xlsx" in {r["name"] for r in runs}  # named after the workbook in the UI
     # a mismatched workbook: nothing changes, the reason is beside it
     before = sorted(p.name for p in served.out.iterdir())
     from openpyxl import load_workbook
