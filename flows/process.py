@@ -10,13 +10,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wbcproc.classes import DISPLAY_NAMES, WBC_CLASSES
+from wbcproc.classes import DISPLAY_NAMES
 from wbcproc.config import Settings, load_settings
 from wbcproc.discovery import SampleFolderError, SampleInventory, scan_sample
 from wbcproc.flags import flag_label
 from wbcproc.model import load_classifier
 from wbcproc.pipeline import Classified, classify_candidates, summarise
 from wbcproc.report import write_reports
+from wbcproc.report.rows import differential_rows
 
 
 def _retry_io(task, task_run, state) -> bool:
@@ -77,31 +78,22 @@ def write(result: dict[str, Any], classified: Classified, out_dir: str, version:
 
 
 def differential_table(result: dict[str, Any]) -> list[dict[str, Any]]:
-    ref = result["config"]["reference_intervals"]["percent"]
-    flagged = {f["cell"]: flag_label(f) for f in result["flags"] if f["cell"] and f["kind"] != "absolute"}
+    """The UI table: the percentages and NRBC (``differential_rows``), then the platelets seen."""
     rows = []
-    for cls in WBC_CLASSES:
-        ci = result["ci95"][cls]
+    for row in differential_rows(result):
+        if row.kind == "absolute":
+            continue
+        nrbc = row.kind == "nrbc"
         rows.append(
             {
-                "class": DISPLAY_NAMES[cls],
-                "count": result["counts"][cls],
-                "percent": result["percent"][cls],
-                "ci95": "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}",
-                "reference": f"{ref[cls][0]:g}-{ref[cls][1]:g}",
-                "flag": flagged.get(cls, ""),
+                "class": "NRBC /100 WBC" if nrbc else DISPLAY_NAMES[row.cell],
+                "count": row.count,
+                "percent": row.value,
+                "ci95": "" if row.ci95 is None else f"{row.ci95[0]:.1f}-{row.ci95[1]:.1f}",
+                "reference": f"{row.interval[1]:g}" if nrbc else f"{row.interval[0]:g}-{row.interval[1]:g}",
+                "flag": flag_label(row.flag) if row.flag else "",
             }
         )
-    rows.append(
-        {
-            "class": "NRBC /100 WBC",
-            "count": result["counts"]["erythroblast"],
-            "percent": result["nrbc_per_100_wbc"],
-            "ci95": "",
-            "reference": "0",
-            "flag": flagged.get("erythroblast", ""),
-        }
-    )
     rows.append(
         {
             "class": "Platelets seen",

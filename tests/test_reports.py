@@ -138,3 +138,23 @@ def test_output_names_never_escape(tmp_path):
     p = report_paths("../../etc/passwd", tmp_path)
     for v in p.values():
         assert v.parent == tmp_path
+
+
+def test_one_list_of_result_rows_feeds_every_writer(tmp_path, sample, tiny_model):
+    """differential_rows: six percentages, NRBC, six absolute counts (sample.json has the WBC count), each
+    carrying the flag raised on it - the rows the Summary sheet, FHIR, HL7 and the UI table show."""
+    from flows.process import differential_table
+    from wbcproc.pipeline import process_sample
+    from wbcproc.report.fhir import fhir_bundle
+    from wbcproc.report.rows import differential_rows
+
+    (sample / "sample.json").write_text('{"wbc_count": 7.2}')
+    r = json.loads(process_sample(sample, tmp_path / "o", model=tiny_model)["json"].read_text())
+    rows = differential_rows(r)
+    assert [x.kind for x in rows] == ["percent"] * 6 + ["nrbc"] + ["absolute"] * 6
+    flagged = {(f["cell"], f["kind"]) for f in r["flags"] if f["cell"]}
+    assert {(x.cell, x.kind) for x in rows if x.flag} == flagged
+    obs = [e["resource"] for e in fhir_bundle(r)["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert [o["code"]["coding"][0]["code"] for o in obs] == [x.loinc[0] for x in rows]
+    assert [o["interpretation"][0]["coding"][0]["code"] for o in obs] == [x.interpretation for x in rows]
+    assert [t["percent"] for t in differential_table(r)[:7]] == [x.value for x in rows[:7]]

@@ -20,6 +20,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from wbcproc.classes import CLASSES, DISPLAY_NAMES, WBC_CLASSES
 from wbcproc.flags import flag_label
+from wbcproc.report.rows import ResultRow, differential_rows
 
 FILL_HIGH = PatternFill("solid", start_color="FFC7CE", end_color="FFC7CE")
 FILL_LOW = PatternFill("solid", start_color="BDD7EE", end_color="BDD7EE")
@@ -107,34 +108,32 @@ def _mark(ws: Worksheet, row: int, f: dict[str, Any], label: str) -> None:
         ws.cell(row=row, column=col).fill = _flag_fill(f)
 
 
-def _differential(ws: Worksheet, r: dict[str, Any], row: int, flags: dict[tuple[str, str], dict[str, Any]]) -> int:
+def _differential(ws: Worksheet, r: dict[str, Any], row: int, rows: list[ResultRow]) -> int:
     """Class / count / % / CI / reference / flag, then NRBC and platelets; returns the last row written."""
-    ref = r["config"]["reference_intervals"]
     withheld = {w["cell"] for w in r.get("withheld_flags") or []}
     _header(ws, row, ["Class", "Count", "%", "95% CI", "Reference", "Flag"])
-    for cls in WBC_CLASSES:
+    for res in (x for x in rows if x.kind == "percent"):
         row += 1
-        ci = r["ci95"][cls]
-        put(ws, row, 1, DISPLAY_NAMES[cls])
-        put(ws, row, 2, r["counts"][cls])
-        put(ws, row, 3, r["percent"][cls])
+        ci = res.ci95
+        put(ws, row, 1, DISPLAY_NAMES[res.cell])
+        put(ws, row, 2, res.count)
+        put(ws, row, 3, res.value)
         ws.cell(row=row, column=3).number_format = "0.0"
         put(ws, row, 4, "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}")
-        put(ws, row, 5, _fmt_interval(ref["percent"][cls]))
-        f = flags.get((cls, "pct"))
-        if f:
-            _mark(ws, row, f, flag_label(f))
-        elif cls in withheld:
+        put(ws, row, 5, _fmt_interval(res.interval))
+        if res.flag:
+            _mark(ws, row, res.flag, flag_label(res.flag))
+        elif res.cell in withheld:
             put(ws, row, 6, "withheld: verify")
             ws.cell(row=row, column=6).fill = FILL_WARN
+    nrbc = next(x for x in rows if x.kind == "nrbc")
     row += 1
     put(ws, row, 1, "NRBC per 100 WBC", bold=True)
-    put(ws, row, 2, r["counts"]["erythroblast"])
-    put(ws, row, 3, r["nrbc_per_100_wbc"])
-    put(ws, row, 5, f"<= {ref['nrbc_max_per_100_wbc']:g}")
-    f = flags.get(("erythroblast", "pct"))
-    if f:
-        _mark(ws, row, f, "PRESENT" + (f" ({f['grade']})" if f.get("grade") else ""))
+    put(ws, row, 2, nrbc.count)
+    put(ws, row, 3, nrbc.value)
+    put(ws, row, 5, f"<= {nrbc.interval[1]:g}")
+    if nrbc.flag:
+        _mark(ws, row, nrbc.flag, "PRESENT" + (f" ({nrbc.flag['grade']})" if nrbc.flag.get("grade") else ""))
     row += 1
     put(ws, row, 1, "Platelets seen", bold=True)
     put(ws, row, 2, r["platelets_seen"])
@@ -142,21 +141,19 @@ def _differential(ws: Worksheet, r: dict[str, Any], row: int, flags: dict[tuple[
     return row
 
 
-def _absolute(ws: Worksheet, r: dict[str, Any], row: int, flags: dict[tuple[str, str], dict[str, Any]]) -> int:
-    ref = r["config"]["reference_intervals"]
+def _absolute(ws: Worksheet, r: dict[str, Any], row: int, rows: list[ResultRow]) -> int:
     row += 2
     put(ws, row, 1, f"Absolute counts (analyser WBC {r['metadata']['wbc_count']:g} x10^9/L)", bold=True)
     row += 1
     _header(ws, row, ["Class", "x10^9/L", "", "", "Reference", "Flag"])
-    for cls in WBC_CLASSES:
+    for res in (x for x in rows if x.kind == "absolute"):
         row += 1
-        put(ws, row, 1, DISPLAY_NAMES[cls])
-        put(ws, row, 2, r["absolute"][cls])
+        put(ws, row, 1, DISPLAY_NAMES[res.cell])
+        put(ws, row, 2, res.value)
         ws.cell(row=row, column=2).number_format = "0.00"
-        put(ws, row, 5, _fmt_interval(ref["absolute"].get(cls), ""))
-        f = flags.get((cls, "abs"))
-        if f:
-            _mark(ws, row, f, flag_label(f))
+        put(ws, row, 5, _fmt_interval(res.interval, ""))
+        if res.flag:
+            _mark(ws, row, res.flag, flag_label(res.flag))
     return row
 
 
@@ -190,12 +187,12 @@ def _chart(ws: Worksheet, top: int, bottom: int) -> None:
 
 
 def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
-    flags = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"] is not None}
+    rows = differential_rows(r)
     _title(ws, r)
     top = _identity(ws, r)
-    row = _differential(ws, r, top, flags)
+    row = _differential(ws, r, top, rows)
     if r["absolute"] is not None:
-        row = _absolute(ws, r, row, flags)
+        row = _absolute(ws, r, row, rows)
     row = _flag_list(ws, r, row + 2) + 1
     put(ws, row, 1, r["disclaimer"], bold=True)
     ws.column_dimensions["A"].width = 26

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from wbcproc.classes import LOINC_ABSOLUTE, LOINC_PERCENT, WBC_CLASSES
+from wbcproc.report.rows import ResultRow, differential_rows
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -45,8 +45,6 @@ def _qty(value: float, unit: str, code: str) -> dict[str, Any]:
 
 def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
     ns = uuid.uuid5(uuid.NAMESPACE_URL, f"wbc:{r['sample_id']}:{r['processed_at']}")
-    ref = r["config"]["reference_intervals"]
-    flagged = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"]}
     specimen_id = str(uuid.uuid5(ns, "specimen"))
     specimen = {
         "resourceType": "Specimen",
@@ -90,48 +88,8 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         observations.append(obs)
 
     if r["wbc_total"]:
-        for cls in WBC_CLASSES:
-            lo, hi = ref["percent"][cls]
-            f = flagged.get((cls, "pct"))
-            ci = r["ci95"][cls]
-            observation(
-                f"pct:{cls}",
-                LOINC_PERCENT[cls],
-                _qty(r["percent"][cls], "%", "%"),
-                {
-                    "low": _qty(lo, "%", "%"),
-                    "high": _qty(hi, "%", "%"),
-                    "text": f"{ref['name']} v{ref['version']}",
-                },
-                "H" if f and f["direction"] == "high" else "L" if f else "N",
-                f"95% CI {ci[0]:.1f}-{ci[1]:.1f} % (Clopper-Pearson); {r['counts'][cls]} of {r['wbc_total']} WBC"
-                + (f"; {f['message']}" if f else ""),
-                f,
-            )
-        f = flagged.get(("erythroblast", "pct"))
-        observation(
-            "nrbc",
-            LOINC_PERCENT["erythroblast"],
-            _qty(r["nrbc_per_100_wbc"], "/100{WBCs}", "/100{WBCs}"),
-            {"high": _qty(ref["nrbc_max_per_100_wbc"], "/100{WBCs}", "/100{WBCs}")},
-            "H" if f else "N",
-            f"{r['counts']['erythroblast']} NRBC seen" + (f"; {f['message']}" if f else ""),
-            f,
-        )
-        if r["absolute"] is not None:
-            for cls in WBC_CLASSES:
-                iv = ref["absolute"].get(cls)
-                f = flagged.get((cls, "abs"))
-                rr = None
-                if iv is not None:
-                    rr = {"low": _qty(iv[0], "10*9/L", "10*9/L"), "high": _qty(iv[1], "10*9/L", "10*9/L")}
-                observation(
-                    f"abs:{cls}",
-                    LOINC_ABSOLUTE[cls],
-                    _qty(r["absolute"][cls], "10*9/L", "10*9/L"),
-                    rr,
-                    "H" if f and f["direction"] == "high" else "L" if f else "N",
-                )
+        for row in differential_rows(r):
+            _observe(observation, row, r)
     report = {
         "resourceType": "DiagnosticReport",
         "id": str(uuid.uuid5(ns, "report")),
@@ -171,6 +129,30 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
         "timestamp": r["processed_at"],
         "entry": [{"fullUrl": f"urn:uuid:{e['id']}", "resource": e} for e in entries],
     }
+
+
+def _observe(observation, row: ResultRow, r: dict[str, Any]) -> None:
+    """One Observation from a result row: value, reference range, H/L/N, and a note for counted results."""
+    ref = r["config"]["reference_intervals"]
+    unit, f = row.unit, row.flag
+    message = f"; {f['message']}" if f else ""
+    if row.kind == "percent":
+        lo, hi = row.interval
+        ci = row.ci95
+        rr = {"low": _qty(lo, unit, unit), "high": _qty(hi, unit, unit), "text": f"{ref['name']} v{ref['version']}"}
+        note = f"95% CI {ci[0]:.1f}-{ci[1]:.1f} % (Clopper-Pearson); {row.count} of {r['wbc_total']} WBC" + message
+        observation(f"pct:{row.cell}", row.loinc, _qty(row.value, unit, unit), rr, row.interpretation, note, f)
+    elif row.kind == "nrbc":
+        rr = {"high": _qty(row.interval[1], unit, unit)}
+        note = f"{row.count} NRBC seen" + message
+        observation("nrbc", row.loinc, _qty(row.value, unit, unit), rr, row.interpretation, note, f)
+    else:
+        rr = (
+            None
+            if row.interval is None
+            else {"low": _qty(row.interval[0], unit, unit), "high": _qty(row.interval[1], unit, unit)}
+        )
+        observation(f"abs:{row.cell}", row.loinc, _qty(row.value, unit, unit), rr, row.interpretation)
 
 
 def _sign(report: dict[str, Any], observations: list[dict[str, Any]], name: str, ns: uuid.UUID) -> dict[str, Any]:

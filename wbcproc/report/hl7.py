@@ -14,11 +14,10 @@ Written only when ``[outputs] hl7 = true`` in the config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from wbcproc.classes import LOINC_ABSOLUTE, LOINC_PERCENT, WBC_CLASSES
+from wbcproc.report.rows import ResultRow, differential_rows
 
 VERSION = "2.5.1"
 PANEL = ("57023-4", "Auto Differential panel - Blood")
@@ -42,46 +41,6 @@ def result_status(r: dict[str, Any]) -> str:
     if r.get("status") != "final":
         return "P"
     return "F" if r.get("final_version", 1) <= 1 else "C"
-
-
-@dataclass(frozen=True)
-class Result:
-    """One OBX: a LOINC-coded value with its unit, reference range and the flag raised on it (if any)."""
-
-    loinc: tuple[str, str]
-    value: float
-    unit: str
-    range: str
-    flag: dict[str, Any] | None
-
-
-def results(r: dict[str, Any]) -> list[Result]:
-    """The report's results in OBX order: six percentages, NRBC per 100 WBC, absolute counts when known."""
-    if not r["wbc_total"]:
-        return []
-    ref = r["config"]["reference_intervals"]
-    flagged = {(f["cell"], "abs" if f["kind"] == "absolute" else "pct"): f for f in r["flags"] if f["cell"]}
-    out = [
-        Result(
-            LOINC_PERCENT[c],
-            r["percent"][c],
-            "%^%^UCUM",
-            "{:g}-{:g}".format(*ref["percent"][c]),
-            flagged.get((c, "pct")),
-        )
-        for c in WBC_CLASSES
-    ]
-    nrbc_range = f"0-{ref['nrbc_max_per_100_wbc']:g}"
-    nrbc_flag = flagged.get(("erythroblast", "pct"))
-    out.append(
-        Result(LOINC_PERCENT["erythroblast"], r["nrbc_per_100_wbc"], "/100{WBCs}^/100 WBC^UCUM", nrbc_range, nrbc_flag)
-    )
-    if r["absolute"] is not None:
-        for c in WBC_CLASSES:
-            iv = ref["absolute"].get(c)
-            rr = "" if iv is None else f"{iv[0]:g}-{iv[1]:g}"
-            out.append(Result(LOINC_ABSOLUTE[c], r["absolute"][c], "10*9/L^10*9/L^UCUM", rr, flagged.get((c, "abs"))))
-    return out
 
 
 def _header(m, r: dict[str, Any], sending_facility: str, receiving_application: str) -> None:
@@ -128,17 +87,26 @@ def _order(oo, r: dict[str, Any], status: str) -> None:
         nte.nte_3 = _esc(text)[:65536]
 
 
-def _observation(oo, i: int, res: Result, r: dict[str, Any], status: str) -> None:
+_HL7_UNITS = {"percent": "%^%^UCUM", "nrbc": "/100{WBCs}^/100 WBC^UCUM", "absolute": "10*9/L^10*9/L^UCUM"}
+
+
+def _range(row: ResultRow) -> str:
+    if row.interval is None:
+        return ""
+    return f"{row.interval[0]:g}-{row.interval[1]:g}"
+
+
+def _observation(oo, i: int, res: ResultRow, r: dict[str, Any], status: str) -> None:
     group = oo.add_group("ORU_R01_OBSERVATION")
     obx = group.add_segment("OBX")
     obx.obx_1 = str(i)
     obx.obx_2 = "NM"
     obx.obx_3 = f"{res.loinc[0]}^{_esc(res.loinc[1])}^LN"
     obx.obx_5 = f"{res.value:g}"
-    obx.obx_6 = res.unit
-    if res.range:
-        obx.obx_7 = res.range
-    obx.obx_8 = "N" if res.flag is None else ("H" if res.flag["direction"] == "high" else "L")
+    obx.obx_6 = _HL7_UNITS[res.kind]
+    if _range(res):
+        obx.obx_7 = _range(res)
+    obx.obx_8 = res.interpretation
     obx.obx_11 = status
     obx.obx_14 = _ts(r["processed_at"])
     if r.get("verified_by"):
@@ -162,7 +130,7 @@ def oru_r01(r: dict[str, Any], *, sending_facility: str = "LAB", receiving_appli
     _patient(pr, r)
     oo = pr.add_group("ORU_R01_ORDER_OBSERVATION")
     _order(oo, r, status)
-    for i, res in enumerate(results(r), start=1):
+    for i, res in enumerate(differential_rows(r) if r["wbc_total"] else [], start=1):
         _observation(oo, i, res, r, status)
     m.validate()
     return m.to_er7()
