@@ -191,7 +191,7 @@ def _flow_runner(model: Path | None, config: Path | None):
 
 def _classify_inputs(paths: list[Path], settings) -> tuple[list, list[dict[str, Any]]]:
     """Candidates to classify from files and folders, and a line for each input that cannot be."""
-    from wbcproc.discovery import Candidate, check_image_header, display_name, scan_sample
+    from wbcproc.discovery import Candidate, display_name, header_checked, scan_sample
 
     candidates: list[Candidate] = []
     errors: list[dict[str, Any]] = []
@@ -204,11 +204,9 @@ def _classify_inputs(paths: list[Path], settings) -> tuple[list, list[dict[str, 
                 candidates.append(Candidate(str(p / c.path.name), c.path, c.width, c.height, c.format, c.mode))
             errors += [{"file": str(p / r.file), "label": None, "error": r.reason} for r in inv.rejected]
         else:
-            res = check_image_header(p, display_name(str(p)), settings)
-            if isinstance(res, Candidate):
-                candidates.append(res)
-            else:
-                errors.append({"file": res.file, "label": None, "error": res.reason})
+            ok, bad = header_checked([(p, display_name(str(p)))], settings)
+            candidates += ok
+            errors += [{"file": r.file, "label": None, "error": r.reason} for r in bad]
     return candidates, errors
 
 

@@ -11,7 +11,7 @@ from training.data import Item, gather
 from training.metrics import classification_metrics
 from wbcproc.classes import CLASSES
 from wbcproc.config import load_settings
-from wbcproc.discovery import Candidate, check_image_header
+from wbcproc.discovery import header_checked
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import load_classifier
 from wbcproc.pipeline import classify_candidates
@@ -43,19 +43,13 @@ def _framed_predictions(
 def evaluate_items(model: str | Path, items: list[Item]) -> dict[str, Any]:
     settings = load_settings(None)
     clf = load_classifier(model, settings.threads)
-    candidates, labels, rejected = [], {}, []
+    rejected: list[dict[str, str]] = []
     framed_items = [it for it in items if it.framed]
     framed_truth, framed_pred, framed_sources = _framed_predictions(clf, framed_items, rejected, settings.batch_size)
-    for it in items:
-        if it.framed:
-            continue
-        key = str(it.path)
-        res = check_image_header(it.path, key, settings)
-        if isinstance(res, Candidate):
-            candidates.append(res)
-            labels[key] = it.label
-        else:
-            rejected.append({"file": key, "reason": res.reason})
+    cells = [it for it in items if not it.framed]
+    labels = {str(it.path): it.label for it in cells}
+    candidates, bad = header_checked(((it.path, str(it.path)) for it in cells), settings)
+    rejected += [{"file": r.file, "reason": r.reason} for r in bad]
     classified = classify_candidates(candidates, clf, settings, thumbnails=False, image_type="cell")
     rejected += [{"file": r.file, "reason": r.reason} for r in classified.rejected]
     truth = [labels[c.file] for c in classified.cells] + framed_truth

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,17 @@ def check_image_header(path: Path, name: str, settings: Settings) -> Candidate |
         return Rejected(name, *problem)
     fmt, width, height, mode, _ = header
     return Candidate(name, path, width, height, fmt, mode)
+
+
+def header_checked(files: Iterable[tuple[Path, str]], settings: Settings) -> tuple[list[Candidate], list[Rejected]]:
+    """``(path, name)`` pairs through the header checks: the candidates to decode and the rejected, in
+    order (``wbc classify``'s files, ``wbc evaluate``'s data set; a sample folder uses ``scan_sample``)."""
+    candidates: list[Candidate] = []
+    rejected: list[Rejected] = []
+    for path, name in files:
+        res = check_image_header(path, name, settings)
+        (candidates if isinstance(res, Candidate) else rejected).append(res)  # type: ignore[arg-type]
+    return candidates, rejected
 
 
 def _symlink_problem(path: Path, name: str, folder_real: Path) -> Rejected | None:
