@@ -142,8 +142,10 @@ def test_a_withheld_left_shift_is_named_and_its_cells_are_marked_for_verificatio
     cor = correct(diff.counts, leaky_confusion(0.02))
     flags = interval_flags(diff, ref, cor)
     assert not [f for f in flags if f["code"] == "LEFT_SHIFT"]
-    held = withheld_flags(diff, ref, cor)
+    held = withheld_flags(diff, ref, cor, flags)
     assert [(w["cell"], w["direction"]) for w in held] == [("ig", "high")]
     assert held[0]["probability"] < 0.5 and "flag withheld - verify the marked cells" in held[0]["message"]
     assert "ig" in flag_drivers(flags, held)
-    assert withheld_flags(diff, ref, None) == []  # no correction, nothing withheld: the raw rule flags it
+    assert (
+        withheld_flags(diff, ref, None, interval_flags(diff, ref)) == []
+    )  # no correction, nothing withheld: the raw rule flags it

@@ -52,6 +52,23 @@ class Differential:
     def review_share(self) -> float:
         return self.n_review / self.n_cells if self.n_cells else 0.0
 
+    def report_fields(self) -> dict[str, Any]:
+        """The differential as a JSON report carries it (preliminary and final alike), rounded for reading."""
+        return {
+            "counts": {c: self.counts[c] for c in CLASSES},
+            "wbc_total": self.wbc_total,
+            "percent": {c: _r(self.percent[c]) for c in WBC_CLASSES},
+            "ci95": {c: (None if self.ci95[c] is None else [_r(v) for v in self.ci95[c]]) for c in WBC_CLASSES},
+            "absolute": None if self.absolute is None else {c: round(v, 4) for c, v in self.absolute.items()},
+            "absolute_unit": "10*9/L",
+            "nrbc_per_100_wbc": _r(self.nrbc_per_100_wbc),
+            "platelets_seen": self.platelets_seen,
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
 
 def differential(labels: Iterable[str], reviews: Iterable[bool] = (), wbc_count: float | None = None) -> Differential:
     """Count labels and derive the differential.  Percentages are None when no WBC were counted."""

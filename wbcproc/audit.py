@@ -36,14 +36,6 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_entries(path: str | Path) -> list[dict[str, Any]]:
     """Every entry of the log (no check; see :func:`check`).  A missing log has none."""
     p = Path(path)

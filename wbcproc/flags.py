@@ -81,16 +81,17 @@ def flag_drivers(flags: list[dict[str, Any]], withheld: list[dict[str, Any]] = (
     return raised | {w["cell"] for w in withheld if w["direction"] == "high"}
 
 
-def withheld_flags(diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None) -> list[dict[str, Any]]:
+def withheld_flags(
+    diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None, flags: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Values reported beyond their limit whose flag the correction withheld (the model's measured confusion
-    explains them: probability beyond the limit < 0.5).  Not flags - a prompt: the report names them and
+    explains them: probability beyond the limit < 0.5), given the ``flags`` ``interval_flags`` raised on the
+    same differential.  Not flags - a prompt: the report names them and
     marks their cells for verification, because a withheld left shift at 3 % IG is sometimes real (the
     screening benchmark finds 87 % of 3-5 % IG samples at 100 cells; verification finds the rest)."""
     if corrected is None or diff.wbc_total == 0:
         return []
-    raised = {
-        (f["cell"], f["direction"]) for f in interval_flags(diff, ref, corrected) if f["kind"] in ("percent", "nrbc")
-    }
+    raised = {(f["cell"], f["direction"]) for f in flags if f["kind"] in ("percent", "nrbc")}
     out = []
     for cell in WBC_CLASSES:
         value, (lo, hi) = diff.percent[cell], ref.percent[cell]
@@ -247,6 +248,22 @@ def interval_flags(
     return flags + _absolute_flags(diff, ref, corrected) + _nrbc_flags(diff, ref, corrected)
 
 
+def wbc_count_flags(wbc_total: int, min_wbc: int) -> list[dict[str, Any]]:
+    """NO_WBC / LOW_WBC_COUNT: too few white cells for a differential to act on (also recomputed for a
+    final report from its verified classes)."""
+    if wbc_total == 0:
+        return [sample_flag("NO_WBC", "no white cells were counted: no differential can be given", 0)]
+    if wbc_total < min_wbc:
+        return [
+            sample_flag(
+                "LOW_WBC_COUNT",
+                f"only {wbc_total} WBC counted (< {min_wbc}): confidence intervals are wide",
+                wbc_total,
+            )
+        ]
+    return []
+
+
 def sample_flags(
     diff: Differential,
     settings: Settings,
@@ -267,16 +284,7 @@ def sample_flags(
                 "intervals for this age group",
             )
         )
-    if diff.wbc_total == 0:
-        flags.append(sample_flag("NO_WBC", "no white cells were counted: no differential can be given", 0))
-    elif diff.wbc_total < settings.min_wbc:
-        flags.append(
-            sample_flag(
-                "LOW_WBC_COUNT",
-                f"only {diff.wbc_total} WBC counted (< {settings.min_wbc}): confidence intervals are wide",
-                diff.wbc_total,
-            )
-        )
+    flags += wbc_count_flags(diff.wbc_total, settings.min_wbc)
     if diff.n_cells and diff.review_share > settings.max_review_share:
         flags.append(
             sample_flag(

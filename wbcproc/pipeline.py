@@ -22,7 +22,6 @@ import numpy as np
 
 from wbcproc import __version__
 from wbcproc.aggregate import CellResult, Differential, differential
-from wbcproc.classes import CLASSES, WBC_CLASSES
 from wbcproc.config import Settings, load_settings
 from wbcproc.correction import correct
 from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
@@ -410,7 +409,7 @@ def summarise(
                 domain["distance"],
             ),
         )
-    withheld = withheld_flags(diff, settings.reference, corrected)
+    withheld = withheld_flags(diff, settings.reference, corrected, flags)
     drivers = flag_drivers(flags, withheld)
     info = classifier.info
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
@@ -422,14 +421,7 @@ def summarise(
         "report_id": uuid.uuid4().hex,
         "report_version": 1,  # a changed re-drop of a reported sample is version 2, 3... (the watcher's ledger)
         "processed_at": (processed_at or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "counts": {c: diff.counts[c] for c in CLASSES},
-        "wbc_total": diff.wbc_total,
-        "percent": {c: _r(diff.percent[c]) for c in WBC_CLASSES},
-        "ci95": {c: (None if diff.ci95[c] is None else [_r(v) for v in diff.ci95[c]]) for c in WBC_CLASSES},
-        "absolute": None if diff.absolute is None else {c: round(v, 4) for c, v in diff.absolute.items()},
-        "absolute_unit": "10*9/L",
-        "nrbc_per_100_wbc": _r(diff.nrbc_per_100_wbc),
-        "platelets_seen": diff.platelets_seen,
+        **diff.report_fields(),
         "cells_classified": diff.n_cells,
         "cells_for_review": diff.n_review,
         "review_threshold": threshold,
@@ -476,10 +468,6 @@ def summarise(
         ),
         "disclaimer": "Decision support only, not a diagnosis: results require review by a qualified person.",
     }
-
-
-def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 2)
 
 
 def run_sample(

@@ -44,10 +44,11 @@ from typing import Any
 
 from wbcproc.aggregate import differential
 from wbcproc.atomic import atomic_write_bytes
-from wbcproc.audit import LOG_NAME, append, file_sha256, read_entries
+from wbcproc.audit import LOG_NAME, append, read_entries
 from wbcproc.classes import CLASSES
 from wbcproc.config import ReferenceIntervals
-from wbcproc.flags import flag_drivers, interval_flags, sample_flag
+from wbcproc.flags import flag_drivers, interval_flags, wbc_count_flags
+from wbcproc.model import sha256_file
 from wbcproc.report import hl7_bytes
 from wbcproc.report.excel import VERIFIED_BY, workbook_bytes
 from wbcproc.report.fhir import fhir_bundle
@@ -151,7 +152,7 @@ def read_workbook(path: str | Path) -> ReviewedWorkbook:
     wb.close()
     return ReviewedWorkbook(
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         sample_id=str(ident["Sample"][0] or ""),
         report_id=str(ident["Report ID"][0] or ""),
         model_sha256=str(ident["Model sha256"][0] or ""),
@@ -167,7 +168,8 @@ def find_report(out_dir: str | Path, report_id: str, sample_id: str) -> Path | N
 
     out = Path(out_dir)
     named = sorted(out.glob(f"{safe_stem(sample_id)}*.json"))  # the sample's own reports first
-    for p in [*named, *(q for q in sorted(out.glob("*.json")) if q not in set(named))]:
+    first = set(named)
+    for p in [*named, *(q for q in sorted(out.glob("*.json")) if q not in first)]:
         if p.name.endswith(".fhir.json"):
             continue
         try:
@@ -180,13 +182,15 @@ def find_report(out_dir: str | Path, report_id: str, sample_id: str) -> Path | N
 
 def _final_paths(prelim_json: Path) -> tuple[int, dict[str, Path]]:
     stem = prelim_json.name[: -len(".json")]
-    out = prelim_json.parent
+
+    def final_stem(version: int) -> str:  # <stem>.final, <stem>.final.v2, ...
+        return f"{stem}.final" if version == 1 else f"{stem}.final.v{version}"
+
     version = 1
-    while (out / f"{stem}.final{'' if version == 1 else f'.v{version}'}.json").exists():
+    while (prelim_json.parent / f"{final_stem(version)}.json").exists():
         version += 1
-    fstem = f"{stem}.final{'' if version == 1 else f'.v{version}'}"
     names = {"xlsx": ".xlsx", "fhir": ".fhir.json", "hl7": ".hl7", "json": ".json"}
-    return version, {k: out / f"{fstem}{ext}" for k, ext in names.items()}
+    return version, {k: prelim_json.parent / f"{final_stem(version)}{ext}" for k, ext in names.items()}
 
 
 def _identity_problems(wbk: ReviewedWorkbook, base: dict[str, Any]) -> list[str]:
@@ -273,19 +277,8 @@ def final_result(base: dict[str, Any], verified: dict[str, str], *, by: str, at:
     diff = differential((c["class"] for c in cells), (False for _ in cells), wbc_count)
     flags = [f for f in base["flags"] if f["cell"] is None and f["code"] not in _RECOMPUTED_SAMPLE_FLAGS]
     flags = interval_flags(diff, ref) + flags
-    min_wbc = r["config"].get("min_wbc", 100)
-    if diff.wbc_total == 0:
-        flags.append(sample_flag("NO_WBC", "no white cells were counted: no differential can be given", 0))
-    elif diff.wbc_total < min_wbc:
-        flags.append(
-            sample_flag(
-                "LOW_WBC_COUNT",
-                f"only {diff.wbc_total} WBC counted (< {min_wbc}): confidence intervals are wide",
-                diff.wbc_total,
-            )
-        )
+    flags += wbc_count_flags(diff.wbc_total, r["config"].get("min_wbc", 100))
     drivers = flag_drivers(flags)
-    rnd = lambda v: None if v is None else round(v, 2)  # noqa: E731
     r.update(
         {
             "status": "final",
@@ -294,13 +287,7 @@ def final_result(base: dict[str, Any], verified: dict[str, str], *, by: str, at:
             "verified_by": by,
             "verified_at": at,
             "preliminary": {"report_id": prelim_id},
-            "counts": {c: diff.counts[c] for c in CLASSES},
-            "wbc_total": diff.wbc_total,
-            "percent": {c: rnd(v) for c, v in diff.percent.items()},
-            "ci95": {c: (None if v is None else [rnd(x) for x in v]) for c, v in diff.ci95.items()},
-            "absolute": None if diff.absolute is None else {c: round(v, 4) for c, v in diff.absolute.items()},
-            "nrbc_per_100_wbc": rnd(diff.nrbc_per_100_wbc),
-            "platelets_seen": diff.platelets_seen,
+            **diff.report_fields(),
             "cells_for_review": 0,
             "flags": flags,
             "corrected": None,
@@ -356,11 +343,11 @@ def verify(
     result = final_result(base, verified, by=signer, at=at, version=version)
     result["preliminary"] = {"report_id": result["preliminary"]["report_id"], "file": prelim_path.name}
     hashes = {
-        "preliminary_json": file_sha256(prelim_path),
+        "preliminary_json": sha256_file(prelim_path),
         "workbook_read": wbk.sha256,
     }
     if base_path != prelim_path:
-        hashes["previous_final_json"] = file_sha256(base_path)
+        hashes["previous_final_json"] = sha256_file(base_path)
     log = out / LOG_NAME
     trail = [e for e in read_entries(log) if e.get("preliminary_report_id") == result["preliminary"]["report_id"]]
     event: dict[str, Any] = {
