@@ -3,7 +3,6 @@ final report (``wbcproc.verify``), visible in the UI; a rejected workbook fails 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from wbcproc.verify import find_report, find_sample_dir, read_workbook, verify
+from wbcproc.verify import verify
 
 
 def _run_name() -> str:
@@ -26,18 +25,8 @@ def verify_report_flow(
     """Verify one workbook against the reports in ``out_dir``; copy the verified cells to ``lab_data``
     when the sample's images are found under ``sample_roots`` (the inbox and its archive)."""
     log = get_run_logger()
-    sample_dir = None
-    if sample_roots:
-        try:  # only to find the images; every check happens in verify()
-            wbk = read_workbook(workbook)
-            base = find_report(out_dir, wbk.report_id, wbk.sample_id)
-            if base is not None:
-                sample_dir = find_sample_dir(
-                    json.loads(base.read_text(encoding="utf-8")), [Path(r) for r in sample_roots]
-                )
-        except Exception:
-            sample_dir = None
-    done = verify(workbook, out_dir, sample_dir=sample_dir, lab_data=lab_data if sample_dir else None)
+    roots = [Path(r) for r in sample_roots or []]
+    done = verify(workbook, out_dir, sample_roots=roots, lab_data=lab_data)
     r = done.result
     log.info(
         "%s: final report v%d signed by %s, %d change(s): %s",

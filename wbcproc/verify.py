@@ -311,13 +311,15 @@ def verify(
     *,
     by: str | None = None,
     sample_dir: str | Path | None = None,
+    sample_roots: list[Path] = (),
     lab_data: str | Path | None = None,
     now: datetime | None = None,
 ) -> Verified:
     """Verify one edited workbook against the reports in ``out_dir`` and write the final report set.
 
-    ``sample_dir``: the sample's images (for copying the verified cells into ``lab_data``); without it,
-    or without ``lab_data``, no cells are exported and the result says so."""
+    ``sample_dir``: the sample's images (for copying the verified cells into ``lab_data``), or found under
+    ``sample_roots`` (``find_sample_dir``: the inbox and its archive); without it, or without ``lab_data``,
+    no cells are exported and the result says so."""
     out = Path(out_dir)
     wbk = read_workbook(workbook)
     base_path = find_report(out, wbk.report_id, wbk.sample_id) if wbk.report_id else None
@@ -366,6 +368,8 @@ def verify(
     result["audit"] = [*trail, {**event, "at": at}]
     entry = _write_final(result, paths, log, event, hashes, now)
     done = Verified(paths=paths, result=result, version=version, changes=result["changes"], audit_entry=entry)
+    if sample_dir is None and sample_roots:
+        sample_dir = find_sample_dir(base, list(sample_roots))
     if lab_data is not None and sample_dir is not None and verified:
         done.exported = export_cells(result, verified, sample_dir, lab_data)
     elif verified:
