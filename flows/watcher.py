@@ -138,16 +138,12 @@ class InboxWatcher:
             if self.crash is not None and state in STALE_STATES:
                 # the process that ran it died with us (kill -9, power loss): mark it and run the sample again
                 self.crash(run_id, "the wbc serve process running it stopped; the sample is run again")
-                run_id = self.submit(folder, entry.fingerprint, entry.version, f"restart-{int(time.time())}")
-                self.ledger.record(entry.folder, entry.fingerprint, entry.version, "submitted", run_id)
+                new = self._resubmit(entry.folder, entry.fingerprint, entry.version, f"restart-{int(time.time())}")
                 log.info(
-                    "%s: run %s was left %s by a stopped service; resubmitted as %s",
-                    entry.folder,
-                    entry.flow_run_id,
-                    state,
-                    run_id,
+                    "%s: run %s was left %s by a stopped service; resubmitted as %s", entry.folder, run_id, state, new
                 )
-            self.in_flight[entry.folder] = InFlight(entry.fingerprint, entry.version, run_id)
+            else:
+                self.in_flight[entry.folder] = InFlight(entry.fingerprint, entry.version, run_id)
         self._observer.schedule(_Handler(self.inbox, self.tracker, self._wake), str(self.inbox), recursive=True)
         self._observer.start()
         self._thread.start()
@@ -195,14 +191,14 @@ class InboxWatcher:
     def _follow(self, name: str, inf: InFlight) -> None:
         """Act on the state of a submitted run: archive, rerun after a crash, fail, or watch for a stuck one."""
         state, message = self.state_of(inf.run_id)
+        if state != "PENDING":
+            self._pending_since.pop(inf.run_id, None)
         if state in DONE_STATES:
             self.ledger.record(name, inf.fingerprint, inf.version, "completed", inf.run_id)
             self._finish(name, "archive", None)
         elif state == "CRASHED" and inf.crashes < CRASH_RERUNS:
             # the infrastructure's failure, not the sample's (a worker machine died): run it again
-            run_id = self.submit(self.inbox / name, inf.fingerprint, inf.version, f"crash-{inf.crashes + 1}")
-            self.ledger.record(name, inf.fingerprint, inf.version, "submitted", run_id)
-            self.in_flight[name] = InFlight(inf.fingerprint, inf.version, run_id, inf.crashes + 1)
+            run_id = self._resubmit(name, inf.fingerprint, inf.version, f"crash-{inf.crashes + 1}", inf.crashes + 1)
             log.warning("%s: run %s crashed (%s); resubmitted as %s", name, inf.run_id, message or "", run_id)
         elif state in FAILED_STATES:
             self.ledger.record(name, inf.fingerprint, inf.version, "failed", inf.run_id, message)
@@ -221,14 +217,19 @@ class InboxWatcher:
             self.mark_crashed(inf.run_id, f"taken by a worker but not started within {self.stuck_pending_s:g} s")
             log.warning("%s: run %s stuck in PENDING; marked crashed", name, inf.run_id)
 
+    def _resubmit(self, name: str, fingerprint: str, version: int, attempt: str, crashes: int = 0) -> str:
+        """Submit a folder's run again (same content and report version, a new attempt key) and follow it."""
+        run_id = self.submit(self.inbox / name, fingerprint, version, attempt)
+        self.ledger.record(name, fingerprint, version, "submitted", run_id)
+        self.in_flight[name] = InFlight(fingerprint, version, run_id, crashes)
+        return run_id
+
     def _rerun(self, name: str, inf: InFlight, state: str | None) -> None:
         """A run whose execution ended here without a final state: mark it crashed and run the sample again."""
         self._orphan_since.pop(inf.run_id, None)
         if self.crash is not None:
             self.crash(inf.run_id, f"its execution ended while its state was {state}; the sample is run again")
-        run_id = self.submit(self.inbox / name, inf.fingerprint, inf.version, f"rerun-{int(time.time())}")
-        self.ledger.record(name, inf.fingerprint, inf.version, "submitted", run_id)
-        self.in_flight[name] = InFlight(inf.fingerprint, inf.version, run_id)
+        run_id = self._resubmit(name, inf.fingerprint, inf.version, f"rerun-{int(time.time())}")
         log.warning("%s: run %s ended without a final state (%s); resubmitted as %s", name, inf.run_id, state, run_id)
 
     def _take(self, folder: Path) -> None:
