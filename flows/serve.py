@@ -490,9 +490,9 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
         marker=opts.marker,
         polling=opts.polling,
         move_done=opts.move_done,
-        crash=None if opts.pool else runs.crash,
+        crash=runs.crash,
+        pooled=bool(opts.pool),
         finished_locally=None if opts.pool else (lambda run_id: run_id in _FINISHED),
-        mark_crashed=runs.crash if opts.pool else None,
     )
     # Reviewed workbooks are verified here, in this process (no model, well under a second): a run of the
     # verify-report flow each, so a signature and a rejection both show in the UI.

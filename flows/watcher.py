@@ -95,7 +95,7 @@ class InboxWatcher:
         move_done: bool = True,
         crash: Callable[[str, str], None] | None = None,
         finished_locally: Callable[[str], bool] | None = None,
-        mark_crashed: Callable[[str, str], None] | None = None,
+        pooled: bool = False,
         stuck_pending_s: float = 120.0,
     ) -> None:
         self.inbox = inbox
@@ -105,14 +105,16 @@ class InboxWatcher:
         self.scan_s = scan_s
         self.marker = marker
         self.move_done = move_done
-        self.crash = crash  # set: runs found RUNNING/PENDING at start belonged to a dead runner (embedded mode)
+        # marks a run CRASHED.  Embedded mode: runs found RUNNING/PENDING at start belonged to a dead runner.
+        # Work-pool mode (``pooled``): those runs are the workers'; instead, a run a worker took (PENDING)
+        # whose process never started - e.g. it died on a database outage before it could report - is marked
+        # CRASHED after ``stuck_pending_s`` and, as every crash, run again.  No heartbeat covers it:
+        # heartbeats begin when the flow starts.
+        self.crash = crash
+        self.pooled = pooled
         # set: tells whether an in-process execution of a run has returned; a run that has returned but whose
         # state never became final (the API was down at the end, e.g. a server restart) is run again
         self.finished_locally = finished_locally
-        # set (work-pool mode): a run a worker took (PENDING) whose process never started - e.g. it died
-        # on a database outage before it could report - is marked CRASHED after ``stuck_pending_s`` and,
-        # as every crash, run again.  No heartbeat covers it: heartbeats begin when the flow starts.
-        self.mark_crashed = mark_crashed
         self.stuck_pending_s = stuck_pending_s
         self._pending_since: dict[str, float] = {}
         self._orphan_since: dict[str, float] = {}
@@ -135,7 +137,7 @@ class InboxWatcher:
                 continue
             run_id = entry.flow_run_id
             state, _ = self.state_of(run_id)
-            if self.crash is not None and state in STALE_STATES:
+            if self.crash is not None and not self.pooled and state in STALE_STATES:
                 # the process that ran it died with us (kill -9, power loss): mark it and run the sample again
                 self.crash(run_id, "the wbc serve process running it stopped; the sample is run again")
                 new = self._resubmit(entry.folder, entry.fingerprint, entry.version, f"restart-{int(time.time())}")
@@ -203,7 +205,7 @@ class InboxWatcher:
         elif state in FAILED_STATES:
             self.ledger.record(name, inf.fingerprint, inf.version, "failed", inf.run_id, message)
             self._finish(name, "failed", f"run {inf.run_id} ended {state}: {message or ''}".strip())
-        elif state == "PENDING" and self.mark_crashed is not None:
+        elif state == "PENDING" and self.pooled and self.crash is not None:
             self._check_stuck(name, inf)
         elif self.finished_locally is not None and self.finished_locally(inf.run_id):
             since = self._orphan_since.setdefault(inf.run_id, time.monotonic())
@@ -212,9 +214,9 @@ class InboxWatcher:
 
     def _check_stuck(self, name: str, inf: InFlight) -> None:
         since = self._pending_since.setdefault(inf.run_id, time.monotonic())
-        if time.monotonic() - since > self.stuck_pending_s and self.mark_crashed is not None:
+        if time.monotonic() - since > self.stuck_pending_s and self.crash is not None:
             self._pending_since.pop(inf.run_id, None)
-            self.mark_crashed(inf.run_id, f"taken by a worker but not started within {self.stuck_pending_s:g} s")
+            self.crash(inf.run_id, f"taken by a worker but not started within {self.stuck_pending_s:g} s")
             log.warning("%s: run %s stuck in PENDING; marked crashed", name, inf.run_id)
 
     def _resubmit(self, name: str, fingerprint: str, version: int, attempt: str, crashes: int = 0) -> str:
