@@ -354,7 +354,36 @@ def worker(
         "--name",
         name or f"wbc-{socket.gethostname()}",
     ]
-    os.execve(sys.executable, cmd, env)  # become the worker: signals reach it directly
+    _supervise(cmd, env)
+
+
+def _supervise(cmd: list[str], env: dict[str, str], pause_s: float = 5.0) -> None:
+    """Run the Prefect worker and start it again when it dies of an error: a worker exits on some server
+    errors (a 500 while the database restarts), and a machine's only worker must not stay down until a
+    person notices.  SIGTERM / SIGINT are passed on and end the loop."""
+    import signal
+    import subprocess
+    import time
+
+    state: dict[str, Any] = {"child": None, "stopping": False}
+
+    def forward(sig, _frame) -> None:
+        state["stopping"] = True
+        child = state["child"]
+        if child is not None and child.poll() is None:
+            child.send_signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    while True:
+        state["child"] = subprocess.Popen(cmd, env=env)
+        code = state["child"].wait()
+        if state["stopping"] or code == 0:
+            raise typer.Exit(code)
+        typer.echo(
+            f"wbc worker: the Prefect worker exited with code {code}; starting it again in {pause_s:g} s", err=True
+        )
+        time.sleep(pause_s)
 
 
 @app.command()
