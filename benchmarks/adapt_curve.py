@@ -27,7 +27,7 @@ from _machine import machine
 
 from training.adapt import adapt
 from training.evaluate import evaluate_model
-from wbcproc.model import resolve_model_path
+from wbcproc.resolve import resolve_model_path
 
 
 def halves(lab: Path) -> list[list[Path]]:

@@ -23,9 +23,10 @@ from _machine import machine
 
 from wbcproc.config import load_settings
 from wbcproc.discovery import scan_sample
-from wbcproc.model import load_classifier, write_sidecar
+from wbcproc.model import load_classifier
 from wbcproc.pipeline import classify_candidates, summarise
 from wbcproc.report import write_reports
+from wbcproc.sidecar import write_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 

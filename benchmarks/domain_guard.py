@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     clf = load_classifier(args.model)
     settings = load_settings(None)
-    ref = clf.info.raw.get("domain")
+    ref = clf.info.sidecar.domain
     if ref is None:
         raise SystemExit("this model's sidecar has no domain reference")
     print(f"model {clf.info.name} {clf.info.version}; {args.draws} draws per size; {machine()}")

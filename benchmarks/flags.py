@@ -191,17 +191,14 @@ def _table(rec: dict, n: int, perf: dict) -> list[str]:
 
 
 def _write_sidecar(clf, args, perf: dict) -> None:
-    from wbcproc.model import write_sidecar
+    from wbcproc.sidecar import write_sidecar
 
-    raw = dict(clf.info.raw)
-    for k in ("format", "format_version", "file", "sha256"):
-        raw.pop(k, None)
-    raw["flag_performance"] = {
+    flag_performance = {
         "source": f"benchmarks/flags.py: synthetic patients from {Path(args.data).name} {args.split} split "
         f"(never trained on), {args.normal} normal + {args.per_severity} per abnormality and severity",
         "sizes": perf,
     }
-    write_sidecar(clf.info.onnx_path, raw)
+    write_sidecar(clf.info.onnx_path, clf.info.sidecar.replace(flag_performance=flag_performance))
 
 
 def main() -> None:
@@ -223,7 +220,11 @@ def main() -> None:
     settings = load_settings()
     ref = settings.reference
     clf = load_classifier(args.model, settings.threads)
-    confusion = clf.info.raw["confusion_val"]["counts"]
+    if clf.info.sidecar.confusion_val is None:
+        raise SystemExit(
+            f"model {clf.info.onnx_path} has no validation confusion matrix (confusion_val) to correct with"
+        )
+    confusion = clf.info.sidecar.confusion_val.counts
     pools = _pools(args, clf, settings)
     acc = np.mean([lab == c for c in pools for lab in pools[c]])
     print(f"model {clf.info.name} {clf.info.version}: {sum(map(len, pools.values()))} cells, accuracy {acc:.4f}")

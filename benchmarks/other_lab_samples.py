@@ -72,7 +72,7 @@ def main() -> None:
         ok = sum(r[1] or r[2] <= args.tolerance for r in rows)
         print(
             f"{name}: n={len(items)} distance median {statistics.median(r[0] for r in rows):.2f} "
-            f"(threshold {clf.info.raw.get('domain', {}).get('threshold', float('nan')):.2f}); "
+            f"(threshold {(clf.info.sidecar.domain or {}).get('threshold', float('nan')):.2f}); "
             f"DOMAIN_SHIFT {flagged}/{len(rows)}; differential error mean "
             f"{statistics.mean(r[2] for r in rows):.2f} pp (largest class error, median "
             f"{statistics.median(r[3] for r in rows):.1f} pp); pass {ok}/{len(rows)}"

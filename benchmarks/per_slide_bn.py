@@ -21,8 +21,8 @@ from training.data import gather
 from training.engine import build_model
 from training.shards import load_shards
 from wbcproc.classes import CLASSES
-from wbcproc.model import read_sidecar
 from wbcproc.preprocess import to_input
+from wbcproc.sidecar import read_sidecar
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--shards", required=True, help="fp16 weight shards of the model (training output)")

@@ -69,7 +69,8 @@ def info(
     import onnxruntime as ort
 
     from wbcproc.int8 import plan_for
-    from wbcproc.model import ModelError, read_sidecar, resolve_model_path
+    from wbcproc.resolve import resolve_model_path
+    from wbcproc.sidecar import ModelError, read_sidecar
 
     typer.echo(
         f"wbc {__version__}; onnxruntime {ort.__version__}; providers: {', '.join(ort.get_available_providers())}"
@@ -90,9 +91,9 @@ def info(
         f"framing {p.framing.method if p.framing else 'none'}"
     )
     typer.echo(f"review:     confidence < {m.review_threshold:.3f} (temperature {m.temperature:.3f})")
-    plan = plan_for(m.raw)
+    plan = plan_for(m.sidecar.quantization)
     typer.echo(f"int8:       {plan.kernel.name}: {plan.summary}")
-    metrics = m.raw.get("metrics", {})
+    metrics = m.sidecar.metrics or {}
     if metrics:
         shown = {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
         typer.echo(f"metrics:    {json.dumps(shown)}")
@@ -608,7 +609,7 @@ def verify(
     from wbcproc.verify import verify as run_verify
 
     if sample is not None and lab_data is None:
-        from wbcproc.registry import app_home
+        from wbcproc.paths import app_home
 
         lab_data = app_home() / "training-data"
     try:

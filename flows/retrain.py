@@ -168,7 +168,8 @@ def compare(summary: dict[str, Any], g, registry: Registry, margin: float):
     current = registry.current_path()
     if current is None:
         # nothing registered: the model in use ($WBC_MODEL or the shipped default) is the one to beat
-        from wbcproc.model import ModelError, resolve_model_path
+        from wbcproc.resolve import resolve_model_path
+        from wbcproc.sidecar import ModelError
 
         try:
             current = resolve_model_path(None)
@@ -208,7 +209,8 @@ def _skipped(reason: str) -> dict[str, Any]:
 
 def _adapt_and_compare(data: list[str], runs_dir: str, registry: str | None, margin: float) -> dict[str, Any]:
     from training.adapt import AdaptError
-    from wbcproc.model import read_sidecar, resolve_model_path
+    from wbcproc.resolve import resolve_model_path
+    from wbcproc.sidecar import read_sidecar
 
     reg = Registry(registry) if registry else Registry.default()
     parent = reg.current_path() or resolve_model_path(None)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wbcproc.registry import app_home
+from wbcproc.paths import app_home
 
 log = logging.getLogger("wbc.serve")
 PROCESS_DEPLOYMENT = "process-sample/process-sample"

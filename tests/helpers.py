@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from openpyxl import load_workbook
 
 from wbcproc.classes import CLASSES, WBC_CLASSES
-from wbcproc.model import write_sidecar
+from wbcproc.sidecar import write_sidecar
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CELLS = FIXTURES / "cells"
@@ -70,6 +71,16 @@ def make_tiny_model(folder: Path, **over) -> Path:
     onnx_path = build_tiny_onnx(folder / "model.onnx", size=over.get("preprocess", {}).get("input_size", 32))
     write_sidecar(onnx_path, tiny_sidecar(**over))
     return onnx_path
+
+
+def assert_sidecar_meets_schema(onnx_path: Path) -> None:
+    """The sidecar a writer produced validates against the published JSON Schema (for tools outside Python)."""
+    import jsonschema
+
+    from wbcproc.sidecar import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator(schema).validate(json.loads(onnx_path.with_suffix(".json").read_text()))
 
 
 def fixture_images() -> list[Path]:

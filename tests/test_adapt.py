@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CELLS
+from helpers import CELLS, assert_sidecar_meets_schema
 
 from training.adapt import AdaptError, Features, adapt, load_graph, write_adapted
 from wbcproc.domain import assess
-from wbcproc.model import load_classifier, read_sidecar, resolve_model_path
+from wbcproc.model import load_classifier
 from wbcproc.registry import Registry
+from wbcproc.resolve import resolve_model_path
+from wbcproc.sidecar import read_sidecar
 
 WBC = str(Path(sys.executable).parent / "wbc")
 
@@ -52,13 +54,14 @@ def test_wbc_adapt_end_to_end_with_the_shipped_model(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     info = read_sidecar(out / "model.onnx")  # sha256 and class list check
+    assert_sidecar_meets_schema(out / "model.onnx")
     parent = read_sidecar(resolve_model_path(None))
-    a = info.raw["adaptation"]
+    a = info.sidecar.adaptation
     assert a["parent"]["sha256"] == parent.sha256 and info.version.startswith(parent.version + "+lab.")
     assert len(a["lab_cells"]) == 24 and all(len(c["sha256"]) == 64 for c in a["lab_cells"])
     check = a["metrics"]["original_check"]  # the original laboratory is not forgotten
     assert check["adapted"]["accuracy"] >= check["parent"]["accuracy"] - 0.01
-    assert res["seconds"] < 120 and info.raw["domain"]["labs"]
+    assert res["seconds"] < 120 and info.sidecar.domain["labs"]
     # it classifies, with the same preprocessing, and the registry takes it
     clf = load_classifier(out / "model.onnx", threads=1)
     p = clf.probabilities(_x(info.preprocess))
@@ -87,7 +90,7 @@ def test_adapt_a_model_without_replay_features(tmp_path, tiny_model):
     res = adapt([CELLS], tmp_path / "out", tiny_model, min_per_class=2, holdout=0.0, log=said.append)
     assert any("no replay features" in s for s in said)
     info = read_sidecar(tmp_path / "out" / "model.onnx")
-    assert info.raw["adaptation"]["replay"] is False and "original_check" not in res["metrics"]
+    assert info.sidecar.adaptation["replay"] is False and "original_check" not in res["metrics"]
     assert load_classifier(tmp_path / "out" / "model.onnx", threads=1).probabilities(_x(info.preprocess, 4)).shape == (
         4,
         8,

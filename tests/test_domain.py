@@ -12,9 +12,9 @@ from openpyxl import load_workbook
 
 from wbcproc.domain import assess, cell_features, fit_reference
 from wbcproc.fields import crop_cell, locate
-from wbcproc.model import write_sidecar
 from wbcproc.pipeline import process_sample
 from wbcproc.preprocess import PreprocessSpec, prepare_image
+from wbcproc.sidecar import write_sidecar
 
 SPEC = PreprocessSpec(input_size=64)
 

@@ -26,7 +26,8 @@ from onnx import TensorProto, numpy_helper
 
 from training.float_reference import fixture_inputs
 from wbcproc import int8
-from wbcproc.model import Classifier, load_classifier, read_sidecar, write_sidecar
+from wbcproc.model import Classifier, load_classifier
+from wbcproc.sidecar import Quantization, read_sidecar, write_sidecar
 
 REFERENCE = json.loads((FIXTURES / "float_reference.json").read_text())
 MAX_CLASS_DISAGREEMENT = 0.005  # the bar: int8 and float disagree on at most 0.5 % of the fixture cells
@@ -67,7 +68,7 @@ def test_shipped_int8_agrees_with_the_float_reference_on_this_cpu():
 
 def test_shipped_model_declares_and_has_saturation_free_weights():
     info = read_sidecar(load_classifier(None).info.onnx_path)
-    declared = info.raw["quantization"]["weight_max_abs"]
+    declared = info.sidecar.quantization.weight_max_abs
     m = onnx.load(str(info.onnx_path))
     actual = max(
         int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max())
@@ -75,7 +76,7 @@ def test_shipped_model_declares_and_has_saturation_free_weights():
         if t.data_type == TensorProto.INT8
     )
     assert actual == declared <= int8.SATURATION_FREE_WEIGHT_MAX
-    plan = int8.plan_for(info.raw, int8.Int8Kernel("avx2", False, "test"))
+    plan = int8.plan_for(info.sidecar.quantization, int8.Int8Kernel("avx2", False, "test"))
     assert plan.exact and not plan.precise_mode  # fast u8s8 kernels stay in use, and they are exact
 
 
@@ -112,7 +113,8 @@ def test_int8_kernel_from_cpu_features(features, machine, kernel, exact):
     ],
 )
 def test_int8_plan(quantization, features, precise, exact):
-    plan = int8.plan_for({"quantization": quantization}, int8.int8_kernel(features, "x86_64"))
+    q = None if quantization is None else Quantization.from_dict(quantization)
+    plan = int8.plan_for(q, int8.int8_kernel(features, "x86_64"))
     assert (plan.precise_mode, plan.exact) == (precise, exact), plan.summary
     assert plan.session_config() == ({"session.x64quantprecision": "1"} if precise else {})
 

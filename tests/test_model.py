@@ -10,16 +10,10 @@ import numpy as np
 import pytest
 from helpers import build_tiny_onnx, make_tiny_model, tiny_sidecar
 
-from wbcproc.model import (
-    Classifier,
-    ModelError,
-    ModelNotFoundError,
-    load_classifier,
-    read_sidecar,
-    resolve_model_path,
-    write_sidecar,
-)
+from wbcproc.model import Classifier, load_classifier
 from wbcproc.registry import Registry
+from wbcproc.resolve import resolve_model_path
+from wbcproc.sidecar import ModelError, ModelNotFoundError, read_sidecar, write_sidecar
 
 
 def test_loads_and_classifies(tiny_model):
@@ -91,7 +85,7 @@ def test_corrupt_onnx_with_matching_sidecar(tmp_path):
 
 
 def test_resolution_order(tmp_path, monkeypatch, tiny_model):
-    import wbcproc.model as model_mod
+    import wbcproc.paths as model_mod
 
     # the shipped default is the last resort
     assert resolve_model_path(None) == (Path(model_mod.__file__).parent.parent / "models" / "model.onnx").resolve()

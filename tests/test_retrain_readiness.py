@@ -61,8 +61,8 @@ def test_weekly_retrain_adapts_on_the_cpu_and_promotes_only_a_better_model(tmp_p
     """mode="adapt" (what the weekly deployment runs): the model in use adapted to the lab's cells, judged
     on the lab's held-out cells against the model in use, registered, promoted only if better; the same
     cells again next week are nothing new."""
-    from wbcproc.model import read_sidecar
     from wbcproc.registry import Registry
+    from wbcproc.sidecar import read_sidecar
 
     kw = dict(data=[str(labelled_set)], runs_dir=str(tmp_path / "runs"), registry=str(tmp_path / "reg"), mode="adapt")
     out = retrain_flow(**kw, only_if_new=True)
@@ -73,6 +73,6 @@ def test_weekly_retrain_adapts_on_the_cpu_and_promotes_only_a_better_model(tmp_p
     assert out["version"] in {v.version for v in reg.list()}
     assert (reg.current_version() == out["version"]) == out["promoted"]
     info = read_sidecar(Path(out["run_dir"]) / "model.onnx")
-    assert info.raw["adaptation"]["metrics"]["lab_holdout"]["adapted"]["n"] > 0
+    assert info.sidecar.adaptation["metrics"]["lab_holdout"]["adapted"]["n"] > 0
     again = retrain_flow(**kw, only_if_new=True)
     assert again["skipped"] is True and "nothing new to learn from" in again["reason"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_sidecar_meets_schema
 
 torch = pytest.importorskip("torch", reason="the [train] extra is needed; .ci/run installs it")
 
@@ -19,9 +20,9 @@ from training.data import gather, split_of  # noqa: E402
 from training.engine import TrainConfig, augment, build_model, freeze_stages  # noqa: E402
 from training.run import RunOptions, make_spec, run_training  # noqa: E402
 from wbcproc.imageio import read_image  # noqa: E402
-from wbcproc.model import read_sidecar  # noqa: E402
 from wbcproc.preprocess import prepare_image  # noqa: E402
 from wbcproc.registry import Registry, RegistryError, decide_promotion  # noqa: E402
+from wbcproc.sidecar import read_sidecar  # noqa: E402
 
 pytestmark = [pytest.mark.train]
 WBC = str(Path(sys.executable).parent / "wbc")
@@ -130,9 +131,10 @@ def test_run_directory_contents(trained_run):
     ):
         assert (out / name).is_file(), name
     info = read_sidecar(out / "model.onnx")  # sha256 and class list check
+    assert_sidecar_meets_schema(out / "model.onnx")
     assert info.version == "t1" and info.preprocess.input_size == 32
-    assert info.raw["parity"]["passed"] and info.raw["parity"]["top1_agreement"] == 1.0
-    assert info.raw["init"]["used"] == "scratch"
+    assert info.sidecar.parity.passed and info.sidecar.parity.top1_agreement == 1.0
+    assert info.sidecar.init["used"] == "scratch"
     assert info.temperature > 0 and 0.5 <= info.review_threshold <= 0.95
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["n"] == sum(metrics["data"]["per_split_class"]["test"].values())
@@ -214,7 +216,7 @@ def test_retrain_flow_promotes_only_when_better(prefect_server, tmp_path, labell
     assert shipped["champion_macro_f1"] is not None
     import time
 
-    import wbcproc.model as model_mod
+    import wbcproc.paths as model_mod
 
     time.sleep(1.1)  # versions are second-resolution timestamps
     real_dirs = model_mod.packaged_model_dirs
@@ -316,16 +318,15 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     )
     assert cpu["parity_passed"] is True
     info = read_sidecar(tmp_path / "cpu" / "model.onnx")
-    assert info.version == "from-shards" and info.raw["training"]["best_epoch"] == 1
-    assert info.raw["training"]["seed"] == 1 and info.raw["training"]["lr"] == cfg.lr
-    fitted = info.raw["domain"]["uncertainty"]
+    assert info.version == "from-shards" and info.sidecar.training["best_epoch"] == 1
+    assert info.sidecar.training["seed"] == 1 and info.sidecar.training["lr"] == cfg.lr
+    fitted = info.sidecar.domain["uncertainty"]
     assert fitted["thresholds"] and "validation split" in fitted["calibration"]["source"]
     # a model exported before the model-side guard existed gets it from training.refresh_guard
-    from wbcproc.model import write_sidecar
+    from wbcproc.sidecar import write_sidecar
 
-    raw = dict(info.raw)
-    raw["domain"] = {k: v for k, v in raw["domain"].items() if k != "uncertainty"}
-    write_sidecar(tmp_path / "cpu" / "model.onnx", raw)
+    old = info.sidecar.replace(domain={k: v for k, v in info.sidecar.domain.items() if k != "uncertainty"})
+    write_sidecar(tmp_path / "cpu" / "model.onnx", old)
     r = subprocess.run(
         [
             sys.executable,
@@ -343,15 +344,16 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     assert r.returncode == 0, r.stderr[-2000:]
     again = read_sidecar(tmp_path / "cpu" / "model.onnx")
     # ONNX Runtime's logits here, PyTorch's at export: the same fit within float noise
-    assert again.raw["domain"]["uncertainty"]["thresholds"] == pytest.approx(fitted["thresholds"], rel=1e-3)
+    assert again.sidecar.domain["uncertainty"]["thresholds"] == pytest.approx(fitted["thresholds"], rel=1e-3)
     # the confusion counts are refitted too (same counts; the source names ONNX Runtime); nothing else changes
-    assert again.raw["confusion_val"]["counts"] == info.raw["confusion_val"]["counts"]
+    assert again.sidecar.confusion_val.counts == info.sidecar.confusion_val.counts
     assert (
-        again.raw["confusion_val"]["n"] == len(data_val_labels(cache))
-        and "ONNX Runtime" in again.raw["confusion_val"]["source"]
+        again.sidecar.confusion_val.n == len(data_val_labels(cache))
+        and "ONNX Runtime" in again.sidecar.confusion_val.source
     )
-    skip = ("domain", "confusion_val")
-    assert {k: v for k, v in again.raw.items() if k not in skip} == {k: v for k, v in info.raw.items() if k not in skip}
+    assert again.sidecar.replace(domain=None, confusion_val=None) == info.sidecar.replace(
+        domain=None, confusion_val=None
+    )
 
 
 def data_val_labels(cache) -> list[int]:
@@ -577,7 +579,9 @@ def test_wbc_train_honours_cache_quality_without_pack_only(tmp_path, labelled_se
     assert r.returncode == 0, r.stderr[-2000:]
     with np.load(out / "cache-32.npz") as z:
         assert json.loads(str(z["meta"]))["quality"] == 60
-    assert "confusion_val" in read_sidecar(out / "model.onnx").raw  # inference's flag correction has its matrix
+    assert (
+        read_sidecar(out / "model.onnx").sidecar.confusion_val is not None
+    )  # inference's flag correction has its matrix
 
 
 def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
@@ -592,7 +596,7 @@ def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
     from training import gpu_train
     from training.engine import TrainConfig
     from training.recipe import SHIPPED
-    from wbcproc.model import resolve_model_path
+    from wbcproc.resolve import resolve_model_path
 
     cfg = TrainConfig()
     for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "optimizer", "init", "seed", "patience"):
@@ -619,7 +623,7 @@ def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
         "norm",
     ):
         assert f'default=R["{k}"]' in src, k
-    shipped = read_sidecar(resolve_model_path(None)).raw
+    shipped = read_sidecar(resolve_model_path(None)).sidecar.to_dict()
     for k in ("batch_size", "lr", "weight_decay", "label_smoothing", "optimizer", "norm", "seed", "patience"):
         assert shipped["training"][k] == SHIPPED[k], k
     assert shipped["init"]["used"] == SHIPPED["init"] and shipped["training"]["stain_mix"] == 0.0  # basic

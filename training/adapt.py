@@ -39,8 +39,8 @@ from onnx import numpy_helper
 from training.data import Gathered, Item, gather
 from wbcproc.classes import CLASSES
 from wbcproc.imageio import ImageRejected, read_image
-from wbcproc.model import ModelError, read_sidecar, write_sidecar
 from wbcproc.preprocess import PreprocessSpec, prepare_image, to_input
+from wbcproc.sidecar import ModelError, read_sidecar, write_sidecar
 from wbcproc.stats import softmax
 
 MIN_PER_CLASS = 5  # a reviewed class with fewer cells than this is refused: too few to move a boundary safely
@@ -126,7 +126,7 @@ class Features:
             opts.intra_op_num_threads = threads
         from wbcproc.int8 import plan_for
 
-        for k, v in plan_for(read_sidecar(path, verify_sha256=False).raw).session_config().items():
+        for k, v in plan_for(read_sidecar(path, verify_sha256=False).sidecar.quantization).session_config().items():
             opts.add_session_config_entry(k, v)
         self.session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.head = g.head
@@ -306,21 +306,23 @@ def _calibration(calib_logits: list[np.ndarray], calib_y: list[np.ndarray], pare
     return temperature, float(review_threshold(softmax(cl / temperature), cyy))
 
 
-def _add_lab_to_domain(side: dict, imgs: np.ndarray, is_fit: np.ndarray, colour_order: str, data) -> None:
+def _with_lab_domain(
+    domain: dict[str, Any] | None, imgs: np.ndarray, is_fit: np.ndarray, colour_order: str, data
+) -> dict[str, Any] | None:
     """The laboratory's colour reference joins the guard's (``domain.labs``): its samples pass the colour half."""
     from wbcproc.domain import cell_features, fit_reference
 
     lab_feats = np.array([cell_features(im, colour_order) for im in imgs])
     if len(lab_feats) < 10:
-        return
-    domain = dict(side.get("domain") or {})
+        return domain
+    domain = dict(domain or {})
     lab_ref = fit_reference(
         lab_feats[is_fit] if is_fit.sum() >= 5 else lab_feats,
         lab_feats[~is_fit] if (~is_fit).sum() >= 5 else lab_feats,
     )
     lab_ref["name"] = ", ".join(Path(d).name for d in data)
     domain["labs"] = [*domain.get("labs", []), lab_ref]
-    side["domain"] = domain
+    return domain
 
 
 def adapt(
@@ -335,7 +337,7 @@ def adapt(
     log=print,
 ) -> dict[str, Any]:
     """Fit a laboratory head; write ``out/model.onnx`` + sidecar; returns the summary."""
-    from wbcproc.model import resolve_model_path
+    from wbcproc.resolve import resolve_model_path
 
     t0 = time.time()
     parent_path = resolve_model_path(model)
@@ -376,13 +378,8 @@ def adapt(
     temperature, threshold = _calibration(calib_logits, calib_y, parent)
     out = Path(out)
     onnx_out = write_adapted(parent_path, head, out / "model.onnx")
-    side = {k: v for k, v in parent.raw.items() if k not in ("format", "format_version", "file", "sha256")}
     stamp = datetime.now(UTC)
-    side["version"] = version or f"{parent.version}+lab.{stamp.strftime('%Y%m%d%H%M%S')}"
-    side["created_at"] = stamp.isoformat(timespec="seconds")
-    side["temperature"], side["review_threshold"] = temperature, threshold
-    _add_lab_to_domain(side, imgs, is_fit, spec.colour_order, data)
-    side["adaptation"] = {
+    adaptation = {
         "method": "classifier head refitted on the laboratory's reviewed cells (8 rotations/flips each) as the "
         "parent's int8 backbone sees them, plus replay features of the original training cells, pulled "
         "towards the parent head; backbone unchanged",
@@ -401,11 +398,19 @@ def adapt(
         "metrics": metrics,
         "seconds": round(time.time() - t0, 1),
     }
+    side = parent.sidecar.replace(
+        version=version or f"{parent.version}+lab.{stamp.strftime('%Y%m%d%H%M%S')}",
+        created_at=stamp.isoformat(timespec="seconds"),
+        temperature=temperature,
+        review_threshold=threshold,
+        domain=_with_lab_domain(parent.sidecar.domain, imgs, is_fit, spec.colour_order, data),
+        adaptation=adaptation,
+    )
     write_sidecar(onnx_out, side)
     info = read_sidecar(onnx_out)
     log(json.dumps(metrics))
     return {"run_dir": str(out), "version": info.version, "sha256": info.sha256, "metrics": metrics,
-            "seconds": side["adaptation"]["seconds"]}  # fmt: skip
+            "seconds": adaptation["seconds"]}  # fmt: skip
 
 
 def make_replay(model: str | Path, cache: str | Path, per_class_train: int = 50, per_class_check: int = 30) -> Path:

@@ -12,7 +12,7 @@ import argparse
 
 from training.cache import build_cache
 from training.data import gather
-from wbcproc.model import read_sidecar
+from wbcproc.sidecar import read_sidecar
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ import numpy as np
 from training.bccd import wbc_boxes
 from wbcproc.fields import crop_cell, iou, locate
 from wbcproc.imageio import read_image
-from wbcproc.model import read_sidecar, sha256_file
 from wbcproc.preprocess import PreprocessSpec, prepare_image, to_input
+from wbcproc.sidecar import read_sidecar, sha256_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 

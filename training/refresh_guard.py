@@ -18,7 +18,7 @@ import json
 from training.cache import load_cache
 from training.export import ort_logits
 from training.run import confusion_reference, uncertainty_reference
-from wbcproc.model import read_sidecar, write_sidecar
+from wbcproc.sidecar import ConfusionReference, read_sidecar, write_sidecar
 
 
 def main() -> None:
@@ -34,15 +34,17 @@ def main() -> None:
             f"{info.preprocess.input_size} px {info.preprocess.colour_order}"
         )
     val = data.subset("val")
-    raw = dict(info.raw)
-    if "domain" not in raw:
+    if info.sidecar.domain is None:
         raise SystemExit(f"{args.model}: the sidecar has no domain reference to extend")
-    raw["domain"] = dict(raw["domain"])
     logits = ort_logits(args.model, val)
-    raw["domain"]["uncertainty"] = uncertainty_reference(logits, info.temperature, "ONNX Runtime, this model file")
-    raw["confusion_val"] = confusion_reference(logits, val.labels, "ONNX Runtime, this model file")
-    write_sidecar(args.model, raw)
-    print(json.dumps({"uncertainty": raw["domain"]["uncertainty"], "confusion_val": raw["confusion_val"]}, indent=1))
+    uncertainty = uncertainty_reference(logits, info.temperature, "ONNX Runtime, this model file")
+    confusion = confusion_reference(logits, val.labels, "ONNX Runtime, this model file")
+    side = info.sidecar.replace(
+        domain={**info.sidecar.domain, "uncertainty": uncertainty},
+        confusion_val=ConfusionReference.from_dict(confusion),
+    )
+    write_sidecar(args.model, side)
+    print(json.dumps({"uncertainty": uncertainty, "confusion_val": confusion}, indent=1))
 
 
 if __name__ == "__main__":

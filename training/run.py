@@ -37,8 +37,17 @@ from wbcproc import __version__
 from wbcproc.classes import CLASSES
 from wbcproc.framing import Framing, background_colour
 from wbcproc.imageio import ImageRejected, read_image
-from wbcproc.model import softmax, write_sidecar
 from wbcproc.preprocess import ColourNormalisation, PreprocessSpec
+from wbcproc.sidecar import (
+    ConfusionReference,
+    InputSpec,
+    OutputSpec,
+    Parity,
+    Quantization,
+    Sidecar,
+    write_sidecar,
+)
+from wbcproc.stats import softmax
 
 MODEL_NAME = "wbc-resnet50"
 
@@ -295,33 +304,28 @@ def evaluate_and_export(
     _diagnostics(metrics["confusion"], probs, test, data.spec.colour_order == "RGB", run_dir)
     version = opts.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     counts = g.counts() if g is not None else cache_counts(data)
-    sidecar = {
-        "name": MODEL_NAME,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "classes": list(CLASSES),
-        "input": {
-            "name": "input",
-            "layout": "NCHW",
-            "dtype": "float32",
-            "shape": ["batch", 3, data.spec.input_size, data.spec.input_size],
-        },
-        "output": {"name": "logits", "kind": "logits", "apply": "softmax(logits / temperature)"},
-        "preprocess": data.spec.to_dict(),
-        "temperature": temperature,
-        "review_threshold": threshold,
-        "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_calibrated", "n")}
+    sidecar = Sidecar(
+        name=MODEL_NAME,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        classes=tuple(CLASSES),
+        input=InputSpec(shape=("batch", 3, data.spec.input_size, data.spec.input_size)),
+        output=OutputSpec(apply="softmax(logits / temperature)"),
+        preprocess=data.spec,
+        temperature=temperature,
+        review_threshold=threshold,
+        metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_calibrated", "n")}
         | {"per_class_f1": {c: round(v["f1"], 4) for c, v in metrics["per_class"].items()}},
-        "parity": par,
-        "quantization": quant,
-        "data": {
+        parity=Parity.from_dict(par),
+        quantization=None if quant is None else Quantization.from_dict(quant),
+        data={
             "roots": [str(Path(d).resolve()) for d in opts.data]
             or sorted({source_of(f) for f in data.files}),  # from a cache: its sources
             "per_split_class": counts,
             "split_rule": f"sha256[:8]/2^32 < {opts.test_fraction} test, < {opts.test_fraction + opts.val_fraction} val",
         },
-        "init": train_info["init"],
-        "training": {
+        init=train_info["init"],
+        training={
             **cfg.as_dict(),
             "best_epoch": train_info["best_epoch"],
             "best_val_macro_f1": train_info["best_val_macro_f1"],
@@ -329,12 +333,14 @@ def evaluate_and_export(
             "class_weights": train_info["class_weights"],
             "seconds": round(train_info["train_seconds"], 1),
         },
-        "software": _versions(),
-        "intended_use": "Decision support for white-cell differentials on single-cell images; not a diagnosis.",
-    }
-    sidecar["domain"] = domain_reference(data)
-    sidecar["domain"]["uncertainty"] = uncertainty_reference(scored_val_logits, temperature, scored)
-    sidecar["confusion_val"] = confusion_reference(scored_val_logits, val.labels, scored)
+        software=_versions(),
+        intended_use="Decision support for white-cell differentials on single-cell images; not a diagnosis.",
+        domain={
+            **domain_reference(data),
+            "uncertainty": uncertainty_reference(scored_val_logits, temperature, scored),
+        },
+        confusion_val=ConfusionReference.from_dict(confusion_reference(scored_val_logits, val.labels, scored)),
+    )
     write_sidecar(onnx_path, sidecar)
     full = {
         "test": metrics,
@@ -344,7 +350,7 @@ def evaluate_and_export(
         "data": (g.summary() if g is not None else {"from_cache": True}) | {"per_split_class": counts},
     }
     (run_dir / "metrics.json").write_text(json.dumps(full, indent=2) + "\n")
-    (run_dir / "card.md").write_text(model_card(sidecar, metrics, opts))
+    (run_dir / "card.md").write_text(model_card(sidecar.to_dict(), metrics, opts))
     return {
         "run_dir": str(run_dir),
         "version": version,

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wbcproc.sidecar import Quantization
 
 # |weight| <= 64 keeps 255 * |w| * 2 within int16 (32,767); see the module docstring.
 SATURATION_FREE_WEIGHT_MAX = 64
@@ -89,13 +92,11 @@ class Int8Plan:
         }
 
 
-def plan_for(sidecar: dict[str, Any], kernel: Int8Kernel | None = None) -> Int8Plan:
+def plan_for(quantization: Quantization | None, kernel: Int8Kernel | None = None) -> Int8Plan:
     """Decide the session options for a model from its sidecar's ``quantization`` block and this CPU."""
     kernel = kernel or int8_kernel()
-    q = sidecar.get("quantization") or {}
-    quantised = bool(q.get("kept"))
-    wmax = q.get("weight_max_abs")
-    wmax = int(wmax) if isinstance(wmax, int | float) else None
+    quantised = quantization is not None and quantization.kept
+    wmax = quantization.weight_max_abs if quantization is not None else None
     if not quantised:
         return Int8Plan(False, None, kernel, False, True, "float model: no int8 arithmetic")
     if wmax is not None and wmax <= SATURATION_FREE_WEIGHT_MAX:

@@ -380,15 +380,15 @@ def summarise(
     )
     rejected = [*inventory.rejected, *classified.rejected]
     rejected.sort(key=lambda r: r.file)
-    confusion = classifier.info.raw.get("confusion_val")
-    corrected = correct(diff.counts, confusion["counts"]) if confusion else None
+    confusion = classifier.info.sidecar.confusion_val
+    corrected = correct(diff.counts, confusion.counts) if confusion is not None else None
     flags = interval_flags(diff, settings.reference, corrected)
     flags += sample_flags(
         diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors, age_group=meta.age_group
     )
     domain = assess(
         np.array(classified.domain_features),
-        classifier.info.raw.get("domain"),
+        classifier.info.sidecar.domain,
         np.array([1.0 - c.confidence for c in classified.cells]),
     )
     if domain is not None and domain["shifted"]:
@@ -432,11 +432,11 @@ def summarise(
             **corrected.as_dict(),
             "method": "adjusted classify-and-count: maximum-likelihood composition given the model's validation "
             "confusion matrix (EM), 95% intervals by bootstrap over cells and confusion-matrix uncertainty",
-            "confusion_source": confusion.get("source"),
+            "confusion_source": confusion.source if confusion is not None else None,
         },
         "withheld_flags": withheld,
         "flag_drivers": sorted(drivers),
-        "flag_performance": info.raw.get("flag_performance"),
+        "flag_performance": info.sidecar.flag_performance,
         "cells": [c.as_dict() | {"flag_driver": c.label in drivers} for c in classified.cells],
         "fields": classified.fields,
         "domain": domain,

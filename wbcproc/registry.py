@@ -22,17 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from wbcproc.atomic import atomic_write_json
-from wbcproc.model import ModelError, read_sidecar
+from wbcproc.paths import app_home
+from wbcproc.sidecar import ModelError, read_sidecar
 
 RUN_FILES_OPTIONAL = ("card.md", "metrics.json", "confusion.png", "misclassified.png", "split.csv")
-
-
-def app_home() -> Path:
-    """The app's data folder: $WBC_HOME, else $XDG_DATA_HOME/wbc, else ~/.local/share/wbc."""
-    if os.environ.get("WBC_HOME"):
-        return Path(os.environ["WBC_HOME"])
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "wbc"
 
 
 class RegistryError(Exception):
@@ -137,15 +130,15 @@ class Registry:
         for d in sorted(self.versions_dir.iterdir()):
             if d.name.startswith(".") or not (d / "model.json").is_file():
                 continue
-            raw = json.loads((d / "model.json").read_text(encoding="utf-8"))
+            side = read_sidecar(d / "model.onnx", verify_sha256=False).sidecar
             out.append(
                 VersionEntry(
                     version=d.name,
                     path=d,
-                    name=str(raw.get("name", "")),
-                    sha256=str(raw.get("sha256", "")),
-                    metrics=raw.get("metrics", {}),
-                    created_at=str(raw.get("created_at", "")),
+                    name=side.name,
+                    sha256=str(side.sha256),
+                    metrics=side.metrics or {},
+                    created_at=side.created_at or "",
                     current=d.name == current,
                 )
             )
@@ -156,7 +149,7 @@ class Registry:
         if not side.is_file():
             known = [v.version for v in self.list()]
             raise RegistryError(f"no model version {version!r} in {str(self.root)!r}; known: {known}")
-        return json.loads(side.read_text(encoding="utf-8"))
+        return read_sidecar(side, verify_sha256=False).sidecar.to_dict()
 
     def register(self, run_dir: str | Path) -> str:
         """Copy a run's model into the registry (atomically, by renaming a finished temp folder)."""
@@ -192,9 +185,10 @@ class Registry:
             info = read_sidecar(path)
         except ModelError as exc:
             raise RegistryError(f"refusing to promote {version!r}: {exc}") from None
-        parity = info.raw.get("parity", {})
-        if not parity.get("passed", False):
-            raise RegistryError(f"refusing to promote {version!r}: its ONNX parity check did not pass ({parity})")
+        parity = info.sidecar.parity
+        if parity is None or not parity.passed:
+            shown = parity.to_dict() if parity is not None else "no parity record"
+            raise RegistryError(f"refusing to promote {version!r}: its ONNX parity check did not pass ({shown})")
         record = {"version": version, "promoted_at": datetime.now(UTC).isoformat(), "reason": reason}
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self._current_file(), record)

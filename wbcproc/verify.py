@@ -48,11 +48,11 @@ from wbcproc.audit import LOG_NAME, append, read_entries
 from wbcproc.classes import CLASSES
 from wbcproc.config import ReferenceIntervals
 from wbcproc.flags import flag_drivers, interval_flags, wbc_count_flags
-from wbcproc.model import sha256_file
 from wbcproc.report import hl7_bytes
 from wbcproc.report.excel import VERIFIED_BY, workbook_bytes
 from wbcproc.report.fhir import fhir_bundle
 from wbcproc.reviewed import Exported, export_cells
+from wbcproc.sidecar import sha256_file
 
 FINAL_METHOD = (
     " Final report: every cell's class as verified by the signing person (cells without a reviewed class keep "
