@@ -50,9 +50,9 @@ def random_resnet50(size: int, folder: Path, int8: bool, calib_dir: Path) -> lis
     """A randomly initialised ResNet50 export (and its static-int8 version) with sidecars."""
     import numpy as np
 
-    from training.cache import CachedSet
-    from training.engine import build_model
+    from training.dataset import CachedSet
     from training.export import export_onnx, quantize_int8
+    from training.model import build_model
     from training.run import make_spec
     from wbcproc.imageio import read_image
     from wbcproc.preprocess import prepare_image

@@ -18,7 +18,7 @@ import torch
 
 from training.adapt import prepare_items
 from training.data import gather
-from training.engine import build_model
+from training.model import build_model
 from training.shards import load_shards
 from wbcproc.classes import CLASSES
 from wbcproc.preprocess import to_input

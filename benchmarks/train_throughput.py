@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--sizes 128 224] [--batch 128] [--steps 20] [--device auto]
 
-Uses the same ``training.engine`` pieces as ``wbc train`` (augmentation on the device, bf16 autocast and
+Uses the same ``training.loop`` / ``training.augment`` / ``training.model`` pieces as ``wbc train`` (augmentation on the device, bf16 autocast and
 channels_last on CUDA).  Prints the median over the timed steps after warm-up, and the device.
 """
 
@@ -22,7 +22,10 @@ def main() -> None:
     import torch
     from torch import nn
 
-    from training.engine import TrainConfig, augment, build_model, pick_device
+    from training.augment import augment
+    from training.loop import pick_device
+    from training.model import build_model
+    from training.recipe import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 224])

@@ -481,13 +481,13 @@ def train(
 ) -> None:
     """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train])."""
     try:
-        from training.engine import TrainConfig
+        from training.recipe import TrainConfig
         from training.run import RunOptions, run_training
     except ImportError as exc:
         raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
-    from training.engine import augmentation
+    from training.recipe import augmentation
 
     try:
         preset = augmentation(augment)

@@ -135,8 +135,8 @@ def prepare(opts):
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(cache_path: Path, cfg):
-    from training.cache import load_cache
-    from training.engine import train_model
+    from training.dataset import load_cache
+    from training.loop import train_model
 
     data = load_cache(cache_path)
     model, info = train_model(data.subset("train"), data.subset("val"), cfg, get_run_logger().info)
@@ -287,7 +287,7 @@ def retrain_flow(
         return _skipped(reason)
     if mode == "adapt":
         return _adapt_and_compare(list(data), runs_dir, registry, margin)
-    from training.engine import TrainConfig, augmentation
+    from training.recipe import TrainConfig, augmentation
     from training.run import RunOptions
 
     reg = Registry(registry) if registry else Registry.default()

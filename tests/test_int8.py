@@ -2,7 +2,7 @@
 
 The float reference is ``tests/fixtures/float_reference.json``: logits of the fixture cells from the
 float export of the shipped weights and from the int8 file on the exporting machine
-(``python -m training.float_reference``).  These tests run the *product's* session (``load_classifier``,
+(``python -m training.scripts.float_reference``).  These tests run the *product's* session (``load_classifier``,
 with whatever options this CPU gets) and compare.  Where ``qemu-x86_64`` is installed (``.ci/run``
 installs it), one more runs the same model on an emulated AVX2-only CPU (Haswell: no AVX-512, no VNNI)
 - the kind of server where 8-bit weights saturated.
@@ -41,7 +41,7 @@ def _shipped() -> tuple[Classifier, list[str], np.ndarray]:
     assert clf.info.sha256 == REFERENCE["model_sha256"], (
         f"tests/fixtures/float_reference.json was made for model {REFERENCE['model_version']} "
         f"({REFERENCE['model_sha256'][:12]}), but the shipped model is {clf.info.version} ({clf.info.sha256[:12]}): "
-        "regenerate it with `python -m training.float_reference` from the export's model.fp32.onnx"
+        "regenerate it with `python -m training.scripts.float_reference` from the export's model.fp32.onnx"
     )
     names, x = fixture_inputs(clf.info.preprocess)
     assert names == list(REFERENCE["cells"]), "the fixture inputs changed since the reference was made"

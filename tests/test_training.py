@@ -15,9 +15,12 @@ from helpers import assert_sidecar_meets_schema
 
 torch = pytest.importorskip("torch", reason="the [train] extra is needed; .ci/run installs it")
 
-from training.cache import build_cache, load_cache  # noqa: E402
+from training.augment import augment  # noqa: E402
+from training.cache import build_cache  # noqa: E402
 from training.data import gather, split_of  # noqa: E402
-from training.engine import TrainConfig, augment, build_model, freeze_stages  # noqa: E402
+from training.dataset import load_cache  # noqa: E402
+from training.model import build_model, freeze_stages  # noqa: E402
+from training.recipe import TrainConfig  # noqa: E402
 from training.run import RunOptions, make_spec, run_training  # noqa: E402
 from wbcproc.imageio import read_image  # noqa: E402
 from wbcproc.preprocess import prepare_image  # noqa: E402
@@ -282,7 +285,7 @@ def test_budgeted_search_writes_its_table(tmp_path, labelled_set):
 
 
 def test_int8_quantisation_gives_a_working_model(tmp_path, trained_run):
-    from training.cache import load_cache
+    from training.dataset import load_cache
     from training.export import ort_logits, quantize_int8
 
     out, _ = trained_run
@@ -322,7 +325,7 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     assert info.sidecar.training["seed"] == 1 and info.sidecar.training["lr"] == cfg.lr
     fitted = info.sidecar.domain["uncertainty"]
     assert fitted["thresholds"] and "validation split" in fitted["calibration"]["source"]
-    # a model exported before the model-side guard existed gets it from training.refresh_guard
+    # a model exported before the model-side guard existed gets it from training.scripts.refresh_guard
     from wbcproc.sidecar import write_sidecar
 
     old = info.sidecar.replace(domain={k: v for k, v in info.sidecar.domain.items() if k != "uncertainty"})
@@ -331,7 +334,7 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
         [
             sys.executable,
             "-m",
-            "training.refresh_guard",
+            "training.scripts.refresh_guard",
             "--model",
             str(tmp_path / "cpu" / "model.onnx"),
             "--cache",
@@ -357,17 +360,17 @@ def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
 
 
 def data_val_labels(cache) -> list[int]:
-    from training.cache import load_cache
+    from training.dataset import load_cache
 
     return list(load_cache(cache).subset("val").labels)
 
 
 def test_device_script_runs_without_opencv(tmp_path, trained_run):
-    """training.gpu_train needs only torch/torchvision/numpy: run it with OpenCV made unimportable."""
+    """training.scripts.gpu_train needs only torch/torchvision/numpy: run it with OpenCV made unimportable."""
     out, _ = trained_run
     code = (
         "import sys, runpy; sys.modules['cv2'] = None; "
-        "sys.argv = ['gpu_train'] + sys.argv[1:]; runpy.run_module('training.gpu_train', run_name='__main__')"
+        "sys.argv = ['gpu_train'] + sys.argv[1:]; runpy.run_module('training.scripts.gpu_train', run_name='__main__')"
     )
     r = subprocess.run(
         [
@@ -393,9 +396,9 @@ def test_device_script_runs_without_opencv(tmp_path, trained_run):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["shards"] and (tmp_path / "dev" / "train_info.json").is_file()
     # the reported accuracy is the shards' own: rebuilt from them, the model scores the same on the test split
-    from training.cache import load_cache as _load
-    from training.engine import build_model as _build
-    from training.engine import predict_logits
+    from training.dataset import load_cache as _load
+    from training.loop import predict_logits
+    from training.model import build_model as _build
     from training.shards import load_shards
 
     net, _ = _build("scratch")
@@ -403,14 +406,13 @@ def test_device_script_runs_without_opencv(tmp_path, trained_run):
     test = _load(out / "cache-32.npz").subset("test")
     pred = predict_logits(net.eval(), test, torch.device("cpu")).argmax(1)
     assert summary["test_accuracy"] == pytest.approx(float(np.mean(pred == np.asarray(test.labels))), abs=0.05)
-    from training.gpu_train import load_cache_torch
-
-    a, b = load_cache_torch(out / "cache-32.npz"), load_cache(out / "cache-32.npz")
+    a, b = _load(out / "cache-32.npz", decoder="pillow"), _load(out / "cache-32.npz", decoder="opencv")
     assert np.abs(a.images.astype(int) - b.images.astype(int)).mean() < 1.0  # same pixels as the OpenCV path
+    assert (a.labels == b.labels).all() and (a.files == b.files).all()
 
 
 def test_robust_augmentation_changes_colour_and_resolution_within_range():
-    from training.engine import ROBUST_AUGMENTATION
+    from training.recipe import ROBUST_AUGMENTATION
 
     cfg = TrainConfig(**ROBUST_AUGMENTATION, rotate=False)
     x = torch.rand(64, 3, 32, 32) * 0.5 + 0.25
@@ -425,7 +427,7 @@ def test_robust_augmentation_changes_colour_and_resolution_within_range():
 
 
 def test_time_budget_plans_fewer_epochs(tmp_path, labelled_set):
-    from training.engine import train_model
+    from training.loop import train_model
 
     opts = RunOptions(data=[str(labelled_set)], out=str(tmp_path / "r"), image_size=32)
     _g, cache_path, _ = __import__("training.run", fromlist=["prepare_data"]).prepare_data(opts, log=lambda *_: None)
@@ -468,7 +470,7 @@ def test_bccd_crops_are_a_framed_second_source(tmp_path):
 
 
 def test_stain_augmentation_mixes_stain_colours_and_greys_some_images():
-    from training.engine import augmentation
+    from training.recipe import augmentation
 
     x = torch.rand(64, 3, 32, 32) * 0.6 + 0.2
     grey = augment(
@@ -501,8 +503,8 @@ def test_stain_augmentation_mixes_stain_colours_and_greys_some_images():
 def test_ibn_variant_exports_and_round_trips_through_shards(tmp_path):
     """ResNet50-IBN-a: instance norm in layer1-3; exported to ONNX with the same logits, and rebuilt from
     fp16 shards by the norm its train_info records (as ``wbc train --from-shards`` does)."""
-    from training.engine import IBN, build_model
     from training.export import export_onnx, ort_session
+    from training.model import IBN, build_model
     from training.shards import load_shards, save_shards
 
     model, record = build_model("scratch", norm="ibn")
@@ -548,25 +550,6 @@ def test_simulated_other_lab_sets_are_deterministic_and_shaped_as_described(tmp_
         write_set([str(labelled_set)], "test", "blur", tmp_path / "c")
 
 
-def test_recipe_selection_rule_of_the_device_scripts():
-    """training.selection: validation macro-F1 within 0.015 of the best decides who may be chosen; among
-    those the mean accuracy over the other-laboratory proxies wins; a run without a score ranks last."""
-    from training.selection import choose, eligible, proxy_score
-
-    ev = {
-        "bccd_all": {"accuracy": 0.3},
-        "camera_val": {"accuracy": 0.9},
-        "tight_val": {"accuracy": 0.6},
-        "x": {"accuracy": 0},
-    }
-    assert proxy_score(ev) == pytest.approx(0.6) and proxy_score({}) == 0.0
-    val = {"basic": 0.970, "robust": 0.941, "stain": 0.960}
-    assert eligible(val) == ["basic", "stain"]
-    assert choose(val, {"basic": 0.52, "robust": 0.56, "stain": 0.55}) == "stain"  # robust is out on validation
-    assert choose(val, {"basic": 0.52}) == "basic"
-    assert choose({"a": 0.9, "b": 0.9}, {"a": 0.5, "b": 0.5}) == "a"  # ties: the first given
-
-
 @pytest.mark.slow
 def test_wbc_train_honours_cache_quality_without_pack_only(tmp_path, labelled_set):
     """`--cache-quality` used to reach only `--pack-only`; a full `wbc train` wrote its cache at 90."""
@@ -585,7 +568,7 @@ def test_wbc_train_honours_cache_quality_without_pack_only(tmp_path, labelled_se
 
 
 def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
-    """wbc train, training.gpu_train, the retrain flow and TrainConfig default to training.recipe.SHIPPED,
+    """wbc train, training.scripts.gpu_train, the retrain flow and TrainConfig default to training.recipe.SHIPPED,
     which is what the shipped model's sidecar records (issue: one training recipe everywhere)."""
     import inspect
 
@@ -593,9 +576,8 @@ def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
 
     from flows.cli import train as cli_train
     from flows.retrain import retrain_flow
-    from training import gpu_train
-    from training.engine import TrainConfig
-    from training.recipe import SHIPPED
+    from training.recipe import SHIPPED, TrainConfig
+    from training.scripts import gpu_train
     from wbcproc.resolve import resolve_model_path
 
     cfg = TrainConfig()

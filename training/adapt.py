@@ -19,12 +19,11 @@ validation cells per class, computed by that model file (its sha256 inside).  Th
 original-laboratory check: the adapted model must stay within ``MAX_ORIGINAL_DROP`` of the parent there.
 
     wbc adapt --data LAB_ROOT... --out RUN_DIR [--model models/model.onnx]
-    python -m training.adapt make-replay --model models/model.onnx --cache runs/pack/cache-128.npz
+    python -m training.scripts.make_replay --model models/model.onnx --cache runs/pack/cache-128.npz
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from training.data import Gathered, Item, gather
 from wbcproc.classes import CLASSES
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, prepare_image, to_input
-from wbcproc.sidecar import ModelError, read_sidecar, write_sidecar
+from wbcproc.sidecar import read_sidecar, write_sidecar
 from wbcproc.stats import softmax
 
 MIN_PER_CLASS = 5  # a reviewed class with fewer cells than this is refused: too few to move a boundary safely
@@ -416,7 +415,7 @@ def adapt(
 def make_replay(model: str | Path, cache: str | Path, per_class_train: int = 50, per_class_check: int = 30) -> Path:
     """Pooled features of a few training and validation cells per class of the model's own training cache,
     computed by that model file: the replay sample and the original-laboratory check of ``adapt``."""
-    from training.cache import load_cache
+    from training.dataset import load_cache
     from wbcproc.preprocess import to_input as _to_input
 
     info = read_sidecar(model)
@@ -436,21 +435,3 @@ def make_replay(model: str | Path, cache: str | Path, per_class_train: int = 50,
     path = replay_path(info.onnx_path)
     np.savez_compressed(path, **out)
     return path
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("make-replay", help="write <model>.replay.npz from the model's training cache")
-    r.add_argument("--model", required=True)
-    r.add_argument("--cache", required=True)
-    args = ap.parse_args()
-    if args.cmd == "make-replay":
-        try:
-            print(make_replay(args.model, args.cache))
-        except ModelError as exc:
-            raise SystemExit(str(exc)) from None
-
-
-if __name__ == "__main__":
-    main()

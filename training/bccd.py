@@ -69,15 +69,3 @@ def export_crops(bccd: str | Path, out: str | Path, holdout: float = 0.4) -> dic
         cv2.imwrite(str(dest), crop)
         counts[part][labels[0]] = counts[part].get(labels[0], 0) + 1
     return counts
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bccd", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--holdout", type=float, default=0.4)
-    a = ap.parse_args()
-    print(json.dumps(export_crops(a.bccd, a.out, a.holdout)))

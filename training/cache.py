@@ -1,9 +1,10 @@
 """A compact preprocessed cache of a labelled set at training resolution.
 
 Each image goes through ``wbcproc.imageio.read_image`` and ``wbcproc.preprocess.prepare_image`` - the
-exact code inference uses - and is stored JPEG-encoded (quality 90) at the model's input size.  One
-``.npz`` holds the bytes, offsets, labels, splits and hashes: 12,000 cells at 128 px are ~50 MB, small
-enough to carry to a GPU machine, and an epoch reads no source images.
+exact code inference uses - and is stored JPEG-encoded (``wbc train`` uses the recipe's quality, 85) at
+the model's input size.  One ``.npz`` holds the bytes, offsets, labels, splits and hashes: 12,000 cells at
+128 px are ~46 MB, small enough to carry to a GPU machine, and an epoch reads no source images.  It is read
+back by :func:`training.dataset.load_cache`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import cv2
 import numpy as np
 
 from training.data import Gathered, Item
-from training.dataset import CachedSet
 from wbcproc.classes import CLASSES
 from wbcproc.config import load_settings
 from wbcproc.discovery import Rejected, check_image_header
@@ -66,18 +66,3 @@ def build_cache(
     )
     tmp.replace(path)
     return path, failed
-
-
-def load_cache(path: str | Path) -> CachedSet:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        if meta["classes"] != list(CLASSES):
-            raise ValueError(f"cache {str(path)!r} has classes {meta['classes']}; expected {list(CLASSES)}")
-        spec = PreprocessSpec.from_dict(meta["spec"])
-        jpeg, offsets = z["jpeg"], z["offsets"]
-        n = len(offsets) - 1
-        s = spec.input_size
-        images = np.empty((n, s, s, 3), np.uint8)
-        for i in range(n):
-            images[i] = cv2.imdecode(jpeg[offsets[i] : offsets[i + 1]], cv2.IMREAD_COLOR)
-        return CachedSet(images, z["labels"], z["splits"], z["sha256"], z["files"], spec)

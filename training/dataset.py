@@ -1,11 +1,24 @@
-"""The in-memory labelled set at training resolution (numpy only: importable where OpenCV is not)."""
+"""The in-memory labelled set at training resolution, and the one loader of the packed cache.
+
+Importable where OpenCV is not (the bare GPU machine has torch, torchvision and numpy only): the cache's
+JPEGs are decoded by OpenCV where it is installed and by Pillow (torchvision's own dependency) where not.
+The cache is written by :func:`training.cache.build_cache`.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+from wbcproc.classes import CLASSES
+
+DECODERS = ("auto", "opencv", "pillow")
 
 
 @dataclass
@@ -28,3 +41,48 @@ class CachedSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def _decoder(name: str):
+    if name not in DECODERS:
+        raise ValueError(f"decoder {name!r} is unknown; expected one of {DECODERS}")
+    if name in ("auto", "opencv"):
+        try:
+            import cv2
+
+            return lambda b: cv2.imdecode(b, cv2.IMREAD_COLOR)
+        except ImportError:
+            if name == "opencv":
+                raise
+    from PIL import Image
+
+    def pillow(b: np.ndarray) -> np.ndarray:
+        with Image.open(io.BytesIO(b.tobytes())) as im:
+            # OpenCV wrote the spec-ordered array as if it were BGR; Pillow decodes to RGB: reverse back
+            return np.asarray(im.convert("RGB"))[:, :, ::-1]
+
+    return pillow
+
+
+def _spec(d: dict[str, Any]) -> Any:
+    """The cache's PreprocessSpec; where wbcproc's OpenCV code cannot load, the fields training reads."""
+    try:
+        from wbcproc.preprocess import PreprocessSpec
+    except ImportError:
+        return SimpleNamespace(**{k: d[k] for k in ("input_size", "mean", "std", "scale", "colour_order")})
+    return PreprocessSpec.from_dict(d)
+
+
+def load_cache(path: str | Path, decoder: str = "auto") -> CachedSet:
+    """A packed cache as a :class:`CachedSet` (``decoder``: auto, opencv or pillow)."""
+    decode = _decoder(decoder)
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta["classes"] != list(CLASSES):
+            raise ValueError(f"cache {str(path)!r} has classes {meta['classes']}; expected {list(CLASSES)}")
+        jpeg, offsets = z["jpeg"], z["offsets"]
+        n, s = len(offsets) - 1, int(meta["spec"]["input_size"])
+        images = np.empty((n, s, s, 3), np.uint8)
+        for i in range(n):
+            images[i] = decode(jpeg[offsets[i] : offsets[i + 1]])
+        return CachedSet(images, z["labels"], z["splits"], z["sha256"], z["files"], _spec(meta["spec"]))

@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from training.cache import CachedSet
+from training.dataset import CachedSet
 from wbcproc.preprocess import to_input
 
 OPSET = 17

@@ -13,14 +13,12 @@ Inputs are made here, by the same preprocessing inference runs: each fixture cel
 red-cell measurement, and the annotated white cell of each fixture field cut and framed as ``wbc locate``
 cuts it.
 
-    python -m training.float_reference --fp32 runs/final/model.fp32.onnx --model models/model.onnx \\
+    python -m training.scripts.float_reference --fp32 runs/final/model.fp32.onnx --model models/model.onnx \\
         --out tests/fixtures/float_reference.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -79,23 +77,3 @@ def build_reference(fp32: Path, model: Path) -> dict:
             for i, n in enumerate(names)
         },
     }
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fp32", required=True, type=Path, help="the float export of the same weights")
-    ap.add_argument("--model", required=True, type=Path, help="the int8 model (with sidecar) that ships")
-    ap.add_argument("--out", required=True, type=Path)
-    args = ap.parse_args()
-    ref = build_reference(args.fp32, args.model)
-    args.out.write_text(json.dumps(ref, indent=1) + "\n")
-    f = np.array([c["float"] for c in ref["cells"].values()])
-    q = np.array([c["int8"] for c in ref["cells"].values()])
-    print(
-        f"{args.out}: {len(f)} cells; int8 vs float: {(f.argmax(1) != q.argmax(1)).sum()} class changes, "
-        f"max |logit diff| {np.abs(f - q).max():.3f}"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from training.cache import CachedSet, build_cache, load_cache
+from training.cache import build_cache
 from training.data import Gathered, Item, gather, write_split
+from training.dataset import CachedSet, load_cache
 from training.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -134,7 +135,7 @@ def prepare_data(opts: RunOptions, log=print) -> tuple[Gathered, Path, list[tupl
 
 def search(opts: RunOptions, base, g: Gathered, log=print) -> tuple[Any, list[dict[str, Any]]]:
     """Budgeted random search on the validation split over lr, batch size, frozen stages, input size."""
-    from training.engine import train_model
+    from training.loop import train_model
 
     rng = random.Random(base.seed)
     space = {
@@ -255,8 +256,8 @@ def evaluate_and_export(
     """Calibrate on val, score on test, export ONNX, check parity, write sidecar, metrics, PNGs and card."""
     import torch
 
-    from training.engine import predict_logits
     from training.export import export_onnx, ort_logits, parity, quantize_int8, weight_max_abs
+    from training.loop import predict_logits
 
     run_dir = Path(opts.out)
     device = torch.device("cpu")
@@ -461,7 +462,7 @@ files always share a split and the test split is fixed. Cells per split and clas
 ## Training
 `{cmd}`
 
-Config: `{json.dumps({k: v for k, v in tr.items() if k not in ("extra",)})}`
+Config: `{json.dumps(tr)}`
 
 ## Results on the test split (n = {m["n"]}, ONNX export checked against PyTorch: {side["parity"]})
 - Scored: {m.get("scored_model", "?")}.
@@ -503,7 +504,9 @@ def run_training(
     ``shards_only``: after training write fp16 weight shards + ``train_info.json`` and stop (the GPU side).
     ``from_shards``: skip training, load those weights, then evaluate, export and check parity (the CPU side).
     """
-    from training.engine import TrainConfig, build_model, train_model
+    from training.loop import train_model
+    from training.model import build_model
+    from training.recipe import TrainConfig
 
     g = None
     opts.cache, opts.from_shards = cache, from_shards

@@ -8,12 +8,11 @@ one) without a second lab's labelled data, which this project does not have beyo
 
 Neither changes the stain itself (that is what BCCD is for); both are deterministic.
 
-    python -m training.simulate --data ../shared/data/pbc --split val --kind tight --out runs/sim/tight-val
+    python -m training.scripts.simulate_lab --data ../shared/data/pbc --split val --kind tight --out runs/sim/tight-val
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import cv2
@@ -56,18 +55,3 @@ def write_set(data: list[str], split: str, kind: str, out: str | Path, every: in
         cv2.imwrite(str(folder / (it.path.stem + ".png")), make(bgr))
         counts[it.label] = counts.get(it.label, 0) + 1
     return counts
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", action="append", required=True)
-    ap.add_argument("--split", default="val", choices=("train", "val", "test"))
-    ap.add_argument("--kind", required=True, choices=KINDS)
-    ap.add_argument("--every", type=int, default=1)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-    print(write_set(args.data, args.split, args.kind, args.out, args.every))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 # Choose a recipe by how it does on a laboratory it has never seen, then train the shipped model with it
 # (issue: other labs).  One device call, two phases:
 #
-#   bash training/gpu_generalise.sh CACHE OUT BUDGET1_S BUDGET2_S EVAL_NAME=EVAL_CACHE...
+#   bash training/scripts/gpu_generalise.sh CACHE OUT BUDGET1_S BUDGET2_S EVAL_NAME=EVAL_CACHE...
 #
 # Phase 1 - four recipes at once on the GPU, each with BCCD left out of training (PBC only), so every
 #   BCCD cell is another lab's, never seen:   basic/bn   robust/bn   stain/bn   stain/ibn
@@ -31,45 +31,17 @@ VARIANTS="basic:bn robust:bn stain:bn stain:ibn"
 pids=()
 for v in $VARIANTS; do
     aug=${v%%:*}; norm=${v##*:}
-    "$PY" -m training.gpu_train "${common[@]}" --patience 30 --time-budget "$B1" --augment "$aug" --norm "$norm" \
+    "$PY" -m training.scripts.gpu_train "${common[@]}" --patience 30 --time-budget "$B1" --augment "$aug" --norm "$norm" \
         --exclude-train BCCD --no-shards --out "$WORK/p1-$aug-$norm" > "$WORK/p1-$aug-$norm.log" 2>&1 &
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-choice=$("$PY" - "$WORK" "$OUT" $VARIANTS <<'PY'
-import json, sys
-from pathlib import Path
-from training.selection import PROXIES, VAL_MARGIN, choose, eligible, proxy_score
-work, out, variants = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-runs = {}
-for v in variants:
-    aug, norm = v.split(":")
-    p = work / f"p1-{aug}-{norm}" / "train_info.json"
-    if p.is_file():
-        runs[v] = json.loads(p.read_text())
-if not runs:
-    print("none", end="")
-    sys.exit(0)
-val_f1 = {v: r["best_val_macro_f1"] for v, r in runs.items()}
-ok = eligible(val_f1)
-rows = {}
-for v, r in runs.items():
-    ev = r.get("eval", {})
-    rows[v] = {"best_val_macro_f1": r["best_val_macro_f1"], "eligible": v in ok,
-               "proxy_score": proxy_score(ev), "best_epoch": r["best_epoch"], "epochs_run": len(r["history"]),
-               "test_torch": r["test_torch"], "eval": ev, "init": r["init"]}
-chosen = choose(val_f1, {v: row["proxy_score"] for v, row in rows.items()})
-sel = {"rule": f"validation macro-F1 within {VAL_MARGIN} of the best, then highest mean accuracy over " + ", ".join(PROXIES),
-       "phase1_training": "PBC only (BCCD left out)", "chosen": chosen, "phase1": rows}
-(out / "selection.json").write_text(json.dumps(sel, indent=2) + "\n")
-print(chosen, end="")
-PY
-)
+choice=$("$PY" -m training.scripts.select_recipe generalise "$WORK" "$OUT" $VARIANTS)
 echo "phase 1 chose: $choice" >> "$WORK/gpu.txt"
 rc=1
 if [ "$choice" != "none" ] && [ -n "$choice" ]; then
     aug=${choice%%:*}; norm=${choice##*:}
-    "$PY" -m training.gpu_train "${common[@]}" --patience 25 --time-budget "$B2" --augment "$aug" --norm "$norm" \
+    "$PY" -m training.scripts.gpu_train "${common[@]}" --patience 25 --time-budget "$B2" --augment "$aug" --norm "$norm" \
         --out "$OUT" > "$WORK/p2.log" 2>&1
     rc=$?
 fi

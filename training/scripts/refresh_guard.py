@@ -2,7 +2,7 @@
 domain guard (``domain.uncertainty``) and the confusion counts the differential is corrected with
 (``confusion_val``).
 
-    python -m training.refresh_guard --model models/model.onnx --cache runs/pack/cache-128.npz
+    python -m training.scripts.refresh_guard --model models/model.onnx --cache runs/pack/cache-128.npz
 
 ``wbc train`` writes it for every new model; this is for a model exported before it existed (the shipped
 1.1.0).  It runs the model file itself (ONNX Runtime) on the cache's validation split, applies the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from training.cache import load_cache
+from training.dataset import load_cache
 from training.export import ort_logits
 from training.run import confusion_reference, uncertainty_reference
 from wbcproc.sidecar import ConfusionReference, read_sidecar, write_sidecar

@@ -1,8 +1,8 @@
 """Pack a labelled set for scoring on a GPU machine: every image preprocessed with a model's sidecar spec
-(the same ``prepare_image`` inference runs) into one small ``.npz`` that ``training.gpu_train
+(the same ``prepare_image`` inference runs) into one small ``.npz`` that ``training.scripts.gpu_train
 --eval-cache`` reads.  Splits do not matter here: all of it is scored.
 
-    python -m training.evalpack --model models/model.onnx --out runs/evalpack/bccd_all.npz \\
+    python -m training.scripts.evalpack --model models/model.onnx --out runs/evalpack/bccd_all.npz \\
         runs/bccd-crops/train runs/bccd-crops/holdout
 """
 

@@ -1,55 +1,38 @@
 """Train on a bare GPU machine from a packed cache: needs only torch, torchvision and numpy there.
 
-The recipe for the shipped model (issue: ship the default model), with the device tool's limits in mind
-(64 MiB in, 8 files of 16 MiB out):
+How a shipped model is made, with the device tool's limits in mind (64 MiB in, 8 files of 16 MiB out);
+every default here is the shipped recipe (``training.recipe.SHIPPED``: 160 epochs, patience 40, basic
+augmentation, from scratch), cut short by ``--time-budget`` when the device time is short:
 
-  here (CPU):   wbc train --data ../shared/data/pbc --out runs/pack --image-size 128 --pack-only
-                mkdir -p gpu && cp runs/pack/cache-128.npz gpu/   (~50 MB; the device carries it in)
-  device (GPU): python3 -m training.gpu_train --cache gpu/cache-128.npz --out $OUT --epochs 40 --seed 0
+  here (CPU):   wbc train --data ../shared/data/pbc --out runs/pack --pack-only
+                mkdir -p gpu && cp runs/pack/cache-128.npz gpu/   (~46 MB; the device carries it in)
+  device (GPU): python3 -m training.scripts.gpu_train --cache gpu/cache-128.npz --out $OUT --time-budget 430
                 -> $OUT/weights-00N.pt (fp16 shards < 16 MiB) + train_info.json (+ test metrics)
   here (CPU):   wbc train --cache runs/pack/cache-128.npz --from-shards <fetched dir> --out runs/final
                 -> model.onnx + sidecar (temperature, review threshold, domain reference), parity check,
                    metrics.json, card.md; then `wbc models register/promote` or copy to models/
 
-JPEGs of the cache are decoded with Pillow (torchvision's own dependency; no OpenCV needed there); preprocessing after that is
-the same ``training.engine`` code ``wbc train`` runs.
+The cache is read by ``training.dataset.load_cache`` (Pillow where OpenCV is missing); training after that is
+the same ``training.loop`` code ``wbc train`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-from PIL import Image
 
-from training.dataset import CachedSet
-from training.engine import AUGMENTATIONS, NORMS, TrainConfig, augmentation, pick_device, predict_logits, train_model
+from training.dataset import CachedSet, load_cache
+from training.loop import pick_device, predict_logits, train_model
 from training.metrics import classification_metrics
+from training.model import NORMS
+from training.recipe import AUGMENTATIONS, TrainConfig, augmentation
 from training.recipe import SHIPPED as R
 from training.shards import save_shards
 from wbcproc.classes import CLASSES
-
-
-def load_cache_torch(path: str | Path) -> CachedSet:
-    """The cache written by ``training.cache.build_cache``, decoded without OpenCV."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        if meta["classes"] != list(CLASSES):
-            raise ValueError(f"cache {path} has classes {meta['classes']}; expected {list(CLASSES)}")
-        jpeg, offsets = z["jpeg"], z["offsets"]
-        s = int(meta["spec"]["input_size"])
-        images = np.empty((len(offsets) - 1, s, s, 3), np.uint8)
-        for i in range(len(offsets) - 1):
-            with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as im:
-                # OpenCV wrote the spec-ordered array as if it were BGR; Pillow decodes to RGB: reverse back
-                images[i] = np.asarray(im.convert("RGB"))[:, :, ::-1]
-        spec = SimpleNamespace(**{k: meta["spec"][k] for k in ("input_size", "mean", "std", "scale", "colour_order")})
-        return CachedSet(images, z["labels"], z["splits"], z["sha256"], z["files"], spec)
 
 
 def _without(part: CachedSet, needle: str) -> CachedSet:
@@ -82,7 +65,7 @@ def main() -> None:
     ap.add_argument("--no-shards", action="store_true", help="write train_info.json only (ablation runs)")
     args = ap.parse_args()
     t0 = time.time()
-    data = load_cache_torch(args.cache)
+    data = load_cache(args.cache)
     print(f"cache: {len(data)} images at {data.spec.input_size} px, decoded in {time.time() - t0:.1f} s", flush=True)
     cfg = TrainConfig(
         **augmentation(args.augment),
@@ -123,7 +106,7 @@ def main() -> None:
     info["eval"] = {}
     for spec in args.eval_cache:
         name, _, path = spec.partition("=")
-        ev = load_cache_torch(path)
+        ev = load_cache(path)
         em = classification_metrics(ev.labels, predict_logits(model, ev, dev).argmax(1), CLASSES)
         info["eval"][name] = {"n": len(ev), "accuracy": em["accuracy"], "macro_f1": em["macro_f1"]}
         print(f"eval {name}: n={len(ev)} accuracy {em['accuracy']:.4f}", flush=True)
