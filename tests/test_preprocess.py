@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from helpers import cell_bgr
@@ -7,11 +8,17 @@ from helpers import cell_bgr
 from wbcproc.preprocess import (
     ColourNormalisation,
     PreprocessSpec,
-    lab_stats,
     prepare_image,
     preprocess,
     to_input,
 )
+
+
+def lab_stats(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of an image in CIELAB (L 0..100, a/b about -127..127)."""
+    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    flat = lab.reshape(-1, 3)
+    return flat.mean(axis=0), flat.std(axis=0)
 
 
 def test_output_follows_the_spec():

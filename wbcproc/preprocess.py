@@ -120,13 +120,6 @@ class PreprocessSpec:
         return d
 
 
-def lab_stats(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of an image in CIELAB (L 0..100, a/b about -127..127)."""
-    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
-    flat = lab.reshape(-1, 3)
-    return flat.mean(axis=0), flat.std(axis=0)
-
-
 def reinhard_normalise(bgr: np.ndarray, norm: ColourNormalisation) -> np.ndarray:
     """Map the image's LAB mean/std onto the reference's (Reinhard et al. 2001)."""
     lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
