@@ -60,7 +60,8 @@ class FrameInfo:
 def background_colour(bgr: np.ndarray) -> np.ndarray:
     """BGR float of the slide background: per-channel median of the brightest 8 % of pixels."""
     small = _small(bgr, 128)
-    grey = small.astype(np.float32).sum(axis=2)
+    # = small.astype(np.float32).sum(axis=2), exactly (sums of three 8-bit values), at a fifth of the cost
+    grey = small[:, :, 0].astype(np.float32) + small[:, :, 1] + small[:, :, 2]
     cut = np.percentile(grey, 92)
     sel = small[grey >= cut]
     return np.median(sel, axis=0).astype(np.float64) if len(sel) else np.full(3, 255.0)
@@ -80,7 +81,7 @@ def white_balance(
     if gain is None:
         gain = white_balance_gain(bgr, reference, max_gain)
     lut = np.clip(np.arange(256)[:, None] * gain[None, :] + 0.5, 0, 255).astype(np.uint8)  # 256 x 3
-    return cv2.merge([cv2.LUT(bgr[:, :, c], lut[:, c]) for c in range(3)])
+    return cv2.LUT(bgr, lut.reshape(256, 1, 3))  # one table per channel, in one pass
 
 
 def _small(bgr: np.ndarray, px: int) -> np.ndarray:
@@ -171,13 +172,20 @@ def frame_cell(
     """
     info = located if located is not None else locate_cell(bgr, framing)
     side = info.side_px
-    own = info.rbc_px
-    if rbc_px is not None and info.found and (own is None or abs(own / rbc_px - 1) > framing.ruler_tolerance):
+    if uses_sample_ruler(info, rbc_px, framing):
         h, w = bgr.shape[:2]
         side = float(
             np.clip(framing.crop_rbc * rbc_px, framing.side_range[0] * min(h, w), framing.side_range[1] * min(h, w))
         )
     return cut_square(bgr, info.centre, side), info
+
+
+def uses_sample_ruler(info: FrameInfo, rbc_px: float | None, framing: Framing) -> bool:
+    """Whether :func:`frame_cell` sizes this image's square by the sample's ruler ``rbc_px`` instead of the
+    image's own measurement: a nucleus was found and its own red-cell measurement is missing or off by more
+    than ``ruler_tolerance``.  Every other image is framed the same with or without the sample's ruler."""
+    own = info.rbc_px
+    return rbc_px is not None and info.found and (own is None or abs(own / rbc_px - 1) > framing.ruler_tolerance)
 
 
 def sample_ruler(rbc_px: list[float | None], *, min_measured: int = 3, min_share: float = 0.3) -> float | None:

@@ -29,12 +29,12 @@ from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
 from wbcproc.framing import FrameInfo, sample_ruler
-from wbcproc.imageio import DecodedImage, ImageRejected, read_image
+from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
-from wbcproc.preprocess import PreprocessSpec, measure, prepare_image, to_input
+from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
 
 THUMB_PX = 64
-DECODE_CACHE_BYTES = 96 * 1024 * 1024  # decoded images kept from the ruler pre-pass for the main pass
+DECODE_CACHE_BYTES = 96 * 1024 * 1024  # colour-normalised images kept from the ruler pre-pass for the main pass
 
 
 @dataclass
@@ -58,6 +58,17 @@ class _Unit:
     notes: tuple[str, ...]
     box: tuple[int, int, int, int] | None = None
     field: str | None = None
+    normalised: bool = False  # ``bgr`` is colour-normalised already (kept from the pre-pass)
+    thumbnail: bytes | None = None  # made by the pre-pass from the decoded image
+
+
+@dataclass
+class _Kept:
+    """What the pre-pass keeps of a decoded single-cell image for the main pass."""
+
+    normalised: np.ndarray
+    notes: tuple[str, ...]
+    thumbnail: bytes | None
 
 
 def _thumbnail(bgr: np.ndarray) -> bytes:
@@ -82,13 +93,16 @@ def _units(
     rejected: list[Rejected],
     fields_out: list[dict[str, Any]],
     t: dict[str, float],
-    decoded_cache: dict[str, DecodedImage] | None = None,
+    kept: dict[str, _Kept] | None = None,
 ) -> Iterator[_Unit]:
     for cand in candidates:
+        cached = kept.pop(cand.file, None) if kept is not None else None
+        if cached is not None:
+            yield _Unit(cand.file, cached.normalised, cached.notes, normalised=True, thumbnail=cached.thumbnail)
+            continue
         t0 = time.perf_counter()
         try:
-            cached = decoded_cache.pop(cand.file, None) if decoded_cache is not None else None
-            decoded = cached if cached is not None else read_image(cand.path)
+            decoded = read_image(cand.path)
         except ImageRejected as exc:
             rejected.append(Rejected(cand.file, exc.reason, exc.code))
             t["decode"] += time.perf_counter() - t0
@@ -120,17 +134,23 @@ def _units(
 
 
 def _sample_scale(
-    candidates: list[Candidate], spec: PreprocessSpec, settings: Settings, image_type: str, t: dict[str, float]
-) -> tuple[dict[str, Any] | None, dict[str, FrameInfo], dict[str, np.ndarray], dict[str, DecodedImage]]:
+    candidates: list[Candidate],
+    spec: PreprocessSpec,
+    settings: Settings,
+    image_type: str,
+    t: dict[str, float],
+    thumbnails: bool,
+) -> tuple[dict[str, Any] | None, dict[str, FrameInfo], dict[str, np.ndarray], dict[str, _Kept]]:
     """One slide, one magnification: the red-cell ruler of the sample's single-cell images (median of each
     image's measurement), so that every cell is framed at a consistent scale.  A first pass (decode +
     measure, on two threads: OpenCV releases the GIL) keeps the small measurements - each image's framing
-    and white-balance gain - which the main pass reuses instead of measuring again, and the decoded images
-    themselves up to ``DECODE_CACHE_BYTES`` (a sample of ~200 cells; a larger one is decoded again for the
-    rest, so memory stays bounded); images that fail to decode are left to the main pass to reject."""
+    and white-balance gain - which the main pass reuses instead of measuring again, and the colour-normalised
+    images themselves (with their thumbnails) up to ``DECODE_CACHE_BYTES`` (a sample of ~200 cells; a larger
+    one is decoded again for the rest, so memory stays bounded); images that fail to decode are left to the
+    main pass to reject."""
     t0 = time.perf_counter()
     singles = [c for c in candidates if not is_field(c, settings, image_type)]
-    keep: dict[str, DecodedImage] = {}  # decoded images the main pass reuses, up to DECODE_CACHE_BYTES
+    keep: dict[str, _Kept] = {}  # what the main pass reuses, up to DECODE_CACHE_BYTES
     budget = [DECODE_CACHE_BYTES]
     lock = threading.Lock()
 
@@ -139,11 +159,14 @@ def _sample_scale(
             decoded = read_image(cand.path)
         except ImageRejected:
             return None
+        info, gain, normalised = measure_normalised(decoded.bgr, spec)
         with lock:
-            if decoded.bgr.nbytes <= budget[0]:
-                budget[0] -= decoded.bgr.nbytes
-                keep[cand.file] = decoded
-        return (cand.file, *measure(decoded.bgr, spec))
+            fits = normalised.nbytes <= budget[0]
+            if fits:
+                budget[0] -= normalised.nbytes
+        if fits:
+            keep[cand.file] = _Kept(normalised, decoded.notes, _thumbnail(decoded.bgr) if thumbnails else None)
+        return cand.file, info, gain
 
     located: dict[str, FrameInfo] = {}
     gains: dict[str, np.ndarray] = {}
@@ -279,8 +302,10 @@ def classify_candidates(
     rejected: list[Rejected] = []
     fields: list[dict[str, Any]] = []
     t = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
-    scale, located, gains, decoded_cache = (
-        _sample_scale(candidates, spec, settings, image_type, t) if spec.framing is not None else (None, {}, {}, {})
+    scale, located, gains, kept = (
+        _sample_scale(candidates, spec, settings, image_type, t, thumbnails)
+        if spec.framing is not None
+        else (None, {}, {}, {})
     )
     ruler = scale["rbc_px"] if scale else None
 
@@ -292,12 +317,14 @@ def classify_candidates(
             rbc_px=ruler,
             located=located.get(unit.name),
             wb_gain=gains.get(unit.name),
+            normalised=unit.normalised,
         )
-        return x, cell_features(x, spec.colour_order), _thumbnail(unit.bgr) if thumbnails else None
+        thumb = (unit.thumbnail if unit.normalised else _thumbnail(unit.bgr)) if thumbnails else None
+        return x, cell_features(x, spec.colour_order), thumb
 
     runner = _Batches(classifier, settings.batch_size, threshold, prep, t, on_batch)
     try:
-        for unit in _units(candidates, settings, image_type, rejected, fields, t, decoded_cache):
+        for unit in _units(candidates, settings, image_type, rejected, fields, t, kept):
             runner.add(unit)
         runner.finish()
     finally:

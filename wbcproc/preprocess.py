@@ -163,6 +163,7 @@ def prepare_image(
     rbc_px: float | None = None,
     located: FrameInfo | None = None,
     wb_gain: np.ndarray | None = None,
+    normalised: bool = False,
 ) -> np.ndarray:
     """BGR uint8 (any size) -> uint8 ``input_size`` x ``input_size`` x 3 in the spec's colour order.
 
@@ -172,10 +173,12 @@ def prepare_image(
     ``rbc_px``: the sample's red-cell diameter (see :func:`wbcproc.framing.sample_ruler`) instead of this
     image's own measurement.  ``located`` / ``wb_gain``: this image's framing measurement and white-balance
     gain from :func:`measure`, if already made (the result is the same; the work is not done twice).
+    ``normalised``: ``bgr`` is already :func:`colour_normalise`'s output (:func:`measure_normalised` makes it).
     """
     if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
         raise ValueError(f"expected an 8-bit BGR image HxWx3, got dtype {bgr.dtype} shape {bgr.shape}")
-    bgr = colour_normalise(bgr, spec, wb_gain)
+    if not normalised:
+        bgr = colour_normalise(bgr, spec, wb_gain)
     if spec.framing is not None and not framed:
         bgr, _ = frame_cell(bgr, spec.framing, rbc_px=rbc_px, located=located)
     out = _resize(bgr, int(spec.input_size), spec.resize, spec.pad_value)
@@ -194,14 +197,17 @@ def colour_normalise(bgr: np.ndarray, spec: PreprocessSpec, wb_gain: np.ndarray 
     return reinhard_normalise(bgr, cn)
 
 
-def measure(bgr: np.ndarray, spec: PreprocessSpec) -> tuple[FrameInfo | None, np.ndarray | None]:
+def measure_normalised(bgr: np.ndarray, spec: PreprocessSpec) -> tuple[FrameInfo | None, np.ndarray | None, np.ndarray]:
     """What ``prepare_image`` measures on this image - the framing (None: the spec has none) and the
-    white-balance gain (None: no white balance) - made once, for a sample's pre-pass to keep."""
+    white-balance gain (None: no white balance) - made once, for a sample's pre-pass to keep; and the
+    colour-normalised image the framing was measured on, which ``prepare_image(..., normalised=True)``
+    starts from (the normalisation is not done twice)."""
     cn = spec.colour_normalisation
     gain = white_balance_gain(bgr, cn.reference) if cn is not None and cn.method == "white_balance" else None
+    normalised = colour_normalise(bgr, spec, gain)
     if spec.framing is None:
-        return None, gain
-    return locate_cell(colour_normalise(bgr, spec, gain), spec.framing), gain
+        return None, gain, normalised
+    return locate_cell(normalised, spec.framing), gain, normalised
 
 
 def to_input(prepared: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
