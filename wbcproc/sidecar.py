@@ -22,6 +22,7 @@ Format history (``format_version``):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -268,13 +269,14 @@ class Sidecar:
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object, in field order, without absent optional blocks."""
+        """The JSON object, in field order, without absent optional blocks (a copy: changing it changes
+        nothing here)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if v is None:
                 continue
-            out[f.name] = list(v) if f.name == "classes" else v.to_dict() if hasattr(v, "to_dict") else v
+            out[f.name] = list(v) if f.name == "classes" else v.to_dict() if hasattr(v, "to_dict") else copy.deepcopy(v)
         return out
 
     def replace(self, **changes: Any) -> Sidecar:
