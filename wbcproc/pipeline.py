@@ -28,13 +28,13 @@ from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
-from wbcproc.framing import FrameInfo, sample_ruler
+from wbcproc.framing import FrameInfo, sample_ruler, uses_sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
 
 THUMB_PX = 64
-DECODE_CACHE_BYTES = 96 * 1024 * 1024  # colour-normalised images kept from the ruler pre-pass for the main pass
+PREPARED_CACHE_BYTES = 96 * 1024 * 1024  # model-sized cells prepared by the ruler pre-pass (~2,000 at 128 px)
 
 
 @dataclass
@@ -54,21 +54,21 @@ class _Unit:
     """One cell image to classify: a whole single-cell file, or a crop from a field."""
 
     name: str
-    bgr: np.ndarray
+    bgr: np.ndarray | None
     notes: tuple[str, ...]
     box: tuple[int, int, int, int] | None = None
     field: str | None = None
-    normalised: bool = False  # ``bgr`` is colour-normalised already (kept from the pre-pass)
-    thumbnail: bytes | None = None  # made by the pre-pass from the decoded image
+    prepared: _Prepared | None = None  # made by the pre-pass: nothing left to do but classify
 
 
 @dataclass
-class _Kept:
-    """What the pre-pass keeps of a decoded single-cell image for the main pass."""
+class _Prepared:
+    """A single-cell image as the pre-pass prepared it, framed by its own red-cell measurement."""
 
-    normalised: np.ndarray
-    notes: tuple[str, ...]
+    x: np.ndarray  # the model-sized cell
+    features: np.ndarray  # its domain-guard features
     thumbnail: bytes | None
+    notes: tuple[str, ...]
 
 
 def _thumbnail(bgr: np.ndarray) -> bytes:
@@ -93,12 +93,12 @@ def _units(
     rejected: list[Rejected],
     fields_out: list[dict[str, Any]],
     t: dict[str, float],
-    kept: dict[str, _Kept] | None = None,
+    kept: dict[str, _Prepared] | None = None,
 ) -> Iterator[_Unit]:
     for cand in candidates:
         cached = kept.pop(cand.file, None) if kept is not None else None
         if cached is not None:
-            yield _Unit(cand.file, cached.normalised, cached.notes, normalised=True, thumbnail=cached.thumbnail)
+            yield _Unit(cand.file, None, cached.notes, prepared=cached)
             continue
         t0 = time.perf_counter()
         try:
@@ -133,6 +133,20 @@ def _units(
             yield _Unit(f"{cand.file}#{i}", crop, decoded.notes, det.box, cand.file)
 
 
+class _Budget:
+    """Bytes left to keep, shared by the pre-pass threads."""
+
+    def __init__(self, n: int) -> None:
+        self.left, self._lock = n, threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if n > self.left:
+                return False
+            self.left -= n
+            return True
+
+
 def _sample_scale(
     candidates: list[Candidate],
     spec: PreprocessSpec,
@@ -140,19 +154,20 @@ def _sample_scale(
     image_type: str,
     t: dict[str, float],
     thumbnails: bool,
-) -> tuple[dict[str, Any] | None, dict[str, FrameInfo], dict[str, np.ndarray], dict[str, _Kept]]:
+) -> tuple[dict[str, Any] | None, dict[str, FrameInfo], dict[str, np.ndarray], dict[str, _Prepared]]:
     """One slide, one magnification: the red-cell ruler of the sample's single-cell images (median of each
-    image's measurement), so that every cell is framed at a consistent scale.  A first pass (decode +
-    measure, on two threads: OpenCV releases the GIL) keeps the small measurements - each image's framing
-    and white-balance gain - which the main pass reuses instead of measuring again, and the colour-normalised
-    images themselves (with their thumbnails) up to ``DECODE_CACHE_BYTES`` (a sample of ~200 cells; a larger
-    one is decoded again for the rest, so memory stays bounded); images that fail to decode are left to the
-    main pass to reject."""
+    image's measurement), so that every cell is framed at a consistent scale.  A first pass (on two threads:
+    OpenCV releases the GIL) decodes and measures each image - its framing and white-balance gain, kept for
+    the main pass - and prepares it for the network framed by its own measurement, which is what the sample's
+    ruler does too unless the image's own measurement is missing or off (``framing.uses_sample_ruler``):
+    those few are dropped once the ruler is known and prepared again by the main pass.  The prepared cells
+    (model-sized, with features and thumbnail) are kept up to ``PREPARED_CACHE_BYTES`` (~2,000 cells; a
+    larger sample is decoded again for the rest, so memory stays bounded), so the main pass is mostly ONNX
+    Runtime alone; images that fail to decode are left to the main pass to reject."""
     t0 = time.perf_counter()
     singles = [c for c in candidates if not is_field(c, settings, image_type)]
-    keep: dict[str, _Kept] = {}  # what the main pass reuses, up to DECODE_CACHE_BYTES
-    budget = [DECODE_CACHE_BYTES]
-    lock = threading.Lock()
+    keep: dict[str, _Prepared] = {}  # what the main pass reuses, up to PREPARED_CACHE_BYTES
+    budget = _Budget(PREPARED_CACHE_BYTES)
 
     def one(cand: Candidate) -> tuple[str, FrameInfo | None, np.ndarray | None] | None:
         try:
@@ -160,12 +175,10 @@ def _sample_scale(
         except ImageRejected:
             return None
         info, gain, normalised = measure_normalised(decoded.bgr, spec)
-        with lock:
-            fits = normalised.nbytes <= budget[0]
-            if fits:
-                budget[0] -= normalised.nbytes
-        if fits:
-            keep[cand.file] = _Kept(normalised, decoded.notes, _thumbnail(decoded.bgr) if thumbnails else None)
+        if budget.take(spec.input_size**2 * 3):
+            x = prepare_image(normalised, spec, located=info, normalised=True)
+            thumb = _thumbnail(decoded.bgr) if thumbnails else None
+            keep[cand.file] = _Prepared(x, cell_features(x, spec.colour_order), thumb, decoded.notes)
         return cand.file, info, gain
 
     located: dict[str, FrameInfo] = {}
@@ -180,11 +193,21 @@ def _sample_scale(
             if gain is not None:
                 gains[name] = gain
     t["scale"] = t.get("scale", 0.0) + time.perf_counter() - t0
+    return _ruler(located, spec, keep), located, gains, keep
+
+
+def _ruler(located: dict[str, FrameInfo], spec: PreprocessSpec, keep: dict[str, _Prepared]) -> dict[str, Any] | None:
+    """The sample's ruler from the images' own measurements; the cells it frames otherwise than their own
+    measurement did are dropped from ``keep`` (the main pass prepares them again, by the ruler)."""
     ruler = sample_ruler([i.rbc_px for i in located.values()])
     if ruler is None:
-        return None, located, gains, keep
+        return None
     measured = sum(i.rbc_px is not None for i in located.values())
-    return {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}, located, gains, keep
+    scale = {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}
+    for name, info in located.items():
+        if uses_sample_ruler(info, scale["rbc_px"], spec.framing):
+            keep.pop(name, None)
+    return scale
 
 
 class _Batches:
@@ -310,6 +333,8 @@ def classify_candidates(
     ruler = scale["rbc_px"] if scale else None
 
     def prep(unit: _Unit) -> tuple[np.ndarray, np.ndarray, bytes | None]:
+        if unit.prepared is not None:
+            return unit.prepared.x, unit.prepared.features, unit.prepared.thumbnail
         x = prepare_image(
             unit.bgr,
             spec,
@@ -317,10 +342,8 @@ def classify_candidates(
             rbc_px=ruler,
             located=located.get(unit.name),
             wb_gain=gains.get(unit.name),
-            normalised=unit.normalised,
         )
-        thumb = (unit.thumbnail if unit.normalised else _thumbnail(unit.bgr)) if thumbnails else None
-        return x, cell_features(x, spec.colour_order), thumb
+        return x, cell_features(x, spec.colour_order), _thumbnail(unit.bgr) if thumbnails else None
 
     runner = _Batches(classifier, settings.batch_size, threshold, prep, t, on_batch)
     try:
