@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 import platform
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
+
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
+    """CPU model, the instruction-set flags int8 and float kernels depend on, cores, OS, Python, ORT."""
+    cpu, model, flags = platform.processor() or "?", None, None
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if model is None and line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif flags is None and line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [f for f in ISA_FLAGS if f in have]
     except OSError:
         pass
+    cpu = model or cpu
+    cpu = f"{cpu} [{' '.join(flags or []) or 'none of ' + '/'.join(ISA_FLAGS)}]"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         import onnxruntime as ort
