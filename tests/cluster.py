@@ -9,34 +9,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from pg import Postgres
+from procs import free_port, wait_until
 
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait(pred, timeout: float, step: float = 0.5) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if pred():
-                return True
-        except OSError:
-            pass
-        time.sleep(step)
-    return pred()
+    """:func:`procs.wait_until`, an OSError (a server restarting) counting as "not yet"."""
+    return wait_until(pred, timeout, step, retry_on=(OSError,))
 
 
 def _clean_env() -> dict[str, str]:
@@ -53,7 +39,7 @@ class Cluster:
         self.inbox, self.out = root / "share" / "inbox", root / "share" / "reports"
         self.pg = Postgres().init().start()
         self.pg.create_db()
-        self.port = _free_port()
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.server: subprocess.Popen | None = None
         self.watcher: subprocess.Popen | None = None

@@ -11,11 +11,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from procs import free_port
 
 
 def pg_bin() -> Path | None:
@@ -27,19 +28,13 @@ def pg_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Postgres:
     def __init__(self, port: int | None = None) -> None:
         b = pg_bin()
         if b is None:
             raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
         self.bin = b
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="wbc-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"

@@ -23,31 +23,17 @@ from helpers import (
     libreoffice_uno,
     review_plan,
 )
+from procs import free_port, wait_until
 
 WBC = str(Path(sys.executable).parent / "wbc")
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout: float, step: float = 0.25) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 class Serve:
     def __init__(self, root: Path, model: Path) -> None:
         self.root = root
         self.inbox, self.out, self.home = root / "inbox", root / "out", root / "home"
-        self.port = _free_port()
+        self.port = free_port()
         self.model = model
         self.proc: subprocess.Popen | None = None
         self.env: dict[str, str] = {}  # kept across restarts
@@ -69,7 +55,7 @@ class Serve:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        assert _wait(lambda: "wbc serve: UI" in log_path.read_text(errors="replace"), 150), self.text()[-3000:]
+        assert wait_until(lambda: "wbc serve: UI" in log_path.read_text(errors="replace"), 150), self.text()[-3000:]
 
     def text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("serve-*.log")))
@@ -111,19 +97,19 @@ def test_slow_copy_is_never_processed_early(served):
         shutil.copy(p, dest / p.name)
         time.sleep(0.8)
         assert not (served.out / "SLOW-1.json").exists(), "processed on a partial set"
-    assert _wait(lambda: (served.out / "SLOW-1.json").exists(), 60), served.text()[-3000:]
+    assert wait_until(lambda: (served.out / "SLOW-1.json").exists(), 60), served.text()[-3000:]
     r = json.loads((served.out / "SLOW-1.json").read_text())
     assert r["cells_classified"] == 8
-    assert _wait(lambda: (served.inbox / "archive" / "SLOW-1").is_dir(), 20)
+    assert wait_until(lambda: (served.inbox / "archive" / "SLOW-1").is_dir(), 20)
 
 
 def test_marker_file_and_ui_run(served):
     dest = served.inbox / "MARK-1"
     copy_cells(dest, 5)
     (dest / "READY").touch()
-    assert _wait(lambda: (served.out / "MARK-1.json").exists(), 60)
+    assert wait_until(lambda: (served.out / "MARK-1.json").exists(), 60)
     runs = served.api("/flow_runs/filter", {"flow_runs": {"name": {"any_": ["MARK-1"]}}})
-    assert _wait(
+    assert wait_until(
         lambda: (
             served.api("/flow_runs/filter", {"flow_runs": {"name": {"any_": ["MARK-1"]}}})[0]["state_type"]
             == "COMPLETED"
@@ -138,14 +124,16 @@ def test_marker_file_and_ui_run(served):
 def test_duplicate_and_changed_redrop(served):
     first = served.inbox / "DUP-1"
     copy_cells(first, 4)
-    assert _wait(lambda: (served.out / "DUP-1.json").exists() and (served.inbox / "archive" / "DUP-1").is_dir(), 60)
+    assert wait_until(
+        lambda: (served.out / "DUP-1.json").exists() and (served.inbox / "archive" / "DUP-1").is_dir(), 60
+    )
     again = served.inbox / "DUP-1"
     copy_cells(again, 4)  # the same content again
-    assert _wait(lambda: (served.inbox / "archive" / "DUP-1.duplicate").is_dir(), 30), served.text()[-2000:]
+    assert wait_until(lambda: (served.inbox / "archive" / "DUP-1.duplicate").is_dir(), 30), served.text()[-2000:]
     assert not (served.out / "DUP-1.v2.json").exists()
     changed = served.inbox / "DUP-1"
     copy_cells(changed, 6)  # different content under the same name: a new version, never an overwrite
-    assert _wait(lambda: (served.out / "DUP-1.v2.json").exists(), 60)
+    assert wait_until(lambda: (served.out / "DUP-1.v2.json").exists(), 60)
     assert json.loads((served.out / "DUP-1.json").read_text())["cells_classified"] == 4
     assert json.loads((served.out / "DUP-1.v2.json").read_text())["cells_classified"] == 6
 
@@ -158,24 +146,26 @@ def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, 
 
     folder = served.inbox / "VER-1"
     copy_cells(folder, 12)
-    assert _wait(lambda: (served.out / "VER-1.json").exists() and (served.inbox / "archive" / "VER-1").is_dir(), 60)
+    assert wait_until(
+        lambda: (served.out / "VER-1.json").exists() and (served.inbox / "archive" / "VER-1").is_dir(), 60
+    )
     prelim = json.loads((served.out / "VER-1.json").read_text())
     plan = review_plan(prelim)
     reviewed = served.inbox / "reviewed"
     edited = edit_workbook(served.out / "VER-1.xlsx", tmp_path / "VER-1.xlsx", plan)
     shutil.copy(edited, reviewed / "VER-1.xlsx")
-    assert _wait(lambda: (served.out / "VER-1.final.json").exists(), 60), served.text()[-3000:]
+    assert wait_until(lambda: (served.out / "VER-1.final.json").exists(), 60), served.text()[-3000:]
     final = json.loads((served.out / "VER-1.final.json").read_text())
     assert final["counts"] == expected_counts(prelim, plan) and len(final["changes"]) == 3
     assert final["verified_by"] == "Dr A. Example"
-    assert _wait(lambda: (reviewed / "done" / "VER-1.xlsx").is_file(), 10)
+    assert wait_until(lambda: (reviewed / "done" / "VER-1.xlsx").is_file(), 10)
     # the verified cells reached the lab data folder the weekly retrain reads
     lab = served.home / "training-data" / "cells"
     assert sorted(p.parent.name for p in lab.rglob("*") if p.is_file()) == sorted(plan.values())
     if libreoffice_uno() is not None:  # the same three corrections typed in LibreOffice Calc: final v2
         saved = libreoffice_edit(served.out / "VER-1.xlsx", tmp_path / "lo" / "VER-1-calc.xlsx", plan)
         shutil.copy(saved, reviewed / "VER-1-calc.xlsx")
-        assert _wait(lambda: (served.out / "VER-1.final.v2.json").exists(), 90), served.text()[-3000:]
+        assert wait_until(lambda: (served.out / "VER-1.final.v2.json").exists(), 90), served.text()[-3000:]
         v2 = json.loads((served.out / "VER-1.final.v2.json").read_text())
         assert v2["counts"] == expected_counts(prelim, plan) and len(v2["changes"]) == 3
     fhir = json.loads((served.out / "VER-1.final.fhir.json").read_text())
@@ -209,7 +199,7 @@ def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, 
     wb.save(tmp_path / "bad.xlsx")
     shutil.copy(tmp_path / "bad.xlsx", reviewed / "bad.xlsx")
     reason = reviewed / "rejected" / "bad.xlsx.reason.txt"
-    assert _wait(reason.is_file, 30), served.text()[-3000:]
+    assert wait_until(reason.is_file, 30), served.text()[-3000:]
     assert "the workbook is for sample 'VER-2'" in reason.read_text()
     assert sorted(p.name for p in served.out.iterdir()) == before
 
@@ -233,7 +223,7 @@ def test_sigterm_stops_everything_and_restart_catches_up(served):
     assert leftovers == []
     copy_cells(served.inbox / "LATE-1", 3)  # arrives while the service is down
     served.start()
-    assert _wait(lambda: (served.out / "LATE-1.json").exists(), 60), served.text()[-3000:]
+    assert wait_until(lambda: (served.out / "LATE-1.json").exists(), 60), served.text()[-3000:]
 
 
 def test_two_workers_share_20_folders(tmp_path, tiny_model):
@@ -272,7 +262,7 @@ def test_two_workers_share_20_folders(tmp_path, tiny_model):
         for d in sorted(stage.iterdir()):  # dropped at once
             d.rename(s.inbox / d.name)
         done = lambda: len([p for p in s.out.glob("B*.json") if not p.name.endswith(".fhir.json")])  # noqa: E731
-        assert _wait(lambda: done() == 20, 400), (done(), s.text()[-2000:])
+        assert wait_until(lambda: done() == 20, 400), (done(), s.text()[-2000:])
         assert sorted(p.name for p in s.out.glob("B*.json") if ".fhir" not in p.name) == [
             f"B{i:02d}.json" for i in range(20)
         ]
@@ -317,7 +307,7 @@ def test_basic_auth(tmp_path, tiny_model):
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
         copy_cells(s.inbox / "AUTH-1", 3)
-        assert _wait(lambda: (s.out / "AUTH-1.json").exists(), 90), s.text()[-3000:]
+        assert wait_until(lambda: (s.out / "AUTH-1.json").exists(), 90), s.text()[-3000:]
         assert "s3cret" not in (s.out / "AUTH-1.json").read_text()
     finally:
         if s.proc.poll() is None:
@@ -337,7 +327,7 @@ def test_kill9_mid_sample_then_restart_gives_one_report(tmp_path, tiny_model):
         shutil.copy(images[i % len(images)], stage / f"c{i:03d}.jpg")
     (stage / "READY").touch()
     stage.rename(folder)
-    assert _wait(lambda: "K9-1: submitted" in s.text(), 60)
+    assert wait_until(lambda: "K9-1: submitted" in s.text(), 60)
     time.sleep(1.5)
     os.killpg(s.proc.pid, signal.SIGKILL)  # serve, its runs and watcher; its server has its own group
     s.proc.wait(30)
@@ -345,9 +335,9 @@ def test_kill9_mid_sample_then_restart_gives_one_report(tmp_path, tiny_model):
     assert Path(f"/proc/{orphan}").exists()  # kill -9 of serve cannot stop its server: it is orphaned
     s.start()  # same port: the new serve stops the orphan first
     assert not Path(f"/proc/{orphan}").exists() or "zombie" in Path(f"/proc/{orphan}/status").read_text()
-    assert _wait(lambda: (s.out / "K9-1.json").exists() and (s.inbox / "archive" / "K9-1").is_dir(), 120), s.text()[
-        -3000:
-    ]
+    assert wait_until(lambda: (s.out / "K9-1.json").exists() and (s.inbox / "archive" / "K9-1").is_dir(), 120), (
+        s.text()[-3000:]
+    )
     r = json.loads((s.out / "K9-1.json").read_text())
     assert r["cells_classified"] == 240
     finals = sorted(p.name for p in s.out.iterdir() if not p.name.startswith("."))
@@ -373,13 +363,13 @@ def test_server_restart_while_a_run_is_in_flight(tmp_path, tiny_model):
             shutil.copy(images[i % len(images)], stage / f"c{i:03d}.jpg")
         (stage / "READY").touch()
         stage.rename(s.inbox / "SR-1")
-        assert _wait(lambda: "SR-1: submitted" in s.text(), 60)
+        assert wait_until(lambda: "SR-1: submitted" in s.text(), 60)
         time.sleep(1.0)
         subprocess.run(["pkill", "-9", "-f", f"prefect server start --host 127.0.0.1 --port {s.port}"], check=True)
-        assert _wait(lambda: "Prefect server restarted" in s.text(), 120), s.text()[-3000:]
-        assert _wait(lambda: (s.out / "SR-1.json").exists() and (s.inbox / "archive" / "SR-1").is_dir(), 180), s.text()[
-            -3000:
-        ]
+        assert wait_until(lambda: "Prefect server restarted" in s.text(), 120), s.text()[-3000:]
+        assert wait_until(lambda: (s.out / "SR-1.json").exists() and (s.inbox / "archive" / "SR-1").is_dir(), 180), (
+            s.text()[-3000:]
+        )
         r = json.loads((s.out / "SR-1.json").read_text())
         assert r["cells_classified"] == 240 and r["rejected"] == []
         assert {"file": "READY", "reason": "completion marker"} in r["ignored"]
@@ -405,7 +395,7 @@ def test_read_only_output_sends_the_folder_to_failed_with_the_reason(tmp_path, t
         s.start(("--quiet-seconds", "1", "--scan-seconds", "0.5"))
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         copy_cells(s.inbox / "RO-1", 3)
-        assert _wait(lambda: (s.inbox / "failed" / "RO-1.error.txt").is_file(), 120), s.text()[-3000:]
+        assert wait_until(lambda: (s.inbox / "failed" / "RO-1.error.txt").is_file(), 120), s.text()[-3000:]
         assert (s.inbox / "failed" / "RO-1").is_dir()  # nothing lost: the sample waits in failed/
         assert "Read-only file system" in (s.inbox / "failed" / "RO-1.error.txt").read_text()
         assert os.listdir(mnt) == []
