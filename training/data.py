@@ -8,7 +8,6 @@ same for every retrain.  Identical files filed under different classes are exclu
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from wbcproc.classes import CLASSES
 from wbcproc.discovery import IMAGE_EXTENSIONS, SYSTEM_FILES, display_name
 from wbcproc.reviewed import FRAMED_MARKER
+from wbcproc.sidecar import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -62,14 +62,6 @@ def split_of(sha256: str, val_fraction: float = 0.10, test_fraction: float = 0.1
     return "train"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def expand_roots(roots: list[str | Path]) -> list[Path]:
     """A root holding class folders is itself; one holding none but sub-folders that do (a lab root written
     by ``wbc reviewed``: ``cells/`` and ``field-crops/``) stands for those sub-folders."""
@@ -99,7 +91,7 @@ def _hash_if_image(path: Path, skipped: list[tuple[str, str]]) -> str | None:
         if path.stat().st_size == 0:
             skipped.append((shown, "empty file"))
             return None
-        return _sha256(path)
+        return sha256_file(path)
     except OSError as exc:
         skipped.append((shown, f"unreadable: {exc.strerror or exc}"))
         return None

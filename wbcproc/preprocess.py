@@ -172,7 +172,7 @@ def prepare_image(
     measured red-cell scale, see :func:`wbcproc.fields.crop_cell`), so the framing step is skipped.
     ``rbc_px``: the sample's red-cell diameter (see :func:`wbcproc.framing.sample_ruler`) instead of this
     image's own measurement.  ``located`` / ``wb_gain``: this image's framing measurement and white-balance
-    gain from :func:`measure`, if already made (the result is the same; the work is not done twice).
+    gain from :func:`measure_normalised`, if already made (the result is the same; the work is not done twice).
     ``normalised``: ``bgr`` is already :func:`colour_normalise`'s output (:func:`measure_normalised` makes it).
     """
     if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
