@@ -115,8 +115,9 @@ def test_worker_killed_mid_sample_the_sample_still_gets_one_report(cluster):
     name = "K01"
     stage = cluster.root / "stage" / name
     stage.mkdir(parents=True)
-    for i in range(400):  # long enough to be caught in the middle
-        shutil.copy(big[i % len(big)], stage / f"c{i:03d}.jpg")
+    n_cells = 1200  # long enough to be caught in the middle (400 cells can finish within a polling step)
+    for i in range(n_cells):
+        shutil.copy(big[i % len(big)], stage / f"c{i:04d}.jpg")
     (stage / "READY").touch()
     before = cluster.runs_taken()
     stage.rename(cluster.inbox / name)
@@ -133,7 +134,7 @@ def test_worker_killed_mid_sample_the_sample_still_gets_one_report(cluster):
     _kill_tree(cluster.workers[victim].pid)
     assert wait(lambda: (cluster.out / f"{name}.json").exists(), 400), cluster.log("watcher")[-3000:]
     _exactly_once(cluster, [name])
-    assert json.loads((cluster.out / f"{name}.json").read_text())["cells_classified"] == 400
+    assert json.loads((cluster.out / f"{name}.json").read_text())["cells_classified"] == n_cells
     runs = cluster.post("/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]}}})
     assert sorted(r["state_type"] for r in runs) == ["COMPLETED", "CRASHED"]
     assert "no heartbeat for 90 s" in cluster.log("watcher")  # the automation, not the process, said so
