@@ -470,7 +470,10 @@ def train(
         bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
     ] = True,
     augment: Annotated[
-        str, typer.Option(help="robust (other labs' stains/cameras) | stain (robust + other stains) | basic")
+        str,
+        typer.Option(
+            help="robust (other labs' stains/cameras) | stain (robust + other stains) | mixed (stain on half the images) | basic"
+        ),
     ] = RECIPE["augment"],
     norm: Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")] = RECIPE[
         "norm"

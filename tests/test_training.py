@@ -609,3 +609,24 @@ def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
     for k in ("batch_size", "lr", "weight_decay", "label_smoothing", "optimizer", "norm", "seed", "patience"):
         assert shipped["training"][k] == SHIPPED[k], k
     assert shipped["init"]["used"] == SHIPPED["init"] and shipped["training"]["stain_mix"] == 0.0  # basic
+
+
+def test_mixed_augmentation_leaves_about_half_the_images_in_the_labs_colours():
+    """stain_prob: the stain changes reach only that share of images; the others are exactly what the same
+    settings without stain changes give (so the training laboratory's colour cues are still learnt)."""
+    import random
+
+    from training.recipe import MIXED_AUGMENTATION, augmentation
+
+    x = torch.rand(400, 3, 16, 16) * 0.6 + 0.2
+    assert augmentation("mixed") == MIXED_AUGMENTATION and MIXED_AUGMENTATION["stain_prob"] == 0.5
+    base = dict(rotate=False, colour_jitter=0, hue_jitter=0, blur_prob=0, stain_mix=0.2, channel_gain=0.1)
+    y = augment(x, TrainConfig(**base, stain_prob=0.5), torch.Generator().manual_seed(0))
+    untouched = (y - x).abs().amax(dim=(1, 2, 3)) < 1e-6
+    assert 0.4 < float(untouched.float().mean()) < 0.6
+    assert float((y - x).abs().amax(dim=(1, 2, 3))[~untouched].min()) > 1e-3  # the rest really changed
+    none = augment(x, TrainConfig(**base, stain_prob=0.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(none, x)
+    random.seed(1)
+    full = augment(x, TrainConfig(**base), torch.Generator().manual_seed(0))
+    assert bool(((full - x).abs().amax(dim=(1, 2, 3)) > 1e-3).all())  # stain_prob 1 (default): every image

@@ -138,7 +138,11 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
         x = _colour_jitter(x, cfg.colour_jitter, rnd)
     if cfg.hue_jitter > 0:
         x = _hue_rotate(x, cfg.hue_jitter, rnd)
-    x = _stain(x, cfg, rnd)
+    if cfg.stain_prob >= 1.0:
+        x = _stain(x, cfg, rnd)
+    else:  # a blend, not a mask: no host-device wait
+        keep = (rnd(x.shape[0], 1, 1, 1) >= cfg.stain_prob).to(x.dtype)
+        x = _stain(x, cfg, rnd) * (1 - keep) + x * keep
     return _degrade(x, cfg, rnd, gen).clamp(0, 1)
 
 
