@@ -134,3 +134,28 @@ def test_a_sample_report_states_its_ruler(tmp_path):
     report = __import__("json").loads(process_sample(sample, tmp_path / "out")["json"].read_text())
     scale = report["scale"]
     assert 60 <= scale["rbc_px"] <= 90 and scale["measured"] >= 20 and scale["images"] == 24
+
+
+def test_every_image_is_framed_by_the_ruler_only_where_single_measurements_are_unreliable():
+    """The training laboratory (~6 % of images off or unmeasured) keeps per-image framing; a laboratory whose
+    red cells cannot be measured image by image (over 20 % off) gets one scale for every cell."""
+    from wbcproc.framing import FrameInfo, Framing, ruler_for_every_image
+
+    def infos(n_ok: int, n_off: int, n_missing: int = 0) -> list[FrameInfo]:
+        ok = [FrameInfo(True, 74.0 + (i % 5) - 2, 370.0, (180.0, 180.0), 120.0) for i in range(n_ok)]
+        off = [FrameInfo(True, 40.0, 200.0, (180.0, 180.0), 120.0) for _ in range(n_off)]
+        missing = [FrameInfo(True, None, 340.0, (180.0, 180.0), 120.0) for _ in range(n_missing)]
+        return ok + off + missing
+
+    fr = Framing()
+    assert not ruler_for_every_image(infos(94, 4, 2), 74.0, fr)  # 6 %: as trained
+    assert not ruler_for_every_image(infos(80, 10, 10), 74.0, fr)  # exactly 20 %: not more than the share
+    assert ruler_for_every_image(infos(79, 11, 10), 74.0, fr)
+    assert ruler_for_every_image(infos(60, 20, 20), 74.0, fr)
+    assert not ruler_for_every_image(infos(5, 5, 5), 74.0, fr)  # under 20 images: too few to judge
+    assert not ruler_for_every_image(infos(60, 20, 20), None, fr)  # no ruler, nothing to frame by
+    # an image whose own measurement agrees is framed by the ruler only when every image is
+    img = _cells("lymphocyte")[0]
+    own = locate_cell(img)
+    assert frame_cell(img, rbc_px=own.rbc_px * 1.1)[0].shape[0] == round(own.side_px)
+    assert frame_cell(img, rbc_px=own.rbc_px * 1.1, every=True)[0].shape[0] == round(5 * own.rbc_px * 1.1)

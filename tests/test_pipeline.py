@@ -52,3 +52,36 @@ def test_kept_cells_are_the_cells_the_ruler_would_prepare(tmp_path, monkeypatch)
     assert reframed >= 1  # the fixture has one: this test exercises the drop
     assert kept_calls.count(True) == len(kept.cells) and kept_calls.count(False) == reframed
     assert none_calls.count(True) == 0 and none_calls.count(False) == len(none.cells)
+
+
+def test_a_sample_with_unreliable_single_measurements_is_framed_by_its_ruler_throughout(tmp_path, monkeypatch):
+    """Ten of 24 cells shrunk to 60 %: their own red-cell measurements disagree with the sample's, so every
+    cell is framed by the ruler (the report says so); the pre-pass keeps none of the cells its own
+    measurement framed, and the result is the same whatever the cache holds."""
+    import cv2
+
+    from wbcproc.framing import ruler_for_every_image
+
+    folder = tmp_path / "S2"
+    folder.mkdir()
+    for i, f in enumerate(p for p in fixture_images() if p.parent.name != "broken"):
+        img = cv2.imread(str(f))
+        if i % 12 < 5:
+            img = cv2.resize(img, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{f.parent.name}-{f.stem}.png"), img)
+    spec = load_classifier(None).info.preprocess
+    infos = [measure_normalised(read_image(f).bgr, spec)[0] for f in sorted(folder.iterdir())]
+    kept, kept_calls = _classify(folder, monkeypatch, 96 * 1024 * 1024)
+    assert kept.scale is not None and kept.scale.get("every_image_by_ruler") is True
+    assert ruler_for_every_image(infos, kept.scale["rbc_px"], spec.framing)
+    none, _ = _classify(folder, monkeypatch, 0)
+    assert [c.as_dict() for c in kept.cells] == [c.as_dict() for c in none.cells]
+    found = sum(i.found for i in infos)
+    assert kept_calls.count(False) == found  # every cell with a nucleus prepared again, by the ruler
+    # the training laboratory's cells as they are: per-image framing, and the report keeps its form
+    plain = tmp_path / "S3"
+    plain.mkdir()
+    for f in fixture_images():
+        shutil.copy(f, plain / f"{f.parent.name}-{f.name}")
+    result, _ = _classify(plain, monkeypatch, 96 * 1024 * 1024)
+    assert result.scale is not None and "every_image_by_ruler" not in result.scale

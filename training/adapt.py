@@ -37,8 +37,9 @@ from onnx import numpy_helper
 
 from training.data import Gathered, Item, gather
 from wbcproc.classes import CLASSES
+from wbcproc.framing import FrameInfo, ruler_for_every_image, sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
-from wbcproc.preprocess import PreprocessSpec, prepare_image, to_input
+from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
 from wbcproc.sidecar import read_sidecar, write_sidecar
 from wbcproc.stats import softmax
 
@@ -145,11 +146,34 @@ def dihedral(images: np.ndarray) -> list[np.ndarray]:
 
 
 def prepare_items(items: list[Item], spec: PreprocessSpec) -> tuple[np.ndarray, list[Item], list[tuple[str, str]]]:
-    """Prepared images (as inference prepares them: field crops skip framing) and the rejected files."""
+    """Prepared images, as inference prepares them, and the rejected files.
+
+    Field crops skip framing.  Single-cell images are framed as ``wbc process`` frames a sample's, with
+    each data root taken as one sample (one laboratory, one magnification): its red-cell ruler where an
+    image's own measurement is missing or off, or for every image where the single-image measurement is
+    unreliable in that laboratory (``wbcproc.framing.ruler_for_every_image``) - so the head learns the cells
+    as the laboratory's samples will show them.  Two passes (measure, then prepare) keep memory at one image.
+    """
     kept, arrays, rejected = [], [], []
+    framing: dict[str, tuple[float | None, bool]] = {}  # root -> (ruler, every image by it)
+    if spec.framing is not None:
+        measured: dict[str, list[FrameInfo]] = {}
+        for it in items:
+            if it.framed:
+                continue
+            try:
+                info, _gain, _norm = measure_normalised(read_image(it.path).bgr, spec)
+            except ImageRejected:
+                continue  # rejected (with its reason) by the second pass
+            measured.setdefault(str(it.path.parent.parent), []).append(info)
+        for root, infos in measured.items():
+            ruler = sample_ruler([i.rbc_px for i in infos])
+            framing[root] = (ruler, ruler_for_every_image(infos, ruler, spec.framing))
     for it in items:
+        ruler, every = framing.get(str(it.path.parent.parent), (None, False))
         try:
-            arrays.append(prepare_image(read_image(it.path).bgr, spec, framed=it.framed))
+            bgr = read_image(it.path).bgr
+            arrays.append(prepare_image(bgr, spec, framed=it.framed, rbc_px=ruler, ruler_for_every_image=every))
             kept.append(it)
         except ImageRejected as exc:
             rejected.append((str(it.path), exc.reason))

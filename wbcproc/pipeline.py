@@ -28,7 +28,7 @@ from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
-from wbcproc.framing import FrameInfo, sample_ruler, uses_sample_ruler
+from wbcproc.framing import FrameInfo, ruler_for_every_image, sample_ruler, uses_sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
@@ -203,9 +203,12 @@ def _ruler(located: dict[str, FrameInfo], spec: PreprocessSpec, keep: dict[str, 
     if ruler is None:
         return None
     measured = sum(i.rbc_px is not None for i in located.values())
-    scale = {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}
+    scale: dict[str, Any] = {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}
+    every = ruler_for_every_image(list(located.values()), scale["rbc_px"], spec.framing)
+    if every:  # only then: the training laboratory's reports keep their exact form
+        scale["every_image_by_ruler"] = True
     for name, info in located.items():
-        if uses_sample_ruler(info, scale["rbc_px"], spec.framing):
+        if uses_sample_ruler(info, scale["rbc_px"], spec.framing, every=every):
             keep.pop(name, None)
     return scale
 
@@ -331,6 +334,7 @@ def classify_candidates(
         else (None, {}, {}, {})
     )
     ruler = scale["rbc_px"] if scale else None
+    every = bool(scale and scale.get("every_image_by_ruler"))
 
     def prep(unit: _Unit) -> tuple[np.ndarray, np.ndarray, bytes | None]:
         if unit.prepared is not None:
@@ -340,6 +344,7 @@ def classify_candidates(
             spec,
             framed=unit.field is not None,
             rbc_px=ruler,
+            ruler_for_every_image=every,
             located=located.get(unit.name),
             wb_gain=gains.get(unit.name),
         )

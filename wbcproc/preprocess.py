@@ -164,6 +164,7 @@ def prepare_image(
     located: FrameInfo | None = None,
     wb_gain: np.ndarray | None = None,
     normalised: bool = False,
+    ruler_for_every_image: bool = False,
 ) -> np.ndarray:
     """BGR uint8 (any size) -> uint8 ``input_size`` x ``input_size`` x 3 in the spec's colour order.
 
@@ -171,7 +172,8 @@ def prepare_image(
     resize rule.  ``framed``: the image is already a canonical square (a field crop cut at the field's
     measured red-cell scale, see :func:`wbcproc.fields.crop_cell`), so the framing step is skipped.
     ``rbc_px``: the sample's red-cell diameter (see :func:`wbcproc.framing.sample_ruler`) instead of this
-    image's own measurement.  ``located`` / ``wb_gain``: this image's framing measurement and white-balance
+    image's own measurement where that is missing or off - or always, with ``ruler_for_every_image`` (see
+    :func:`wbcproc.framing.ruler_for_every_image`).  ``located`` / ``wb_gain``: this image's framing measurement and white-balance
     gain from :func:`measure_normalised`, if already made (the result is the same; the work is not done twice).
     ``normalised``: ``bgr`` is already :func:`colour_normalise`'s output (:func:`measure_normalised` makes it).
     """
@@ -180,7 +182,7 @@ def prepare_image(
     if not normalised:
         bgr = colour_normalise(bgr, spec, wb_gain)
     if spec.framing is not None and not framed:
-        bgr, _ = frame_cell(bgr, spec.framing, rbc_px=rbc_px, located=located)
+        bgr, _ = frame_cell(bgr, spec.framing, rbc_px=rbc_px, located=located, every=ruler_for_every_image)
     out = _resize(bgr, int(spec.input_size), spec.resize, spec.pad_value)
     if spec.colour_order == "RGB":
         out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
