@@ -7,7 +7,11 @@ it (stratified by class, seeded) are the "reviewed" cells given to ``training.ad
 out inside: the other half is the test); the adapted model is then scored on the other half through the
 product's pipeline (``wbc evaluate``'s code).  Printed per size: accuracy and macro-F1 on the other half
 (mean of the two directions), seconds taken, and the original-laboratory check (accuracy on the replay
-check cells before -> after).  ``0`` is the model as shipped.
+check cells before -> after).  ``0`` is the model as shipped.  Where ``adapt`` refuses (a guard rail: more
+than 1 point lost on the original laboratory's check cells), the parent model is scored for that half, as
+the laboratory would keep it, and the refusal is printed.  A laboratory root marked FRAMED (field crops)
+stays so in both halves.  A model trained without a laboratory (a twin) needs its own replay file:
+``python -m training.scripts.make_replay --model TWIN --cache CACHE --exclude SOURCE``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 
-from training.adapt import adapt
+from training.adapt import AdaptError, adapt
 from training.evaluate import evaluate_model
 from wbcproc.resolve import resolve_model_path
+from wbcproc.reviewed import FRAMED_MARKER, mark_framed
 
 
 def halves(lab: Path) -> list[list[Path]]:
@@ -55,9 +60,12 @@ def pick(files: list[Path], n: int | None, rng: np.random.Generator) -> list[Pat
 
 
 def copy_as_lab(files: list[Path], root: Path) -> Path:
+    """The files as class folders under ``root``, marked FRAMED when they are field crops (as in the lab)."""
     for f in files:
         (root / f.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, root / f.parent.name / f.name)
+    if files and (files[0].parent.parent / FRAMED_MARKER).exists():
+        mark_framed(root)
     return root
 
 
@@ -78,7 +86,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for size in args.sizes:
         n = None if size == "all" else int(size)
-        accs, f1s, secs, checks = [], [], [], []
+        accs, f1s, secs, checks, refused = [], [], [], [], []
         for h in (0, 1):
             with tempfile.TemporaryDirectory() as tmp:
                 test = copy_as_lab(parts[1 - h], Path(tmp) / "test")
@@ -88,12 +96,17 @@ def main() -> None:
                     chosen = pick(parts[h], n, np.random.default_rng(args.seed))
                     lab = copy_as_lab(chosen, Path(tmp) / "lab")
                     t0 = time.time()
-                    res = adapt([lab], Path(tmp) / "run", model, min_per_class=1, holdout=0.0, log=lambda *_: None)
+                    try:
+                        res = adapt([lab], Path(tmp) / "run", model, min_per_class=1, holdout=0.0, log=lambda *_: None)
+                    except AdaptError as exc:  # a guard rail held: the laboratory keeps the parent model
+                        refused.append(f"{'AB'[h]}: {exc}")
+                        m = evaluate_model(model, [str(test)])
+                    else:
+                        chk = res["metrics"].get("original_check")
+                        if chk:
+                            checks.append((chk["parent"]["accuracy"], chk["adapted"]["accuracy"]))
+                        m = evaluate_model(Path(tmp) / "run" / "model.onnx", [str(test)])
                     secs.append(time.time() - t0)
-                    chk = res["metrics"].get("original_check")
-                    if chk:
-                        checks.append((chk["parent"]["accuracy"], chk["adapted"]["accuracy"]))
-                    m = evaluate_model(Path(tmp) / "run" / "model.onnx", [str(test)])
                 accs.append(m["accuracy"])
                 f1s.append(m["macro_f1"])
         shown = "all" if n is None else n
@@ -103,6 +116,8 @@ def main() -> None:
             f"| {shown} | {np.mean(accs):.3f} ({accs[0]:.3f} / {accs[1]:.3f}) | {np.mean(f1s):.3f} | {sec} | {chk} |",
             flush=True,
         )
+        for r in refused:
+            print(f"|   | refused, parent kept ({r}) | | | |", flush=True)
 
 
 if __name__ == "__main__":

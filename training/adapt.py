@@ -436,9 +436,17 @@ def adapt(
             "seconds": adaptation["seconds"]}  # fmt: skip
 
 
-def make_replay(model: str | Path, cache: str | Path, per_class_train: int = 50, per_class_check: int = 30) -> Path:
+def make_replay(
+    model: str | Path,
+    cache: str | Path,
+    per_class_train: int = 50,
+    per_class_check: int = 30,
+    exclude: str | None = None,
+) -> Path:
     """Pooled features of a few training and validation cells per class of the model's own training cache,
-    computed by that model file: the replay sample and the original-laboratory check of ``adapt``."""
+    computed by that model file: the replay sample and the original-laboratory check of ``adapt``.
+    ``exclude``: leave out cache files whose path contains it - the source a twin model was trained without
+    (as ``gpu_train --exclude-train``), so its replay holds only what it learnt from."""
     from training.dataset import load_cache
     from wbcproc.preprocess import to_input as _to_input
 
@@ -447,10 +455,11 @@ def make_replay(model: str | Path, cache: str | Path, per_class_train: int = 50,
     rng = np.random.default_rng(0)
     ext = Features(info.onnx_path)
     out: dict[str, Any] = {"model_sha256": np.array(info.sha256)}
+    allowed = np.array([exclude is None or exclude not in str(f) for f in data.files], dtype=bool)
     for part, split, k in (("train", "train", per_class_train), ("check", "val", per_class_check)):
         idx = np.concatenate(
             [
-                rng.choice(np.where((data.splits == split) & (data.labels == c))[0], k, replace=False)
+                rng.choice(np.where((data.splits == split) & (data.labels == c) & allowed)[0], k, replace=False)
                 for c in range(len(CLASSES))
             ]
         )

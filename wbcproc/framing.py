@@ -209,8 +209,9 @@ def ruler_for_every_image(infos: list[FrameInfo], rbc_px: float | None, framing:
     lilac, so they pass for nuclei; crowded or tight crops), and the measurements that happen to agree are
     no better than the rest: the same scale for every cell is then worth more.  In the training laboratory
     this never happens (PBC: ~6 % of images use the ruler, 2.4 points of spread at 100 cells), so its
-    samples are framed as the model was trained.  Measured on LISC (another laboratory, 38 % of images):
-    the shipped model 0.508 -> 0.538 out of the box, 0.815 -> 0.836 after a head fit on half the cells."""
+    samples are framed as the model was trained.  Measured on LISC (another laboratory, 38 % of its images
+    off or unmeasured): model 1.2.0 through the pipeline 0.513 -> 0.533, and after ``wbc adapt`` on half
+    the cells 0.808 -> 0.842 on the other half (``benchmarks/adapt_curve.py``)."""
     found = [i for i in infos if i.found]
     if rbc_px is None or len(found) < RULER_MIN_IMAGES:
         return False

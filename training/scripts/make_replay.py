@@ -16,9 +16,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--cache", required=True)
+    ap.add_argument(
+        "--exclude", default=None, help="leave out cache files whose path contains this (a twin's left-out source)"
+    )
     args = ap.parse_args()
     try:
-        print(make_replay(args.model, args.cache))
+        print(make_replay(args.model, args.cache, exclude=args.exclude))
     except ModelError as exc:
         raise SystemExit(str(exc)) from None
 
