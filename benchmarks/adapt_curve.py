@@ -75,11 +75,13 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--sizes", nargs="+", default=["0", "25", "50", "100", "all"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-only", action="store_true", help="refit the head alone (wbc adapt --head-only)")
     args = ap.parse_args()
     print(machine())
     model = resolve_model_path(args.model)
     parts = halves(args.lab)
-    print(f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}")
+    how = "head alone" if args.head_only else "last stage + head"
+    print(f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}; adapted: {how}")
     print(
         "| reviewed cells | accuracy on the other half | macro-F1 | seconds (adapt) | original check before -> after |"
     )
@@ -97,7 +99,10 @@ def main() -> None:
                     lab = copy_as_lab(chosen, Path(tmp) / "lab")
                     t0 = time.time()
                     try:
-                        res = adapt([lab], Path(tmp) / "run", model, min_per_class=1, holdout=0.0, log=lambda *_: None)
+                        res = adapt(
+                            [lab], Path(tmp) / "run", model, min_per_class=1, holdout=0.0,
+                            stage=not args.head_only, log=lambda *_: None,
+                        )  # fmt: skip
                     except AdaptError as exc:  # a guard rail held: the laboratory keeps the parent model
                         refused.append(f"{'AB'[h]}: {exc}")
                         m = evaluate_model(model, [str(test)])

@@ -675,8 +675,15 @@ def adapt(
         float, typer.Option("--holdout", min=0.0, max=0.5, help="Share of the lab's cells held out to check it.")
     ] = 0.2,
     version: Annotated[str | None, typer.Option(help="Version (default: parent version + lab timestamp).")] = None,
+    stage: Annotated[
+        bool,
+        typer.Option(
+            "--stage/--head-only",
+            help="Fine-tune the last ResNet stage and the head (about a minute per 100 cells), or refit the head alone (seconds).",
+        ),
+    ] = True,
 ) -> None:
-    """Adapt the model to your laboratory from its reviewed cells, on the CPU, in seconds
+    """Adapt the model to your laboratory from its reviewed cells, on the CPU, in minutes
     (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`."""
     try:
         from training.adapt import AdaptError
@@ -693,6 +700,7 @@ def adapt(
             min_per_class=min_per_class,
             holdout=holdout,
             version=version,
+            stage=stage,
             log=lambda m: typer.echo(m, err=True),
         )
     except (AdaptError, ModelError, FileNotFoundError) as exc:

@@ -25,6 +25,7 @@ original-laboratory check: the adapted model must stay within ``MAX_ORIGINAL_DRO
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ MIN_PER_CLASS = 5  # a reviewed class with fewer cells than this is refused: too
 HOLDOUT_FRACTION = 0.2  # of the laboratory's cells, by content hash: scored, never fitted
 MAX_ORIGINAL_DROP = 0.01  # the original-laboratory check may lose at most one point
 VIEWS = 8  # rotations x flips of each training cell: a cell has no orientation
+MAX_STAGE_VIEWS = 3200  # views of laboratory cells held for the stage fine-tune (~420 MB of stage inputs)
 
 
 class AdaptError(ValueError):
@@ -113,7 +115,8 @@ def load_graph(path: str | Path) -> Graph:
 class Features:
     """ONNX Runtime session returning (logits, features) of the deployed file."""
 
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, threads: int = 0, plan_from: str | Path | None = None) -> None:
+        """``plan_from``: the model whose sidecar names the int8 plan (a draft has no sidecar yet)."""
         import onnxruntime as ort
 
         g = load_graph(path)
@@ -126,7 +129,8 @@ class Features:
             opts.intra_op_num_threads = threads
         from wbcproc.int8 import plan_for
 
-        for k, v in plan_for(read_sidecar(path, verify_sha256=False).sidecar.quantization).session_config().items():
+        side = read_sidecar(plan_from or path, verify_sha256=False).sidecar
+        for k, v in plan_for(side.quantization).session_config().items():
             opts.add_session_config_entry(k, v)
         self.session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.head = g.head
@@ -250,7 +254,17 @@ def load_replay(model_path: Path, sha256: str) -> dict[str, np.ndarray] | None:
     with np.load(p, allow_pickle=False) as z:
         if str(z["model_sha256"]) != sha256:
             return None
-        return {k: z[k] for k in ("train_x", "train_y", "check_x", "check_y")}
+        keys = (
+            "train_x",
+            "train_y",
+            "check_x",
+            "check_y",
+            "train_jpeg",
+            "train_offsets",
+            "check_jpeg",
+            "check_offsets",
+        )
+        return {k: z[k] for k in keys if k in z.files}
 
 
 def _lab_cells(data: list[str | Path], min_per_class: int, holdout: float) -> tuple[Gathered, dict[str, int]]:
@@ -295,13 +309,15 @@ def _score(logits: np.ndarray, yy: np.ndarray) -> dict[str, float]:
     return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "n": len(yy)}
 
 
-def _check_original(metrics: dict, parent_head, head, cx: np.ndarray, cy: np.ndarray, counts: dict[str, int]) -> None:
+def _check_original(
+    metrics: dict, parent_logits: np.ndarray, adapted_logits: np.ndarray, cy: np.ndarray, counts: dict[str, int]
+) -> None:
     """Accuracy on the original laboratory's check cells before/after (refused beyond MAX_ORIGINAL_DROP),
     and the recall of each class the laboratory did not review (it keeps the parent's behaviour)."""
-    before, after = _score(parent_head.logits(cx), cy), _score(head.logits(cx), cy)
+    before, after = _score(parent_logits, cy), _score(adapted_logits, cy)
     metrics["original_check"] = {"parent": before, "adapted": after, "max_drop": MAX_ORIGINAL_DROP}
     unreviewed = [c for c, n in counts.items() if n == 0]
-    p_pred, a_pred = parent_head.logits(cx).argmax(1), head.logits(cx).argmax(1)
+    p_pred, a_pred = parent_logits.argmax(1), adapted_logits.argmax(1)
     metrics["unreviewed_recall"] = {
         c: {
             "parent": round(float((p_pred[cy == CLASSES.index(c)] == CLASSES.index(c)).mean()), 4),
@@ -348,6 +364,100 @@ def _with_lab_domain(
     return domain
 
 
+HEAD_METHOD = (
+    "classifier head refitted on the laboratory's reviewed cells (8 rotations/flips each) as the parent's int8 "
+    "backbone sees them, plus replay features of the original training cells, pulled towards the parent head; "
+    "backbone unchanged"
+)
+STAGE_METHOD = (
+    "last ResNet stage (layer4) and classifier head fine-tuned on the laboratory's reviewed cells (rotations/flips) "
+    "mixed batch for batch with replay cells of the original training data, starting from the parent's int8 "
+    "weights; the stage re-quantised as the parent (7-bit per-channel weights, activation ranges re-measured); "
+    "layers before it unchanged"
+)
+
+
+def _fit_head_only(extractor: Features, imgs: np.ndarray, labels: np.ndarray, replay, spec, parent_path, draft) -> Head:
+    fit_feats, fit_labels = [], []
+    for view in dihedral(imgs):
+        fit_feats.append(extractor(to_input(view, spec))[1])
+        fit_labels.append(labels)
+    x, y, wts = _with_replay(np.concatenate(fit_feats), np.concatenate(fit_labels), replay)
+    head = fit_head(x, y, extractor.head, weights=wts)
+    write_adapted(parent_path, head, draft)
+    return head
+
+
+def _fit_stage(extractor: Features, imgs: np.ndarray, labels: np.ndarray, replay, spec, parent_path, draft, threads):
+    from training.adapt_stage import fine_tune, read_stage, stage_inputs, write_stage
+
+    stage = read_stage(onnx.load(str(parent_path)))
+    views = max(1, min(VIEWS, MAX_STAGE_VIEWS // max(1, len(imgs))))  # bounded memory for large sets
+    fit_in = np.concatenate(dihedral(imgs)[:views])
+    lab_s = stage_inputs(parent_path, stage, to_input(fit_in, spec), threads)
+    rep = replay_images(replay, "train")
+    rep_s = stage_inputs(parent_path, stage, to_input(rep, spec), threads)
+    net, w, b = fine_tune(
+        stage, extractor.head.weight, extractor.head.bias, lab_s, np.tile(labels, views).astype(np.int64),
+        rep_s, replay["train_y"].astype(np.int64), threads=threads,
+    )  # fmt: skip
+    calib = np.concatenate([lab_s[:: max(1, len(lab_s) // 512)], rep_s])
+    staged = write_stage(stage, net, calib, draft.with_name("stage.onnx"))
+    write_adapted(staged, Head(w, b), draft)
+    staged.unlink()
+
+
+def _stage_unavailable(parent_path: Path, replay) -> str | None:
+    """Why the last stage cannot be fine-tuned for this model here (None: it can)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "PyTorch is not installed (pip install 'wbc[train]')"
+    if replay is None or "train_jpeg" not in replay:
+        return f"{replay_path(parent_path).name} holds no replay cell images (make_replay writes them)"
+    from training.adapt_stage import StageError, read_stage
+
+    try:
+        read_stage(onnx.load(str(parent_path)))
+    except StageError as exc:
+        return str(exc)
+    return None
+
+
+def _check_logits(replay, extractor: Features, adapted: Features, spec) -> tuple[np.ndarray, np.ndarray] | None:
+    """Parent and adapted logits of the original laboratory's check cells: their images through both files
+    where the replay holds them, else their pooled features through both heads (a head-only adaptation)."""
+    if replay is None:
+        return None
+    check = replay_images(replay, "check")
+    if check is not None:
+        x = to_input(check, spec)
+        return extractor(x)[0], adapted(x)[0]
+    cx = replay["check_x"].astype(np.float32)
+    return extractor.head.logits(cx), adapted.head.logits(cx)
+
+
+def _judge(metrics, extractor, adapted, hold_in, hold_y, replay, spec, counts, parent) -> tuple[float, float]:
+    """The draft's figures, measured on the written int8 file: held-out laboratory cells and the original
+    laboratory's check (refused beyond MAX_ORIGINAL_DROP: nothing is written); its temperature and review
+    threshold refitted on both."""
+    calib_logits, calib_y = [], []
+    if hold_in is not None and len(hold_y):
+        hold_adapted = adapted(hold_in)[0]
+        metrics["lab_holdout"] = {
+            "parent": _score(extractor(hold_in)[0], hold_y),
+            "adapted": _score(hold_adapted, hold_y),
+        }
+        calib_logits.append(hold_adapted)
+        calib_y.append(hold_y)
+    checked = _check_logits(replay, extractor, adapted, spec)
+    if checked is not None:
+        _check_original(metrics, checked[0], checked[1], replay["check_y"], counts)
+        calib_logits.append(checked[1])
+        calib_y.append(replay["check_y"])
+    return _calibration(calib_logits, calib_y, parent)
+
+
 def adapt(
     data: list[str | Path],
     out: str | Path,
@@ -357,9 +467,14 @@ def adapt(
     holdout: float = HOLDOUT_FRACTION,
     version: str | None = None,
     threads: int = 0,
+    stage: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Fit a laboratory head; write ``out/model.onnx`` + sidecar; returns the summary."""
+    """Adapt the model to the laboratory's cells - its last stage and head (``stage``, where PyTorch, the
+    model's graph and its replay cells allow; else the head alone); write ``out/model.onnx`` + sidecar only
+    if every guard rail holds; returns the summary."""
+    import tempfile
+
     from wbcproc.resolve import resolve_model_path
 
     t0 = time.time()
@@ -373,39 +488,33 @@ def adapt(
         log(f"skipped {f}: {why}")
     labels = np.array([CLASSES.index(it.label) for it in kept])
     is_fit = np.array([it.split != "test" for it in kept])
-    fit_feats, fit_labels = [], []
-    for view in dihedral(imgs[is_fit]):
-        fit_feats.append(extractor(to_input(view, spec))[1])
-        fit_labels.append(labels[is_fit])
-    lab_x, lab_y = np.concatenate(fit_feats), np.concatenate(fit_labels)
-    hold_logits, hold_x = extractor(to_input(imgs[~is_fit], spec)) if (~is_fit).any() else (None, None)
     hold_y = labels[~is_fit]
+    hold_in = to_input(imgs[~is_fit], spec) if (~is_fit).any() else None
     replay = load_replay(parent_path, parent.sha256)
     if replay is None:
         log(
             f"no replay features for this model ({replay_path(parent_path).name}): the head learns from the lab's cells only"
         )
-    x, y, wts = _with_replay(lab_x, lab_y, replay)
-    head = fit_head(x, y, extractor.head, weights=wts)
-    metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
-    calib_logits, calib_y = [], []
-    if hold_x is not None and len(hold_y):
-        metrics["lab_holdout"] = {"parent": _score(hold_logits, hold_y), "adapted": _score(head.logits(hold_x), hold_y)}
-        calib_logits.append(head.logits(hold_x))
-        calib_y.append(hold_y)
-    if replay is not None:
-        cx, cy = replay["check_x"].astype(np.float32), replay["check_y"]
-        _check_original(metrics, extractor.head, head, cx, cy, counts)
-        calib_logits.append(head.logits(cx))
-        calib_y.append(cy)
-    temperature, threshold = _calibration(calib_logits, calib_y, parent)
+    why_not = _stage_unavailable(parent_path, replay) if stage else "not asked for (--head-only)"
+    if stage and why_not:
+        log(f"the last stage is not fine-tuned ({why_not}): the head alone is refitted")
     out = Path(out)
-    onnx_out = write_adapted(parent_path, head, out / "model.onnx")
+    metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
+    with tempfile.TemporaryDirectory(prefix="wbc-adapt-") as tmp:
+        draft = Path(tmp) / "model.onnx"
+        if why_not is None:
+            _fit_stage(extractor, imgs[is_fit], labels[is_fit], replay, spec, parent_path, draft, threads)
+        else:
+            _fit_head_only(extractor, imgs[is_fit], labels[is_fit], replay, spec, parent_path, draft)
+        adapted = Features(draft, threads, plan_from=parent_path)
+        temperature, threshold = _judge(metrics, extractor, adapted, hold_in, hold_y, replay, spec, counts, parent)
+        out.mkdir(parents=True, exist_ok=True)
+        onnx_out = out / "model.onnx"
+        shutil.move(str(draft), str(onnx_out))
     stamp = datetime.now(UTC)
     adaptation = {
-        "method": "classifier head refitted on the laboratory's reviewed cells (8 rotations/flips each) as the "
-        "parent's int8 backbone sees them, plus replay features of the original training cells, pulled "
-        "towards the parent head; backbone unchanged",
+        "method": STAGE_METHOD if why_not is None else HEAD_METHOD,
+        "stage_fine_tuned": why_not is None,
         "parent": {"name": parent.name, "version": parent.version, "sha256": parent.sha256},
         "replay": replay is not None,
         "lab_cells": [
@@ -434,6 +543,25 @@ def adapt(
     log(json.dumps(metrics))
     return {"run_dir": str(out), "version": info.version, "sha256": info.sha256, "metrics": metrics,
             "seconds": adaptation["seconds"]}  # fmt: skip
+
+
+def _cache_jpeg(cache: str | Path, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cache's own JPEG bytes of these cells (prepared, model-sized), concatenated, with offsets."""
+    with np.load(cache, allow_pickle=False) as z:
+        jpeg, offsets = z["jpeg"], z["offsets"]
+        parts = [jpeg[offsets[i] : offsets[i + 1]] for i in idx]
+    return np.concatenate(parts), np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+
+def replay_images(replay: dict[str, np.ndarray], part: str) -> np.ndarray | None:
+    """The replay cells of ``part`` (train | check) as prepared uint8 images in the model's colour order
+    (as the cache stores them, ``training.dataset.load_cache``), if the replay file holds them."""
+    import cv2
+
+    if f"{part}_jpeg" not in replay:
+        return None
+    jpeg, off = replay[f"{part}_jpeg"], replay[f"{part}_offsets"]
+    return np.stack([cv2.imdecode(jpeg[off[i] : off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)])
 
 
 def make_replay(
@@ -465,6 +593,7 @@ def make_replay(
         )
         out[f"{part}_x"] = ext(_to_input(data.images[idx], data.spec))[1].astype(np.float16)
         out[f"{part}_y"] = data.labels[idx].astype(np.int64)
+        out[f"{part}_jpeg"], out[f"{part}_offsets"] = _cache_jpeg(cache, idx)
     path = replay_path(info.onnx_path)
     np.savez_compressed(path, **out)
     return path
