@@ -59,6 +59,7 @@ def test_wbc_adapt_end_to_end_with_the_shipped_model(tmp_path):
     a = info.sidecar.adaptation
     assert a["parent"]["sha256"] == parent.sha256 and info.version.startswith(parent.version + "+lab.")
     assert len(a["lab_cells"]) == 24 and all(len(c["sha256"]) == 64 for c in a["lab_cells"])
+    assert a["stage_fine_tuned"] is True and "layer4" in a["method"]  # the default: last stage + head
     check = a["metrics"]["original_check"]  # the original laboratory is not forgotten
     assert check["adapted"]["accuracy"] >= check["parent"]["accuracy"] - 0.01
     assert res["seconds"] < 120 and info.sidecar.domain["labs"]
@@ -116,3 +117,57 @@ def test_classes_the_lab_did_not_review_keep_the_parents_behaviour(tmp_path):
     assert set(kept) == {"ig", "erythroblast", "platelet"}
     for c, v in kept.items():
         assert v["adapted"] >= v["parent"] - 0.05, (c, v)  # on the original laboratory's check cells
+
+
+def test_the_stage_rebuilt_from_the_int8_file_computes_the_parents_function(tmp_path):
+    """layer4 rebuilt in PyTorch from the shipped int8 weights (BatchNorm folded, ReLUs implied by the u8
+    activations) gives the parent's logits from the parent's own stage input; written back unchanged (weights
+    re-quantised the parent's way, activation ranges re-measured) the int8 file still gives the same classes."""
+    import onnx
+    import torch
+
+    from training.adapt_stage import WEIGHT_QMAX, read_stage, stage_inputs, stage_module, write_stage
+
+    parent = resolve_model_path(None)
+    stage = read_stage(onnx.load(str(parent)))
+    assert [sorted(b) for b in stage.blocks] == [
+        ["conv1", "conv2", "conv3", "downsample"],
+        *[["conv1", "conv2", "conv3"]] * 2,
+    ]
+    x = _x(read_sidecar(parent).preprocess)
+    s_in = stage_inputs(parent, stage, x)
+    assert s_in.shape == (24, 1024, x.shape[2] // 16, x.shape[3] // 16)
+    head = load_graph(parent).head
+    with torch.no_grad():
+        rebuilt = stage_module(stage)(torch.from_numpy(s_in).float()).numpy() @ head.weight.T + head.bias
+    ref = Features(parent)(x)[0]
+    assert np.abs(rebuilt - ref).max() < 0.3 and (rebuilt.argmax(1) == ref.argmax(1)).all()
+    out = write_stage(stage, stage_module(stage), s_in, tmp_path / "model.onnx")
+    shutil.copy(parent.with_suffix(".json"), out.with_suffix(".json"))
+    again = Features(out)(x)[0]
+    assert (again.argmax(1) == ref.argmax(1)).all() and np.abs(again - ref).max() < 0.5
+    q = {t.name: t for t in onnx.load(str(out)).graph.initializer}[stage.blocks[0]["conv1"].weight_q]
+    assert np.abs(onnx.numpy_helper.to_array(q)).max() <= WEIGHT_QMAX  # 7-bit: the same sums on every CPU
+
+
+def test_a_refused_adaptation_writes_nothing(tmp_path, monkeypatch):
+    """The guard rail is judged on the written int8 draft; refused, neither model nor sidecar reaches OUT."""
+    import training.adapt as ta
+
+    monkeypatch.setattr(ta, "MAX_ORIGINAL_DROP", -1.0)  # any result is refused
+    out = tmp_path / "out"
+    with pytest.raises(AdaptError, match="original laboratory's check cells"):
+        adapt([CELLS], out, min_per_class=2, holdout=0.0, log=lambda *_: None)
+    assert not (out / "model.onnx").exists() and not (out / "model.json").exists()
+
+
+def test_head_only_is_the_seconds_fast_refit(tmp_path):
+    said: list[str] = []
+    res = adapt([CELLS], tmp_path / "out", min_per_class=2, holdout=0.0, stage=False, log=said.append)
+    a = read_sidecar(tmp_path / "out" / "model.onnx").sidecar.adaptation
+    assert a["stage_fine_tuned"] is False and "backbone unchanged" in a["method"]
+    assert not any("not fine-tuned" in s for s in said)  # asked for: nothing to explain
+    assert (
+        res["metrics"]["original_check"]["adapted"]["accuracy"]
+        >= res["metrics"]["original_check"]["parent"]["accuracy"] - 0.01
+    )

@@ -502,12 +502,21 @@ def adapt(
     metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
     with tempfile.TemporaryDirectory(prefix="wbc-adapt-") as tmp:
         draft = Path(tmp) / "model.onnx"
+        judged = None
         if why_not is None:
             _fit_stage(extractor, imgs[is_fit], labels[is_fit], replay, spec, parent_path, draft, threads)
-        else:
+            try:
+                adapted = Features(draft, threads, plan_from=parent_path)
+                judged = _judge(metrics, extractor, adapted, hold_in, hold_y, replay, spec, counts, parent)
+            except AdaptError as exc:  # e.g. a handful of cells moved the stage too far for the original lab
+                why_not = f"the last-stage draft was refused: {exc}"
+                log(f"{why_not}; refitting the head alone")
+                metrics.pop("lab_holdout", None)
+        if judged is None:
             _fit_head_only(extractor, imgs[is_fit], labels[is_fit], replay, spec, parent_path, draft)
-        adapted = Features(draft, threads, plan_from=parent_path)
-        temperature, threshold = _judge(metrics, extractor, adapted, hold_in, hold_y, replay, spec, counts, parent)
+            adapted = Features(draft, threads, plan_from=parent_path)
+            judged = _judge(metrics, extractor, adapted, hold_in, hold_y, replay, spec, counts, parent)
+        temperature, threshold = judged
         out.mkdir(parents=True, exist_ok=True)
         onnx_out = out / "model.onnx"
         shutil.move(str(draft), str(onnx_out))
@@ -515,6 +524,7 @@ def adapt(
     adaptation = {
         "method": STAGE_METHOD if why_not is None else HEAD_METHOD,
         "stage_fine_tuned": why_not is None,
+        "stage_not_fine_tuned_because": why_not,
         "parent": {"name": parent.name, "version": parent.version, "sha256": parent.sha256},
         "replay": replay is not None,
         "lab_cells": [
