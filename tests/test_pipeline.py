@@ -85,3 +85,36 @@ def test_a_sample_with_unreliable_single_measurements_is_framed_by_its_ruler_thr
         shutil.copy(f, plain / f"{f.parent.name}-{f.name}")
     result, _ = _classify(plain, monkeypatch, 96 * 1024 * 1024)
     assert result.scale is not None and "every_image_by_ruler" not in result.scale
+
+
+def test_adaptation_prepares_a_laboratorys_cells_as_the_pipeline_frames_its_samples(tmp_path, monkeypatch):
+    """``wbc adapt`` takes each data root as one sample: where its single-image measurements are unreliable
+    (10 of 24 cells shrunk), every cell is framed by the ruler - the same inputs ``wbc process`` gives the
+    network for that folder, so the laboratory's cells are learnt as its samples will show them."""
+    import cv2
+
+    from training.adapt import prepare_items
+    from training.data import gather
+    from wbcproc.domain import cell_features
+
+    lab = tmp_path / "lab"
+    flat = tmp_path / "S4"
+    flat.mkdir()
+    for i, f in enumerate(p for p in fixture_images() if p.parent.name != "broken"):
+        img = cv2.imread(str(f))
+        if i % 12 < 5:
+            img = cv2.resize(img, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+        (lab / f.parent.name).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(lab / f.parent.name / f"{f.stem}.png"), img)
+        cv2.imwrite(str(flat / f"{f.parent.name}-{f.stem}.png"), img)
+    spec = load_classifier(None).info.preprocess
+    g = gather([lab], val_fraction=0.0, test_fraction=0.0)
+    imgs, kept, _ = prepare_items(g.items, spec)
+    by_file = {
+        f"{it.path.parent.name}-{it.path.name}": cell_features(x, spec.colour_order)
+        for it, x in zip(kept, imgs, strict=True)
+    }
+    result, _ = _classify(flat, monkeypatch, 96 * 1024 * 1024)
+    assert result.scale.get("every_image_by_ruler") is True
+    for cell, feats in zip(result.cells, result.domain_features, strict=True):
+        assert np.array_equal(by_file[cell.file.split("/")[-1]], feats), cell.file

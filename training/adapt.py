@@ -1,24 +1,29 @@
-"""Adapt a model to a new laboratory from its reviewed cells, on a CPU, in seconds (``wbc adapt``).
+"""Adapt a model to a new laboratory from its reviewed cells, on a CPU, in about a minute (``wbc adapt``).
 
-What is adapted, and why only that: the classifier head (the last linear layer, 8 x 2048), refitted on the
-laboratory's cells as the *deployed* int8 backbone sees them, mixed with a replay sample of the original
-training cells' features and pulled towards the parent head (L2), so that
+What is adapted: by default the network's last stage (ResNet ``layer4``) and its classifier head
+(``training.adapt_stage``), fine-tuned on the laboratory's cells (8 rotations/flips each) mixed batch for
+batch with replay cells of the original training data; with ``--head-only`` (or where PyTorch, the model's
+graph or its replay cell images do not allow the stage) the head alone, refitted in seconds on the pooled
+features of the *deployed* int8 backbone, with replay features, pulled towards the parent head (L2).  Either
+way:
 
-- no float copy of the 94 MB network has to ship or travel: the backbone stays the int8 file it was (the
-  same answer on every CPU), the new head is 8 x 2048 floats written into a copy of the graph;
-- it runs on this 2-core CPU in well under a minute for 200 cells (features once, 8 rotations/flips each);
-- a class the laboratory did not review keeps the parent's behaviour (replay + the pull to the parent).
+- no float copy of the 94 MB network ships or travels: the stage is rebuilt from the parent's own int8
+  weights and written back 7-bit per channel (the same answer on every CPU); the head is 8 x 2048 floats;
+- every figure and guard rail is measured on the written int8 draft, which reaches OUT only if they hold; a
+  refused stage draft falls back to the head alone;
+- a class the laboratory did not review keeps the parent's behaviour (replay, distillation / the pull to the
+  parent head), reported per class as ``unreviewed_recall``.
 
-Measured limits (benchmarks/adapt_curve.py, README): on LISC, a laboratory no model here has seen, half of
-the cells reviewed lift the other half from ~0.5 to ~0.8 - not to the 0.9 a full fine-tune with more
-cells can reach.  Fine-tuning the last ResNet stage as well (tried on the float weights) gave 0.80-0.85 at
-the cost of 0.5-2 points on PBC, and needs float weights.
+Measured (benchmarks/adapt_curve.py, docs/adapting.md): on LISC, a laboratory no model here has seen, with
+half of its cells reviewed, the other half goes from 0.53 to 0.92 (stage) / 0.84 (head alone) through the
+pipeline, in about a minute / three seconds on a 2-core CPU, within a point on the original laboratory.
 
-Replay: ``<model>.replay.npz`` beside the model holds the pooled features of a few PBC training and
-validation cells per class, computed by that model file (its sha256 inside).  The validation part is the
-original-laboratory check: the adapted model must stay within ``MAX_ORIGINAL_DROP`` of the parent there.
+Replay: ``<model>.replay.npz`` beside the model holds, for a few PBC training and validation cells per
+class, their pooled features computed by that model file (its sha256 inside) and the cells themselves (128
+px JPEG from the training cache, 3.3 MB).  The validation part is the original-laboratory check: the
+adapted model must stay within ``MAX_ORIGINAL_DROP`` of the parent there.
 
-    wbc adapt --data LAB_ROOT... --out RUN_DIR [--model models/model.onnx]
+    wbc adapt --data LAB_ROOT... --out RUN_DIR [--model models/model.onnx] [--head-only]
     python -m training.scripts.make_replay --model models/model.onnx --cache runs/pack/cache-128.npz
 """
 
