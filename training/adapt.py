@@ -117,27 +117,32 @@ def load_graph(path: str | Path) -> Graph:
     return Graph(model, gemm, gemm.input[0], Head(w, b), d1 + d2)
 
 
+def session_with_output(model: onnx.ModelProto, extra: str, plan_from: str | Path, threads: int = 0):
+    """An ONNX Runtime session of ``model`` that also returns the tensor ``extra``, with the int8 kernel plan
+    named by ``plan_from``'s sidecar (``wbcproc.int8``: the same sums on every CPU)."""
+    import onnxruntime as ort
+
+    from wbcproc.int8 import plan_for
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(onnx.helper.make_tensor_value_info(extra, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    for k, v in plan_for(read_sidecar(plan_from, verify_sha256=False).sidecar.quantization).session_config().items():
+        opts.add_session_config_entry(k, v)
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 class Features:
     """ONNX Runtime session returning (logits, features) of the deployed file."""
 
     def __init__(self, path: str | Path, threads: int = 0, plan_from: str | Path | None = None) -> None:
         """``plan_from``: the model whose sidecar names the int8 plan (a draft has no sidecar yet)."""
-        import onnxruntime as ort
-
         g = load_graph(path)
-        m = onnx.ModelProto()
-        m.CopyFrom(g.model)
-        m.graph.output.append(onnx.helper.make_tensor_value_info(g.feature, onnx.TensorProto.FLOAT, None))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        from wbcproc.int8 import plan_for
-
-        side = read_sidecar(plan_from or path, verify_sha256=False).sidecar
-        for k, v in plan_for(side.quantization).session_config().items():
-            opts.add_session_config_entry(k, v)
-        self.session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.session = session_with_output(g.model, g.feature, plan_from or path, threads)
         self.head = g.head
 
     def __call__(self, x: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:

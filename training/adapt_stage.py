@@ -172,21 +172,9 @@ def stage_module(stage: Stage):
 
 def stage_inputs(model_path: Path, stage: Stage, x: np.ndarray, threads: int = 0, batch: int = 64) -> np.ndarray:
     """The parent int8 network's output at the stage's input (float16, N x C x H x W), by ONNX Runtime."""
-    import onnxruntime as ort
+    from training.adapt import session_with_output
 
-    from wbcproc.int8 import plan_for
-    from wbcproc.sidecar import read_sidecar
-
-    m = onnx.ModelProto()
-    m.CopyFrom(stage.model)
-    m.graph.output.append(onnx.helper.make_tensor_value_info(stage.input, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    for k, v in plan_for(read_sidecar(model_path, verify_sha256=False).sidecar.quantization).session_config().items():
-        opts.add_session_config_entry(k, v)
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = session_with_output(stage.model, stage.input, model_path, threads)
     out = [sess.run([stage.input], {"input": x[i : i + batch]})[0].astype(np.float16) for i in range(0, len(x), batch)]
     return np.concatenate(out) if out else np.zeros((0,), np.float16)
 
