@@ -54,6 +54,16 @@ def test_kept_cells_are_the_cells_the_ruler_would_prepare(tmp_path, monkeypatch)
     assert none_calls.count(True) == 0 and none_calls.count(False) == len(none.cells)
 
 
+def _partly_shrunk_cells():
+    """The fixture cells, 10 of 24 shrunk to 60 %: a laboratory whose single-image red-cell measurements
+    disagree with its ruler in over 20 % of images."""
+    import cv2
+
+    for i, f in enumerate(p for p in fixture_images() if p.parent.name != "broken"):
+        img = cv2.imread(str(f))
+        yield f, cv2.resize(img, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA) if i % 12 < 5 else img
+
+
 def test_a_sample_with_unreliable_single_measurements_is_framed_by_its_ruler_throughout(tmp_path, monkeypatch):
     """Ten of 24 cells shrunk to 60 %: their own red-cell measurements disagree with the sample's, so every
     cell is framed by the ruler (the report says so); the pre-pass keeps none of the cells its own
@@ -63,11 +73,8 @@ def test_a_sample_with_unreliable_single_measurements_is_framed_by_its_ruler_thr
     from wbcproc.framing import ruler_for_every_image
 
     folder = tmp_path / "S2"
-    folder.mkdir()
-    for i, f in enumerate(p for p in fixture_images() if p.parent.name != "broken"):
-        img = cv2.imread(str(f))
-        if i % 12 < 5:
-            img = cv2.resize(img, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    for f, img in _partly_shrunk_cells():
+        folder.mkdir(exist_ok=True)
         cv2.imwrite(str(folder / f"{f.parent.name}-{f.stem}.png"), img)
     spec = load_classifier(None).info.preprocess
     infos = [measure_normalised(read_image(f).bgr, spec)[0] for f in sorted(folder.iterdir())]
@@ -100,10 +107,7 @@ def test_adaptation_prepares_a_laboratorys_cells_as_the_pipeline_frames_its_samp
     lab = tmp_path / "lab"
     flat = tmp_path / "S4"
     flat.mkdir()
-    for i, f in enumerate(p for p in fixture_images() if p.parent.name != "broken"):
-        img = cv2.imread(str(f))
-        if i % 12 < 5:
-            img = cv2.resize(img, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    for f, img in _partly_shrunk_cells():
         (lab / f.parent.name).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(lab / f.parent.name / f"{f.stem}.png"), img)
         cv2.imwrite(str(flat / f"{f.parent.name}-{f.stem}.png"), img)
