@@ -83,12 +83,13 @@ def main() -> None:
     how = "head alone" if args.head_only else "last stage + head"
     print(f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}; adapted: {how}")
     print(
-        "| reviewed cells | accuracy on the other half | macro-F1 | seconds (adapt) | original check before -> after |"
+        "| reviewed cells | accuracy on the other half | macro-F1 | seconds (adapt) | original check before -> after "
+        "| kept (per half: stage learning rate, or head alone) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for size in args.sizes:
         n = None if size == "all" else int(size)
-        accs, f1s, secs, checks, refused = [], [], [], [], []
+        accs, f1s, secs, checks, refused, kept = [], [], [], [], [], []
         for h in (0, 1):
             with tempfile.TemporaryDirectory() as tmp:
                 test = copy_as_lab(parts[1 - h], Path(tmp) / "test")
@@ -107,6 +108,7 @@ def main() -> None:
                         refused.append(f"{'AB'[h]}: {exc}")
                         m = evaluate_model(model, [str(test)])
                     else:
+                        kept.append(res["metrics"].get("stage_learning_rate"))
                         chk = res["metrics"].get("original_check")
                         if chk:
                             checks.append((chk["parent"]["accuracy"], chk["adapted"]["accuracy"]))
@@ -117,12 +119,13 @@ def main() -> None:
         shown = "all" if n is None else n
         sec = f"{np.mean(secs):.1f}" if secs else "-"
         chk = f"{np.mean([c[0] for c in checks]):.3f} -> {np.mean([c[1] for c in checks]):.3f}" if checks else "-"
+        how = " / ".join("head" if k is None else f"stage {k:g}" for k in kept) if kept else "-"
         print(
-            f"| {shown} | {np.mean(accs):.3f} ({accs[0]:.3f} / {accs[1]:.3f}) | {np.mean(f1s):.3f} | {sec} | {chk} |",
+            f"| {shown} | {np.mean(accs):.3f} ({accs[0]:.3f} / {accs[1]:.3f}) | {np.mean(f1s):.3f} | {sec} | {chk} | {how} |",
             flush=True,
         )
         for r in refused:
-            print(f"|   | refused, parent kept ({r}) | | | |", flush=True)
+            print(f"|   | refused, parent kept ({r}) | | | | |", flush=True)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ def fine_tune(
     batch: int = 64,
     seed: int = 0,
     threads: int = 0,
+    log=lambda *_: None,
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """AdamW on the stage and head; each batch of laboratory cells is joined by as many replay cells, which
     learn their labels and, as in Learning without Forgetting (Li & Hoiem 2017), the parent's own outputs
@@ -217,7 +218,8 @@ def fine_tune(
     if R is not None:
         with torch.no_grad():
             teacher = torch.cat([fc(net(R[i : i + batch].float())) for i in range(0, len(R), batch)])
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        log(f"epoch {epoch + 1}/{epochs}")
         perm = torch.randperm(len(X), generator=gen)
         for i in range(0, len(X), batch):
             j = perm[i : i + batch]
