@@ -171,3 +171,17 @@ def test_head_only_is_the_seconds_fast_refit(tmp_path):
         res["metrics"]["original_check"]["adapted"]["accuracy"]
         >= res["metrics"]["original_check"]["parent"]["accuracy"] - 0.01
     )
+
+
+def test_a_refused_stage_draft_is_followed_by_a_gentler_one(tmp_path, monkeypatch):
+    """A first draft that wrecks the stage (learning rate 1.0) is refused on the written int8 file; the next,
+    gentler draft is judged afresh and kept - the sidecar says which."""
+    import training.adapt as ta
+
+    monkeypatch.setattr(ta, "STAGE_LEARNING_RATES", (1.0, 1e-5))
+    said: list[str] = []
+    res = adapt([CELLS], tmp_path / "out", min_per_class=2, holdout=0.0, log=said.append)
+    assert any("learning rate 1 refused" in s for s in said)
+    assert res["metrics"]["stage_learning_rate"] == 1e-5
+    a = read_sidecar(tmp_path / "out" / "model.onnx").sidecar.adaptation
+    assert a["stage_fine_tuned"] is True and a["stage_not_fine_tuned_because"] is None
