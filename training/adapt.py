@@ -43,7 +43,7 @@ from onnx import numpy_helper
 
 from training.data import Gathered, Item, gather
 from wbcproc.classes import CLASSES
-from wbcproc.framing import FrameInfo, ruler_for_every_image, sample_ruler
+from wbcproc.framing import FrameInfo, sample_framing
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
 from wbcproc.sidecar import read_sidecar, write_sidecar
@@ -170,24 +170,29 @@ def prepare_items(items: list[Item], spec: PreprocessSpec) -> tuple[np.ndarray, 
     """
     kept, arrays, rejected = [], [], []
     framing: dict[str, tuple[float | None, bool]] = {}  # root -> (ruler, every image by it)
+    measured: dict[Path, tuple[FrameInfo | None, np.ndarray | None]] = {}  # reused by the second pass
     if spec.framing is not None:
-        measured: dict[str, list[FrameInfo]] = {}
+        by_root: dict[str, list[FrameInfo]] = {}
         for it in items:
             if it.framed:
                 continue
             try:
-                info, _gain, _norm = measure_normalised(read_image(it.path).bgr, spec)
+                info, gain, _normalised = measure_normalised(read_image(it.path).bgr, spec)
             except ImageRejected:
                 continue  # rejected (with its reason) by the second pass
-            measured.setdefault(str(it.path.parent.parent), []).append(info)
-        for root, infos in measured.items():
-            ruler = sample_ruler([i.rbc_px for i in infos])
-            framing[root] = (ruler, ruler_for_every_image(infos, ruler, spec.framing))
+            measured[it.path] = (info, gain)
+            by_root.setdefault(str(it.path.parent.parent), []).append(info)
+        framing = {root: sample_framing(infos, spec.framing) for root, infos in by_root.items()}
     for it in items:
         ruler, every = framing.get(str(it.path.parent.parent), (None, False))
+        info, gain = measured.get(it.path, (None, None))
         try:
             bgr = read_image(it.path).bgr
-            arrays.append(prepare_image(bgr, spec, framed=it.framed, rbc_px=ruler, ruler_for_every_image=every))
+            arrays.append(
+                prepare_image(
+                    bgr, spec, framed=it.framed, rbc_px=ruler, ruler_for_every_image=every, located=info, wb_gain=gain
+                )
+            )
             kept.append(it)
         except ImageRejected as exc:
             rejected.append((str(it.path), exc.reason))
@@ -387,15 +392,13 @@ STAGE_METHOD = (
 )
 
 
-def _fit_head_only(extractor: Features, imgs: np.ndarray, labels: np.ndarray, replay, spec, parent_path, draft) -> Head:
+def _fit_head_only(extractor: Features, imgs: np.ndarray, labels: np.ndarray, replay, spec, parent_path, draft) -> None:
     fit_feats, fit_labels = [], []
     for view in dihedral(imgs):
         fit_feats.append(extractor(to_input(view, spec))[1])
         fit_labels.append(labels)
     x, y, wts = _with_replay(np.concatenate(fit_feats), np.concatenate(fit_labels), replay)
-    head = fit_head(x, y, extractor.head, weights=wts)
-    write_adapted(parent_path, head, draft)
-    return head
+    write_adapted(parent_path, fit_head(x, y, extractor.head, weights=wts), draft)
 
 
 STAGE_LEARNING_RATES = (1e-4, 5e-5)  # the first draft, then a gentler one if the guard rail refuses it
@@ -447,47 +450,59 @@ def _stage_unavailable(parent_path: Path, replay) -> str | None:
     return None
 
 
-def _check_logits(replay, extractor: Features, adapted: Features, spec) -> tuple[np.ndarray, np.ndarray] | None:
-    """Parent and adapted logits of the original laboratory's check cells: their images through both files
-    where the replay holds them, else their pooled features through both heads (a head-only adaptation)."""
-    if replay is None:
-        return None
-    check = replay_images(replay, "check")
-    if check is not None:
-        x = to_input(check, spec)
-        return extractor(x)[0], adapted(x)[0]
-    cx = replay["check_x"].astype(np.float32)
-    return extractor.head.logits(cx), adapted.head.logits(cx)
-
-
-def _judge(metrics, extractor, adapted, hold_in, hold_y, replay, spec, counts, parent) -> tuple[float, float]:
-    """The draft's figures, measured on the written int8 file: held-out laboratory cells and the original
-    laboratory's check (refused beyond MAX_ORIGINAL_DROP: nothing is written); its temperature and review
-    threshold refitted on both."""
-    calib_logits, calib_y = [], []
-    if hold_in is not None and len(hold_y):
-        hold_adapted = adapted(hold_in)[0]
-        metrics["lab_holdout"] = {
-            "parent": _score(extractor(hold_in)[0], hold_y),
-            "adapted": _score(hold_adapted, hold_y),
-        }
-        calib_logits.append(hold_adapted)
-        calib_y.append(hold_y)
-    checked = _check_logits(replay, extractor, adapted, spec)
-    if checked is not None:
-        _check_original(metrics, checked[0], checked[1], replay["check_y"], counts)
-        calib_logits.append(checked[1])
-        calib_y.append(replay["check_y"])
-    return _calibration(calib_logits, calib_y, parent)
-
-
 @dataclass
 class _Lab:
+    """The laboratory's cells to fit, and what every draft is judged on - the held-out cells and the original
+    laboratory's check cells - with the parent's logits there, computed once for all drafts."""
+
     fit_imgs: np.ndarray
     fit_labels: np.ndarray
+    counts: dict[str, int]
     hold_in: np.ndarray | None
     hold_y: np.ndarray
-    counts: dict[str, int]
+    parent_hold: np.ndarray | None
+    check_in: np.ndarray | None  # the check cells' images (None: only their pooled features, check_x)
+    check_x: np.ndarray | None
+    check_y: np.ndarray | None
+    parent_check: np.ndarray | None
+
+
+def _lab(imgs, labels, is_fit, counts, extractor: Features, replay, spec) -> _Lab:
+    hold_in = to_input(imgs[~is_fit], spec) if (~is_fit).any() else None
+    check = replay_images(replay, "check") if replay is not None else None
+    check_in = to_input(check, spec) if check is not None else None
+    check_x = replay["check_x"].astype(np.float32) if replay is not None and check is None else None
+    if check_in is not None:
+        parent_check = extractor(check_in)[0]
+    else:
+        parent_check = extractor.head.logits(check_x) if check_x is not None else None
+    return _Lab(
+        imgs[is_fit], labels[is_fit], counts, hold_in, labels[~is_fit],
+        extractor(hold_in)[0] if hold_in is not None else None,
+        check_in, check_x, replay["check_y"] if replay is not None else None, parent_check,
+    )  # fmt: skip
+
+
+def _judge(metrics, adapted: Features, lab: _Lab, parent) -> tuple[float, float]:
+    """The draft's figures, measured on the written int8 file: held-out laboratory cells and the original
+    laboratory's check (refused beyond MAX_ORIGINAL_DROP: nothing is written) - the check through the
+    draft's images where the replay holds them, else through its head (a head-only draft); its temperature
+    and review threshold refitted on both."""
+    calib_logits, calib_y = [], []
+    if lab.hold_in is not None and len(lab.hold_y):
+        hold_adapted = adapted(lab.hold_in)[0]
+        metrics["lab_holdout"] = {
+            "parent": _score(lab.parent_hold, lab.hold_y),
+            "adapted": _score(hold_adapted, lab.hold_y),
+        }
+        calib_logits.append(hold_adapted)
+        calib_y.append(lab.hold_y)
+    if lab.parent_check is not None:
+        check = adapted(lab.check_in)[0] if lab.check_in is not None else adapted.head.logits(lab.check_x)
+        _check_original(metrics, lab.parent_check, check, lab.check_y, lab.counts)
+        calib_logits.append(check)
+        calib_y.append(lab.check_y)
+    return _calibration(calib_logits, calib_y, parent)
 
 
 def _best_draft(lab: _Lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, threads, log):
@@ -496,8 +511,7 @@ def _best_draft(lab: _Lab, extractor, replay, spec, parent, parent_path, draft, 
     (temperature, review threshold) and why the stage was not fine-tuned (None: it was)."""
 
     def judge():
-        adapted = Features(draft, threads, plan_from=parent_path)
-        return _judge(metrics, extractor, adapted, lab.hold_in, lab.hold_y, replay, spec, lab.counts, parent)
+        return _judge(metrics, Features(draft, threads, plan_from=parent_path), lab, parent)
 
     if why_not is None:
         refused = []
@@ -549,8 +563,6 @@ def adapt(
         log(f"skipped {f}: {why}")
     labels = np.array([CLASSES.index(it.label) for it in kept])
     is_fit = np.array([it.split != "test" for it in kept])
-    hold_y = labels[~is_fit]
-    hold_in = to_input(imgs[~is_fit], spec) if (~is_fit).any() else None
     replay = load_replay(parent_path, parent.sha256)
     if replay is None:
         log(
@@ -564,7 +576,7 @@ def adapt(
     with tempfile.TemporaryDirectory(prefix="wbc-adapt-") as tmp:
         draft = Path(tmp) / "model.onnx"
         (temperature, threshold), why_not = _best_draft(
-            _Lab(imgs[is_fit], labels[is_fit], hold_in, hold_y, counts), extractor, replay, spec, parent,
+            _lab(imgs, labels, is_fit, counts, extractor, replay, spec), extractor, replay, spec, parent,
             parent_path, draft, metrics, why_not, threads, log,
         )  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
@@ -605,23 +617,21 @@ def adapt(
             "seconds": adaptation["seconds"]}  # fmt: skip
 
 
-def _cache_jpeg(cache: str | Path, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cache_jpeg(jpeg: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The cache's own JPEG bytes of these cells (prepared, model-sized), concatenated, with offsets."""
-    with np.load(cache, allow_pickle=False) as z:
-        jpeg, offsets = z["jpeg"], z["offsets"]
-        parts = [jpeg[offsets[i] : offsets[i + 1]] for i in idx]
+    parts = [jpeg[offsets[i] : offsets[i + 1]] for i in idx]
     return np.concatenate(parts), np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
 
 
 def replay_images(replay: dict[str, np.ndarray], part: str) -> np.ndarray | None:
     """The replay cells of ``part`` (train | check) as prepared uint8 images in the model's colour order
     (as the cache stores them, ``training.dataset.load_cache``), if the replay file holds them."""
-    import cv2
+    from training.dataset import jpeg_decoder
 
     if f"{part}_jpeg" not in replay:
         return None
-    jpeg, off = replay[f"{part}_jpeg"], replay[f"{part}_offsets"]
-    return np.stack([cv2.imdecode(jpeg[off[i] : off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)])
+    decode, jpeg, off = jpeg_decoder("opencv"), replay[f"{part}_jpeg"], replay[f"{part}_offsets"]
+    return np.stack([decode(jpeg[off[i] : off[i + 1]]) for i in range(len(off) - 1)])
 
 
 def make_replay(
@@ -640,6 +650,8 @@ def make_replay(
 
     info = read_sidecar(model)
     data = load_cache(cache)
+    with np.load(cache, allow_pickle=False) as z:  # the cells' own JPEG bytes, kept as they are
+        jpeg, offsets = z["jpeg"], z["offsets"]
     rng = np.random.default_rng(0)
     ext = Features(info.onnx_path)
     out: dict[str, Any] = {"model_sha256": np.array(info.sha256)}
@@ -653,7 +665,7 @@ def make_replay(
         )
         out[f"{part}_x"] = ext(_to_input(data.images[idx], data.spec))[1].astype(np.float16)
         out[f"{part}_y"] = data.labels[idx].astype(np.int64)
-        out[f"{part}_jpeg"], out[f"{part}_offsets"] = _cache_jpeg(cache, idx)
+        out[f"{part}_jpeg"], out[f"{part}_offsets"] = _cache_jpeg(jpeg, offsets, idx)
     path = replay_path(info.onnx_path)
     np.savez_compressed(path, **out)
     return path

@@ -43,7 +43,8 @@ class CachedSet:
         return len(self.labels)
 
 
-def _decoder(name: str):
+def jpeg_decoder(name: str):
+    """bytes -> the cache's image array (``name``: auto, opencv or pillow): the one decoder of packed cells."""
     if name not in DECODERS:
         raise ValueError(f"decoder {name!r} is unknown; expected one of {DECODERS}")
     if name in ("auto", "opencv"):
@@ -75,7 +76,7 @@ def _spec(d: dict[str, Any]) -> Any:
 
 def load_cache(path: str | Path, decoder: str = "auto") -> CachedSet:
     """A packed cache as a :class:`CachedSet` (``decoder``: auto, opencv or pillow)."""
-    decode = _decoder(decoder)
+    decode = jpeg_decoder(decoder)
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if meta["classes"] != list(CLASSES):

@@ -219,6 +219,17 @@ def ruler_for_every_image(infos: list[FrameInfo], rbc_px: float | None, framing:
     return off > RULER_FOR_EVERY_IMAGE * len(found)
 
 
+def sample_framing(infos: list[FrameInfo], framing: Framing) -> tuple[float | None, bool]:
+    """How a sample's single-cell images are framed, from their own measurements: its ruler (rounded to
+    0.01 px, as the report states it; None: per-image framing) and whether every image is framed by it
+    (:func:`ruler_for_every_image`).  ``wbc process`` and ``wbc adapt`` both decide it here."""
+    ruler = sample_ruler([i.rbc_px for i in infos])
+    if ruler is None:
+        return None, False
+    ruler = round(ruler, 2)
+    return ruler, ruler_for_every_image(infos, ruler, framing)
+
+
 def sample_ruler(rbc_px: list[float | None], *, min_measured: int = 3, min_share: float = 0.3) -> float | None:
     """The sample's red-cell diameter: the median of its images' measurements, when at least
     ``min_measured`` images (and ``min_share`` of them) could be measured; else None (per-image framing)."""

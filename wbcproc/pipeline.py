@@ -28,7 +28,7 @@ from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
-from wbcproc.framing import FrameInfo, ruler_for_every_image, sample_ruler, uses_sample_ruler
+from wbcproc.framing import FrameInfo, sample_framing, uses_sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
@@ -199,16 +199,15 @@ def _sample_scale(
 def _ruler(located: dict[str, FrameInfo], spec: PreprocessSpec, keep: dict[str, _Prepared]) -> dict[str, Any] | None:
     """The sample's ruler from the images' own measurements; the cells it frames otherwise than their own
     measurement did are dropped from ``keep`` (the main pass prepares them again, by the ruler)."""
-    ruler = sample_ruler([i.rbc_px for i in located.values()])
+    ruler, every = sample_framing(list(located.values()), spec.framing)
     if ruler is None:
         return None
     measured = sum(i.rbc_px is not None for i in located.values())
-    scale: dict[str, Any] = {"rbc_px": round(ruler, 2), "measured": measured, "images": len(located)}
-    every = ruler_for_every_image(list(located.values()), scale["rbc_px"], spec.framing)
+    scale: dict[str, Any] = {"rbc_px": ruler, "measured": measured, "images": len(located)}
     if every:  # only then: the training laboratory's reports keep their exact form
         scale["every_image_by_ruler"] = True
     for name, info in located.items():
-        if uses_sample_ruler(info, scale["rbc_px"], spec.framing, every=every):
+        if uses_sample_ruler(info, ruler, spec.framing, every=every):
             keep.pop(name, None)
     return scale
 
