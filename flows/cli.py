@@ -679,7 +679,7 @@ def adapt(
         bool,
         typer.Option(
             "--stage/--head-only",
-            help="Fine-tune the last ResNet stage and the head (about a minute per 100 cells), or refit the head alone (seconds).",
+            help="Fine-tune the last ResNet stage and the head (two to three minutes for 200 cells), or refit the head alone (seconds).",
         ),
     ] = True,
 ) -> None:

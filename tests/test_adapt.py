@@ -182,6 +182,19 @@ def test_a_refused_stage_draft_is_followed_by_a_gentler_one(tmp_path, monkeypatc
     said: list[str] = []
     res = adapt([CELLS], tmp_path / "out", min_per_class=2, holdout=0.0, log=said.append)
     assert any("learning rate 1 refused" in s for s in said)
-    assert res["metrics"]["stage_learning_rate"] == 1e-5
+    assert res["metrics"]["stage_learning_rate"] == 1e-5 and res["metrics"]["stage_epochs"] >= 6
     a = read_sidecar(tmp_path / "out" / "model.onnx").sidecar.adaptation
     assert a["stage_fine_tuned"] is True and a["stage_not_fine_tuned_because"] is None
+
+
+def test_the_stage_fine_tune_plans_a_step_budget_not_a_fixed_epoch_count():
+    """Few cells get more epochs, many cells fewer, so the time is bounded for any number of reviewed cells."""
+    from training.adapt_stage import MAX_EPOCHS, MIN_EPOCHS, TARGET_STEPS, planned_epochs
+
+    assert planned_epochs(25 * 8) == planned_epochs(120 * 8) == MAX_EPOCHS  # 4 / 15 batches an epoch: capped
+    assert planned_epochs(200 * 8) == 10  # 25 batches an epoch
+    assert planned_epochs(3200) == MIN_EPOCHS  # the most views held: never fewer than MIN_EPOCHS
+    for n in (1, 64, 65, 500, 960, 1600, 3200):
+        steps = -(-n // 64) * planned_epochs(n)
+        assert steps >= min(TARGET_STEPS, -(-n // 64) * MAX_EPOCHS)
+        assert steps <= max(TARGET_STEPS + -(-n // 64), -(-n // 64) * MIN_EPOCHS)
