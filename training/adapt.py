@@ -2,8 +2,8 @@
 
 What is adapted: by default the network's last stage (ResNet ``layer4``) and its classifier head
 (``training.adapt_stage``), fine-tuned on the laboratory's cells (8 rotations/flips each) mixed batch for
-batch with replay cells of the original training data (8 rotations/flips each too), for a budget of about
-240 batches whatever the number of cells (``adapt_stage.planned_epochs``); with ``--head-only`` (or where PyTorch, the model's
+batch with replay cells of the original training data (8 rotations/flips each too), for about 240 batches
+within 6-12 epochs (``adapt_stage.planned_epochs``); with ``--head-only`` (or where PyTorch, the model's
 graph or its replay cell images do not allow the stage) the head alone, refitted in seconds on the pooled
 features of the *deployed* int8 backbone, with replay features, pulled towards the parent head (L2).  Either
 way:

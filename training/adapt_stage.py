@@ -3,7 +3,7 @@
 Why: the head alone stops near 0.84 on an unseen laboratory (LISC, half its cells reviewed): the pooled
 features of the frozen network do not separate that laboratory's classes much further, whatever sits on
 them.  Letting the last stage (``layer4``: 3 bottleneck blocks, 15 M weights, a third of the network's
-compute at 128 px) learn as well reaches ~0.92 there in two to three minutes on two cores.
+compute at 128 px) learn as well reaches ~0.94 there in about two minutes on two cores.
 
 What it starts from and what it writes: no float copy of the network ships.  The stage's weights are the
 parent's int8 weights dequantised (7-bit, BatchNorm already folded into each convolution, ReLUs implied by
