@@ -63,6 +63,16 @@ def test_wbc_adapt_end_to_end_with_the_shipped_model(tmp_path):
     check = a["metrics"]["original_check"]  # the original laboratory is not forgotten
     assert check["adapted"]["accuracy"] >= check["parent"]["accuracy"] - 0.01
     assert res["seconds"] < 120 and info.sidecar.domain["labs"]
+    # nothing held out: the laboratory is known by its look but not validated (its samples keep DOMAIN_SHIFT),
+    # and the original laboratory's uncertainty thresholds follow the adapted model's calibration
+    assert (
+        info.sidecar.domain["labs"][-1]["validated"] is False and "uncertainty" not in info.sidecar.domain["labs"][-1]
+    )
+    assert a["metrics"]["lab_guard"]["validated"] is False
+    moved = info.sidecar.domain["uncertainty"]["adapted_shift"]
+    assert moved["check_cells"] == 240 and moved["shift"] == pytest.approx(
+        1.25 * (moved["mean_uncertainty_adapted"] - moved["mean_uncertainty_parent"]), abs=1e-4
+    )
     # it classifies, with the same preprocessing, and the registry takes it
     clf = load_classifier(out / "model.onnx", threads=1)
     p = clf.probabilities(_x(info.preprocess))
@@ -106,6 +116,60 @@ def test_guard_knows_an_adapted_laboratory():
     lab = {"name": "lab-a", "mean": [10.0] * 8, "cov_inv": np.eye(8).tolist(), "threshold": 3.0}
     out = assess(sample, {**ref, "labs": [lab]})
     assert out["shifted"] is False and out["matched_lab"]["name"] == "lab-a"
+
+
+def test_an_adapted_laboratory_is_judged_by_its_own_uncertainty_only_once_validated():
+    """The adapted model is less sure on the laboratory's cells than on its training data: a validated
+    laboratory's samples are judged against what is usual there; an unvalidated one's keep the flag."""
+    from wbcproc.domain import fit_uncertainty
+
+    rng = np.random.default_rng(1)
+    ref = {
+        "mean": [0.0] * 8,
+        "cov_inv": np.eye(8).tolist(),
+        "threshold": 3.0,
+        "uncertainty": fit_uncertainty(rng.beta(0.5, 40, 500), draws=300),  # confident in-domain
+    }
+    look = {"mean": [10.0] * 8, "cov_inv": np.eye(8).tolist(), "threshold": 3.0}
+    lab_u = fit_uncertainty(rng.beta(1.0, 12, 40), draws=300, bootstrap=True)  # less sure there
+    sample = rng.normal(10.0, 0.1, (50, 8))
+    usual_there = rng.beta(1.0, 12, 50)
+    assert usual_there.mean() > ref["uncertainty"]["thresholds"]["50"]  # the original thresholds would flag it
+    validated = {**ref, "labs": [{**look, "name": "lab-a", "validated": True, "uncertainty": lab_u}]}
+    out = assess(sample, validated, usual_there)
+    assert out["shifted"] is False and out["uncertainty_reference"] == "lab-a"
+    worse = assess(sample, validated, np.full(50, 0.4))  # unusually unsure even there
+    assert worse["reasons"] == ["model uncertainty"] and worse["uncertainty_threshold"] == round(
+        lab_u["thresholds"]["50"], 4
+    )
+    unvalidated = {**ref, "labs": [{**look, "name": "lab-b", "validated": False}]}
+    out = assess(sample, unvalidated, usual_there)
+    assert out["shifted"] and out["reasons"][0] == "laboratory not validated" and out["matched_lab"]["name"] == "lab-b"
+    both = {**ref, "labs": [*unvalidated["labs"], *validated["labs"]]}  # the validated one is preferred
+    assert assess(sample, both, usual_there)["matched_lab"]["name"] == "lab-a"
+    in_domain = assess(rng.normal(0.0, 0.1, (50, 8)), validated, usual_there)  # the original's look: its thresholds
+    assert in_domain["reasons"] == ["model uncertainty"] and in_domain["uncertainty_reference"] is None
+
+
+def test_a_laboratory_is_validated_only_on_enough_well_scored_held_out_cells():
+    from types import SimpleNamespace
+
+    from training.adapt import LAB_GUARD_MIN_CELLS, _Judged, _lab_uncertainty
+
+    def held_out(n, right):
+        y = np.arange(n) % 5
+        logits = np.eye(8)[np.where(np.arange(n) < right, y, (y + 1) % 5)] * 4.0
+        metrics: dict = {}
+        got = _lab_uncertainty(_Judged(1.0, 0.5, logits, None), SimpleNamespace(hold_y=y), metrics, lambda *_: None)
+        return got, metrics["lab_guard"]
+
+    got, why = held_out(25, 23)
+    assert why == {"validated": True, "held_out_cells": 25, "held_out_accuracy": 0.92}
+    assert set(got["thresholds"]) == {"10", "20", "30", "50", "100", "200"} and got["calibration"]["with_replacement"]
+    got, why = held_out(25, 20)
+    assert got is None and why["validated"] is False and "held-out accuracy 0.800 < 0.85" in why["why_not"]
+    got, why = held_out(LAB_GUARD_MIN_CELLS - 1, LAB_GUARD_MIN_CELLS - 1)
+    assert got is None and f"at least {LAB_GUARD_MIN_CELLS} needed" in why["why_not"]
 
 
 def test_classes_the_lab_did_not_review_keep_the_parents_behaviour(tmp_path):

@@ -13,7 +13,10 @@ way:
 - every figure and guard rail is measured on the written int8 draft, which reaches OUT only if they hold; a
   refused stage draft is followed by a gentler one (half the learning rate), then by the head alone;
 - a class the laboratory did not review keeps the parent's behaviour (replay, distillation / the pull to the
-  parent head), reported per class as ``unreviewed_recall``.
+  parent head), reported per class as ``unreviewed_recall``;
+- the domain guard learns the laboratory: its look always, and - once the adapted model scored at least
+  ``LAB_GUARD_MIN_CELLS`` held-out cells at ``LAB_GUARD_MIN_ACCURACY`` or better (*validated*) - how unsure
+  the model usually is there, so the laboratory's samples stop carrying DOMAIN_SHIFT only then.
 
 Measured (benchmarks/adapt_curve.py, docs/adapting.md): on LISC, a laboratory no model here has seen, with
 half of its cells reviewed, the other half goes from 0.53 to 0.94 (stage) / 0.84 (head alone) through the
@@ -55,6 +58,9 @@ MIN_PER_CLASS = 5  # a reviewed class with fewer cells than this is refused: too
 HOLDOUT_FRACTION = 0.2  # of the laboratory's cells, by content hash: scored, never fitted
 MAX_ORIGINAL_DROP = 0.01  # the original-laboratory check may lose at most one point
 VIEWS = 8  # rotations x flips of each training cell: a cell has no orientation
+# the laboratory's own uncertainty thresholds (domain guard) need this many held-out cells, scored by the
+# adapted model at least this well: below that its samples keep the original laboratory's thresholds
+LAB_GUARD_MIN_CELLS, LAB_GUARD_MIN_ACCURACY = 20, 0.85
 MAX_STAGE_VIEWS = 3200  # views of laboratory cells held for the stage fine-tune (~420 MB of stage inputs)
 
 
@@ -362,10 +368,80 @@ def _calibration(calib_logits: list[np.ndarray], calib_y: list[np.ndarray], pare
     return temperature, float(review_threshold(softmax(cl / temperature), cyy))
 
 
+def _uncertainties(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return 1.0 - softmax(logits / temperature).max(1)
+
+
+def _with_uncertainty(domain: dict[str, Any] | None, judged: _Judged, lab: _Lab, parent, log) -> dict[str, Any] | None:
+    """The original laboratory's uncertainty thresholds carried over to the adapted model, whose temperature
+    and weights differ from the parent's: raised by the rise of the check cells' mean uncertainty, adapted
+    over parent, times the thresholds' safety factor.  Why this and not a refit or a ratio (LISC, measured):
+    refitting on the 240 check cells alone gave thresholds 15-20 % tighter than the parent's own (1,230
+    validation cells: too few cells for a 99.5th percentile); the mean rose 1.7x (0.0107 -> 0.0183: the bulk
+    of confident cells moved) while thresholds bootstrapped on the check cells rose 1.1-1.4x (the tail of
+    unsure cells hardly moved) - the shift matches them (x1.07-1.28).  Unchanged without check cells."""
+    if not domain or domain.get("uncertainty") is None or judged.check_logits is None or lab.parent_check is None:
+        return domain
+    before = float(_uncertainties(lab.parent_check, parent.temperature).mean())
+    after = float(_uncertainties(judged.check_logits, judged.temperature).mean())
+    unc = domain["uncertainty"]
+    shift = float(unc.get("calibration", {}).get("safety", 1.25)) * (after - before)
+    log(
+        f"domain guard, original laboratory: uncertainty thresholds {shift:+.4f} (check cells {before:.4f} -> {after:.4f})"
+    )
+    moved = {
+        **unc,
+        "thresholds": {k: max(0.0, float(v) + shift) for k, v in unc["thresholds"].items()},
+        "adapted_shift": {
+            "shift": round(shift, 5),
+            "check_cells": len(judged.check_logits),
+            "mean_uncertainty_parent": round(before, 5),
+            "mean_uncertainty_adapted": round(after, 5),
+            "why": "the parent's thresholds + safety x the rise of the check cells' mean uncertainty",
+        },
+    }
+    return {**domain, "uncertainty": moved}
+
+
+def _lab_uncertainty(judged: _Judged, lab: _Lab, metrics: dict, log) -> dict[str, Any] | None:
+    """The laboratory's own uncertainty thresholds (its held-out cells under the adapted model), only where
+    there are enough of them and the adapted model scored them well enough to be trusted there; otherwise
+    None: the laboratory is not validated and its samples keep DOMAIN_SHIFT (the reason is recorded)."""
+    from wbcproc.domain import fit_uncertainty
+
+    n = 0 if judged.hold_logits is None else len(judged.hold_logits)
+    acc = float((judged.hold_logits.argmax(1) == lab.hold_y).mean()) if n else None
+    why_not = None
+    if n < LAB_GUARD_MIN_CELLS:
+        why_not = f"{n} held-out laboratory cells, at least {LAB_GUARD_MIN_CELLS} needed"
+    elif acc < LAB_GUARD_MIN_ACCURACY:
+        why_not = f"held-out accuracy {acc:.3f} < {LAB_GUARD_MIN_ACCURACY}"
+    if why_not:
+        metrics["lab_guard"] = {"validated": False, "why_not": why_not}
+        log(
+            f"domain guard: this laboratory is not validated ({why_not}); its samples still carry DOMAIN_SHIFT "
+            f"- review more cells (20 % are held out) and adapt again"
+        )
+        return None
+    metrics["lab_guard"] = {"validated": True, "held_out_cells": n, "held_out_accuracy": round(acc, 4)}
+    source = (
+        f"this laboratory's held-out cells ({n}, accuracy {acc:.3f}), the adapted model, "
+        f"temperature {judged.temperature:.4f}, drawn with replacement"
+    )
+    return fit_uncertainty(_uncertainties(judged.hold_logits, judged.temperature), source=source, bootstrap=True)
+
+
 def _with_lab_domain(
-    domain: dict[str, Any] | None, imgs: np.ndarray, is_fit: np.ndarray, colour_order: str, data
+    domain: dict[str, Any] | None,
+    imgs: np.ndarray,
+    is_fit: np.ndarray,
+    colour_order: str,
+    data,
+    uncertainty: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The laboratory's colour reference joins the guard's (``domain.labs``): its samples pass the colour half."""
+    """The laboratory's colour reference joins the guard's (``domain.labs``).  With ``uncertainty`` (the
+    adapted model was validated there) its samples pass the colour half and are judged against the
+    laboratory's own uncertainty thresholds; without, they still carry DOMAIN_SHIFT, which says why."""
     from wbcproc.domain import cell_features, fit_reference
 
     lab_feats = np.array([cell_features(im, colour_order) for im in imgs])
@@ -377,6 +453,11 @@ def _with_lab_domain(
         lab_feats[~is_fit] if (~is_fit).sum() >= 5 else lab_feats,
     )
     lab_ref["name"] = ", ".join(Path(d).name for d in data)
+    # validated: the adapted model proved itself on the laboratory's held-out cells (_lab_uncertainty); an
+    # unvalidated laboratory is known by its look, and its samples still carry DOMAIN_SHIFT
+    lab_ref["validated"] = uncertainty is not None
+    if uncertainty is not None:
+        lab_ref["uncertainty"] = uncertainty
     domain["labs"] = [*domain.get("labs", []), lab_ref]
     return domain
 
@@ -492,12 +573,24 @@ def _lab(imgs, labels, is_fit, counts, extractor: Features, replay, spec) -> _La
     )  # fmt: skip
 
 
-def _judge(metrics, adapted: Features, lab: _Lab, parent) -> tuple[float, float]:
+@dataclass
+class _Judged:
+    """A draft's recalibration, and its logits on the held-out laboratory cells and the check cells (None:
+    there were none) - from which the domain guard's uncertainty thresholds are refitted."""
+
+    temperature: float
+    review_threshold: float
+    hold_logits: np.ndarray | None = None
+    check_logits: np.ndarray | None = None
+
+
+def _judge(metrics, adapted: Features, lab: _Lab, parent) -> _Judged:
     """The draft's figures, measured on the written int8 file: held-out laboratory cells and the original
     laboratory's check (refused beyond MAX_ORIGINAL_DROP: nothing is written) - the check through the
     draft's images where the replay holds them, else through its head (a head-only draft); its temperature
     and review threshold refitted on both."""
     calib_logits, calib_y = [], []
+    hold_adapted = check = None
     if lab.hold_in is not None and len(lab.hold_y):
         hold_adapted = adapted(lab.hold_in)[0]
         metrics["lab_holdout"] = {
@@ -511,13 +604,13 @@ def _judge(metrics, adapted: Features, lab: _Lab, parent) -> tuple[float, float]
         _check_original(metrics, lab.parent_check, check, lab.check_y, lab.counts)
         calib_logits.append(check)
         calib_y.append(lab.check_y)
-    return _calibration(calib_logits, calib_y, parent)
+    return _Judged(*_calibration(calib_logits, calib_y, parent), hold_adapted, check)
 
 
 def _best_draft(lab: _Lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, threads, log):
     """The strongest draft the guard rails accept, written to ``draft``: last-stage drafts in turn (unless
     ``why_not`` says why not), else the head alone (whose refusal is final).  Returns the draft's
-    (temperature, review threshold) and why the stage was not fine-tuned (None: it was)."""
+    :class:`_Judged` and why the stage was not fine-tuned (None: it was)."""
 
     def judge():
         return _judge(metrics, Features(draft, threads, plan_from=parent_path), lab, parent)
@@ -585,14 +678,17 @@ def adapt(
     metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
     with tempfile.TemporaryDirectory(prefix="wbc-adapt-") as tmp:
         draft = Path(tmp) / "model.onnx"
-        (temperature, threshold), why_not = _best_draft(
-            _lab(imgs, labels, is_fit, counts, extractor, replay, spec), extractor, replay, spec, parent,
-            parent_path, draft, metrics, why_not, threads, log,
-        )  # fmt: skip
+        lab = _lab(imgs, labels, is_fit, counts, extractor, replay, spec)
+        judged, why_not = _best_draft(
+            lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, threads, log
+        )
         out.mkdir(parents=True, exist_ok=True)
         onnx_out = out / "model.onnx"
         shutil.move(str(draft), str(onnx_out))
     stamp = datetime.now(UTC)
+    lab_uncertainty = _lab_uncertainty(judged, lab, metrics, log)
+    domain = _with_uncertainty(parent.sidecar.domain, judged, lab, parent, log)
+    domain = _with_lab_domain(domain, imgs, is_fit, spec.colour_order, data, lab_uncertainty)
     adaptation = {
         "method": STAGE_METHOD if why_not is None else HEAD_METHOD,
         "stage_fine_tuned": why_not is None,
@@ -615,9 +711,9 @@ def adapt(
     side = parent.sidecar.replace(
         version=version or f"{parent.version}+lab.{stamp.strftime('%Y%m%d%H%M%S')}",
         created_at=stamp.isoformat(timespec="seconds"),
-        temperature=temperature,
-        review_threshold=threshold,
-        domain=_with_lab_domain(parent.sidecar.domain, imgs, is_fit, spec.colour_order, data),
+        temperature=judged.temperature,
+        review_threshold=judged.review_threshold,
+        domain=domain,
         adaptation=adaptation,
     )
     write_sidecar(onnx_out, side)

@@ -18,6 +18,13 @@ and still puzzle the model.  So a second, model-side statistic joins them where 
 thresholds calibrated the same way on held-out in-domain cells, one per sample size (a mean over fewer
 cells varies more; below the smallest calibrated size this part stays silent).  Either one beyond its
 threshold raises the flag; the report says which.
+
+A model adapted to a laboratory (``wbc adapt``) carries that laboratory in ``labs``: its colour reference
+and, where the adapted model proved itself on the laboratory's held-out cells (``validated``), its own
+uncertainty thresholds; an unvalidated laboratory's samples keep the flag ("laboratory not validated").  A sample that matches the laboratory's look is then judged against what is usual *there*
+(the adapted model is less sure on another laboratory's cells than on its own training data, and would
+otherwise flag every sample of the laboratory that adapted it), while a sample that matches no known look
+is still flagged by the colour half.
 """
 
 from __future__ import annotations
@@ -85,16 +92,21 @@ def fit_uncertainty(
     safety: float = 1.25,
     seed: int = 0,
     source: str = "",
+    bootstrap: bool = False,
 ) -> dict[str, Any]:
     """Per-sample-size thresholds for the mean per-cell uncertainty (1 - calibrated top probability) of
-    in-domain samples, from held-out cells drawn without replacement."""
+    in-domain samples, from held-out cells drawn without replacement - or, with ``bootstrap``, with
+    replacement: for a few hundred cells or fewer, where a sample of 100-200 drawn without replacement would
+    be most of them and its mean would vary far less than a real sample's."""
     u = np.asarray(held_out_uncertainty, dtype=np.float64)
     rng = np.random.default_rng(seed)
     thresholds: dict[str, float] = {}
     for n in sizes:
-        if n > len(u):
+        if n > len(u) and not bootstrap:
             break
-        stats = [float(u[rng.choice(len(u), n, replace=False)].mean()) for _ in range(draws)]
+        if not len(u):
+            break
+        stats = [float(u[rng.choice(len(u), n, replace=bootstrap)].mean()) for _ in range(draws)]
         thresholds[str(n)] = float(np.percentile(stats, quantile * 100) * safety)
     return {
         "statistic": "mean over the sample's cells of 1 - calibrated top probability",
@@ -102,6 +114,7 @@ def fit_uncertainty(
         "calibration": {
             "held_out_cells": len(u),
             "draws": draws,
+            "with_replacement": bootstrap,
             "quantile": quantile,
             "safety": safety,
             "mean_in_domain": float(u.mean()) if len(u) else None,
@@ -140,19 +153,28 @@ def assess(
         "cells": len(d),
         "reasons": ["colour/framing"] if stat > ref["threshold"] else [],
     }
-    # a model adapted to a laboratory (`wbc adapt`) also knows that laboratory's look
-    for lab in ref.get("labs", []):
-        lab_stat = float(np.median(distances(features, lab)))
-        if out["reasons"] and lab_stat <= lab["threshold"]:
-            out["reasons"] = []
+    unc_ref = ref.get("uncertainty")
+    # a model adapted to a laboratory (`wbc adapt`) also knows that laboratory's look - and, where it proved
+    # itself there, how sure it usually is on that laboratory's cells
+    if "colour/framing" in out["reasons"]:
+        matches = []
+        for lab in ref.get("labs", []):
+            lab_stat = float(np.median(distances(features, lab)))
+            if lab_stat <= lab["threshold"]:
+                matches.append((not lab.get("validated", True), lab_stat, lab))  # validated ones first
+        if matches:
+            unvalidated, lab_stat, lab = min(matches, key=lambda m: (m[0], m[1]))
             out["matched_lab"] = {"name": lab.get("name"), "distance": round(lab_stat, 3),
                                   "threshold": round(float(lab["threshold"]), 3)}  # fmt: skip
-    unc_ref = ref.get("uncertainty")
+            out["reasons"] = ["laboratory not validated"] if unvalidated else []
+            if not unvalidated and lab.get("uncertainty") is not None:  # sidecars before `validated`: look alone
+                unc_ref = lab["uncertainty"]
     if unc_ref is not None and uncertainty is not None and len(uncertainty):
         mean_u = float(np.mean(uncertainty))
         limit = uncertainty_threshold(unc_ref, len(uncertainty))
         out["uncertainty"] = round(mean_u, 4)
         out["uncertainty_threshold"] = None if limit is None else round(limit, 4)
+        out["uncertainty_reference"] = out["matched_lab"]["name"] if unc_ref is not ref.get("uncertainty") else None
         if limit is not None and mean_u > limit:
             out["reasons"].append("model uncertainty")
     out["shifted"] = bool(out["reasons"])

@@ -449,9 +449,15 @@ def summarise(
         why = []
         if "colour/framing" in domain["reasons"]:
             why.append(f"stain/camera/framing distance {domain['distance']:.2f} > calibrated {domain['threshold']:.2f}")
-        if "model uncertainty" in domain["reasons"]:
+        if "laboratory not validated" in domain["reasons"]:
             why.append(
-                f"mean model uncertainty {domain['uncertainty']:.3f} > calibrated "
+                f"they match laboratory {domain['matched_lab']['name']}, to which the model was adapted without "
+                "being validated there (too few held-out cells, or scored below the bar: see the model's sidecar)"
+            )
+        if "model uncertainty" in domain["reasons"]:
+            where = f" on laboratory {domain['uncertainty_reference']}" if domain.get("uncertainty_reference") else ""
+            why.append(
+                f"mean model uncertainty {domain['uncertainty']:.3f} > calibrated{where} "
                 f"{domain['uncertainty_threshold']:.3f} for {domain['cells']} cells"
             )
         flags.insert(
