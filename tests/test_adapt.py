@@ -151,6 +151,23 @@ def test_an_adapted_laboratory_is_judged_by_its_own_uncertainty_only_once_valida
     assert in_domain["reasons"] == ["model uncertainty"] and in_domain["uncertainty_reference"] is None
 
 
+def test_adapting_again_replaces_the_laboratory_and_unvalidates_the_others():
+    """The weekly retrain adapts the adapted model again: the laboratory's entry is replaced, and another
+    laboratory validated for the parent is not taken as validated for the new model."""
+    from training.adapt import _with_lab_domain
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (30, 128, 128, 3), dtype=np.uint8)
+    look = {"mean": [0.0] * 8, "cov_inv": np.eye(8).tolist(), "threshold": 3.0}
+    unc = {"thresholds": {"10": 0.1}}
+    parent = {**look, "labs": [{**look, "name": "lab-a", "validated": True, "uncertainty": unc},
+                               {**look, "name": "lab-b", "validated": True, "uncertainty": unc}]}  # fmt: skip
+    got = _with_lab_domain(parent, imgs, np.arange(30) < 24, "RGB", [Path("somewhere/lab-b")], unc)
+    assert [(lab["name"], lab["validated"]) for lab in got["labs"]] == [("lab-a", False), ("lab-b", True)]
+    assert "uncertainty" not in got["labs"][0] and "earlier model" in got["labs"][0]["not_validated_because"]
+    assert parent["labs"][0]["validated"] is True  # the parent's sidecar content is not changed in place
+
+
 def test_a_laboratory_is_validated_only_on_enough_well_scored_held_out_cells():
     from types import SimpleNamespace
 

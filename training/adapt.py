@@ -458,7 +458,17 @@ def _with_lab_domain(
     lab_ref["validated"] = uncertainty is not None
     if uncertainty is not None:
         lab_ref["uncertainty"] = uncertainty
-    domain["labs"] = [*domain.get("labs", []), lab_ref]
+    # the parent's laboratories: this one's earlier entry is replaced (the weekly retrain adapts again); any
+    # other was validated for the parent, not for this model (the replay holds only the original laboratory)
+    inherited = []
+    for old in domain.get("labs", []):
+        if old.get("name") == lab_ref["name"]:
+            continue
+        if old.get("validated", True):
+            old = {k: v for k, v in old.items() if k != "uncertainty"}
+            old.update(validated=False, not_validated_because="validated for an earlier model, not for this one")
+        inherited.append(old)
+    domain["labs"] = [*inherited, lab_ref]
     return domain
 
 
