@@ -58,8 +58,8 @@ MIN_PER_CLASS = 5  # a reviewed class with fewer cells than this is refused: too
 HOLDOUT_FRACTION = 0.2  # of the laboratory's cells, by content hash: scored, never fitted
 MAX_ORIGINAL_DROP = 0.01  # the original-laboratory check may lose at most one point
 VIEWS = 8  # rotations x flips of each training cell: a cell has no orientation
-# the laboratory's own uncertainty thresholds (domain guard) need this many held-out cells, scored by the
-# adapted model at least this well: below that its samples keep the original laboratory's thresholds
+# the laboratory is validated for the domain guard (its own uncertainty thresholds) only with this many
+# held-out cells, scored by the adapted model at least this well; else its samples keep DOMAIN_SHIFT
 LAB_GUARD_MIN_CELLS, LAB_GUARD_MIN_ACCURACY = 20, 0.85
 MAX_STAGE_VIEWS = 3200  # views of laboratory cells held for the stage fine-tune (~420 MB of stage inputs)
 
@@ -420,7 +420,7 @@ def _lab_uncertainty(judged: _Judged, lab: _Lab, metrics: dict, log) -> dict[str
         metrics["lab_guard"] = {"validated": False, "why_not": why_not}
         log(
             f"domain guard: this laboratory is not validated ({why_not}); its samples still carry DOMAIN_SHIFT "
-            f"- review more cells (20 % are held out) and adapt again"
+            f"- review more cells (a share is held out: --holdout) and adapt again"
         )
         return None
     metrics["lab_guard"] = {"validated": True, "held_out_cells": n, "held_out_accuracy": round(acc, 4)}

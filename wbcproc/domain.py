@@ -21,10 +21,11 @@ threshold raises the flag; the report says which.
 
 A model adapted to a laboratory (``wbc adapt``) carries that laboratory in ``labs``: its colour reference
 and, where the adapted model proved itself on the laboratory's held-out cells (``validated``), its own
-uncertainty thresholds; an unvalidated laboratory's samples keep the flag ("laboratory not validated").  A sample that matches the laboratory's look is then judged against what is usual *there*
-(the adapted model is less sure on another laboratory's cells than on its own training data, and would
-otherwise flag every sample of the laboratory that adapted it), while a sample that matches no known look
-is still flagged by the colour half.
+uncertainty thresholds.  A sample that matches a validated laboratory's look is judged against what is
+usual *there* (the adapted model is less sure on another laboratory's cells than on its own training data,
+and would otherwise flag every sample of the laboratory that adapted it); an unvalidated laboratory's
+samples keep the flag ("laboratory not validated"); a sample that matches no known look is flagged by the
+colour half.
 """
 
 from __future__ import annotations
