@@ -39,6 +39,45 @@ def true_percent(labels: list[str]) -> dict[str, float]:
     return {c: 100.0 * wbc.count(c) / max(1, len(wbc)) for c in WBC_CLASSES}
 
 
+def report_set(name: str, items, clf, settings, rng, *, cells: int, samples: int, tolerance: float) -> dict:
+    """Draw ``samples`` samples of ``cells`` of the set's cells through the pipeline; print and return the
+    figures (DOMAIN_SHIFT count, differential errors, per-cell accuracy and review marks)."""
+    rows: list[tuple[float, bool, float, float]] = []
+    per_cell: list[tuple[bool, bool]] = []  # (right, marked for review)
+    reasons: dict[str, int] = {}
+    for _ in range(samples):
+        pick = [items[int(i)] for i in rng.choice(len(items), min(cells, len(items)), replace=False)]
+        inv, classified, label_of = classify_as_sample(pick, clf, settings)
+        result = summarise(inv, classified, clf, settings)
+        per_cell += [(c.label == label_of.get(c.file), c.review) for c in classified.cells if c.file in label_of]
+        truth = true_percent([it.label for it in pick])
+        got = {c: result["percent"][c] or 0.0 for c in WBC_CLASSES}
+        err = [abs(got[c] - truth[c]) for c in WBC_CLASSES]
+        dom = result.get("domain") or {}
+        for r in dom.get("reasons", []):
+            reasons[r] = reasons.get(r, 0) + 1
+        rows.append((float(dom.get("distance", float("nan"))), bool(dom.get("shifted")), float(np.mean(err)), max(err)))
+    flagged = sum(r[1] for r in rows)
+    ok = sum(r[1] or r[2] <= tolerance for r in rows)
+    why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+    print(
+        f"{name}: n={len(items)} distance median {statistics.median(r[0] for r in rows):.2f} "
+        f"(threshold {(clf.info.sidecar.domain or {}).get('threshold', float('nan')):.2f}); "
+        f"DOMAIN_SHIFT {flagged}/{len(rows)}{f' ({why})' if why else ''}; differential error mean "
+        f"{statistics.mean(r[2] for r in rows):.2f} pp (largest class error, median "
+        f"{statistics.median(r[3] for r in rows):.1f} pp); pass {ok}/{len(rows)}"
+    )
+    unmarked = [right for right, review in per_cell if not review]
+    accuracy = float(np.mean([r for r, _ in per_cell]))
+    print(
+        f"  cells: accuracy {accuracy:.3f}; marked for review "
+        f"{np.mean([m for _, m in per_cell]):.1%}; accuracy of the unmarked "
+        f"{np.mean(unmarked) if unmarked else float('nan'):.3f}"
+    )
+    return {"flagged": flagged, "samples": len(rows), "reasons": reasons, "passed": ok, "accuracy": accuracy,
+            "error_pp": statistics.mean(r[2] for r in rows)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sets", nargs="+", metavar="NAME=ROOT[@SPLIT]")
@@ -54,35 +93,7 @@ def main() -> None:
     print(f"model {clf.info.name} {clf.info.version}; {args.samples} samples of {args.cells} cells; {machine()}")
     for spec in args.sets:
         name, items = load_set(spec)
-        rows: list[tuple[float, bool, float, float]] = []
-        per_cell: list[tuple[bool, bool]] = []  # (right, marked for review)
-        for _ in range(args.samples):
-            pick = [items[int(i)] for i in rng.choice(len(items), min(args.cells, len(items)), replace=False)]
-            inv, classified, label_of = classify_as_sample(pick, clf, settings)
-            result = summarise(inv, classified, clf, settings)
-            per_cell += [(c.label == label_of.get(c.file), c.review) for c in classified.cells if c.file in label_of]
-            truth = true_percent([it.label for it in pick])
-            got = {c: result["percent"][c] or 0.0 for c in WBC_CLASSES}
-            err = [abs(got[c] - truth[c]) for c in WBC_CLASSES]
-            dom = result.get("domain") or {}
-            rows.append(
-                (float(dom.get("distance", float("nan"))), bool(dom.get("shifted")), float(np.mean(err)), max(err))
-            )
-        flagged = sum(r[1] for r in rows)
-        ok = sum(r[1] or r[2] <= args.tolerance for r in rows)
-        print(
-            f"{name}: n={len(items)} distance median {statistics.median(r[0] for r in rows):.2f} "
-            f"(threshold {(clf.info.sidecar.domain or {}).get('threshold', float('nan')):.2f}); "
-            f"DOMAIN_SHIFT {flagged}/{len(rows)}; differential error mean "
-            f"{statistics.mean(r[2] for r in rows):.2f} pp (largest class error, median "
-            f"{statistics.median(r[3] for r in rows):.1f} pp); pass {ok}/{len(rows)}"
-        )
-        unmarked = [right for right, review in per_cell if not review]
-        print(
-            f"  cells: accuracy {np.mean([r for r, _ in per_cell]):.3f}; marked for review "
-            f"{np.mean([m for _, m in per_cell]):.1%}; accuracy of the unmarked "
-            f"{np.mean(unmarked) if unmarked else float('nan'):.3f}"
-        )
+        report_set(name, items, clf, settings, rng, cells=args.cells, samples=args.samples, tolerance=args.tolerance)
 
 
 if __name__ == "__main__":
