@@ -97,6 +97,21 @@ def info(
     if metrics:
         shown = {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
         typer.echo(f"metrics:    {json.dumps(shown)}")
+    for lab in (m.sidecar.domain or {}).get("labs", []):
+        typer.echo(f"laboratory: {lab.get('name')}: {_lab_status(lab, m.sidecar.adaptation)}")
+
+
+def _lab_status(lab: dict, adaptation: dict | None) -> str:
+    """Whether the domain guard lets an adapted laboratory's samples through (wbcproc.domain), and why."""
+    if not lab.get("validated", True):
+        why = lab.get("not_validated_because") or ((adaptation or {}).get("metrics", {}).get("lab_guard") or {}).get(
+            "why_not", "unknown"
+        )
+        return f"adapted, not validated ({why}): its samples carry DOMAIN_SHIFT"
+    if lab.get("uncertainty") is None:
+        return "adapted, known by its look only (a sidecar from before validation)"
+    source = lab["uncertainty"].get("calibration", {}).get("source", "")
+    return f"validated ({source}): its samples are judged by its own uncertainty thresholds"
 
 
 def _use_prefect(flag: bool | None) -> bool:

@@ -69,6 +69,13 @@ def test_wbc_adapt_end_to_end_with_the_shipped_model(tmp_path):
         info.sidecar.domain["labs"][-1]["validated"] is False and "uncertainty" not in info.sidecar.domain["labs"][-1]
     )
     assert a["metrics"]["lab_guard"]["validated"] is False
+    shown = subprocess.run(
+        [WBC, "info", "--model", str(out / "model.onnx")], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        "not validated (0 held-out laboratory cells, at least 20 needed): its samples carry DOMAIN_SHIFT"
+        in shown.stdout
+    )
     moved = info.sidecar.domain["uncertainty"]["adapted_shift"]
     assert moved["check_cells"] == 240 and moved["shift"] == pytest.approx(
         1.25 * (moved["mean_uncertainty_adapted"] - moved["mean_uncertainty_parent"]), abs=1e-4
