@@ -39,9 +39,9 @@ def true_percent(labels: list[str]) -> dict[str, float]:
     return {c: 100.0 * wbc.count(c) / max(1, len(wbc)) for c in WBC_CLASSES}
 
 
-def report_set(name: str, items, clf, settings, rng, *, cells: int, samples: int, tolerance: float) -> dict:
-    """Draw ``samples`` samples of ``cells`` of the set's cells through the pipeline; print and return the
-    figures (DOMAIN_SHIFT count, differential errors, per-cell accuracy and review marks)."""
+def report_set(name: str, items, clf, settings, rng, *, cells: int, samples: int, tolerance: float) -> None:
+    """Draw ``samples`` samples of ``cells`` of the set's cells through the pipeline and print the figures
+    (DOMAIN_SHIFT count and reasons, differential errors, per-cell accuracy and review marks)."""
     rows: list[tuple[float, bool, float, float]] = []
     per_cell: list[tuple[bool, bool]] = []  # (right, marked for review)
     reasons: dict[str, int] = {}
@@ -68,14 +68,11 @@ def report_set(name: str, items, clf, settings, rng, *, cells: int, samples: int
         f"{statistics.median(r[3] for r in rows):.1f} pp); pass {ok}/{len(rows)}"
     )
     unmarked = [right for right, review in per_cell if not review]
-    accuracy = float(np.mean([r for r, _ in per_cell]))
     print(
-        f"  cells: accuracy {accuracy:.3f}; marked for review "
+        f"  cells: accuracy {np.mean([r for r, _ in per_cell]):.3f}; marked for review "
         f"{np.mean([m for _, m in per_cell]):.1%}; accuracy of the unmarked "
         f"{np.mean(unmarked) if unmarked else float('nan'):.3f}"
     )
-    return {"flagged": flagged, "samples": len(rows), "reasons": reasons, "passed": ok, "accuracy": accuracy,
-            "error_pp": statistics.mean(r[2] for r in rows)}  # fmt: skip
 
 
 def main() -> None:

@@ -368,10 +368,6 @@ def _calibration(calib_logits: list[np.ndarray], calib_y: list[np.ndarray], pare
     return temperature, float(review_threshold(softmax(cl / temperature), cyy))
 
 
-def _uncertainties(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return 1.0 - softmax(logits / temperature).max(1)
-
-
 def _with_uncertainty(domain: dict[str, Any] | None, judged: _Judged, lab: _Lab, parent, log) -> dict[str, Any] | None:
     """The original laboratory's uncertainty thresholds carried over to the adapted model, whose temperature
     and weights differ from the parent's: raised by the rise of the check cells' mean uncertainty, adapted
@@ -380,10 +376,12 @@ def _with_uncertainty(domain: dict[str, Any] | None, judged: _Judged, lab: _Lab,
     validation cells: too few cells for a 99.5th percentile); the mean rose 1.7x (0.0107 -> 0.0183: the bulk
     of confident cells moved) while thresholds bootstrapped on the check cells rose 1.1-1.4x (the tail of
     unsure cells hardly moved) - the shift matches them (x1.07-1.28).  Unchanged without check cells."""
+    from wbcproc.domain import cell_uncertainty
+
     if not domain or domain.get("uncertainty") is None or judged.check_logits is None or lab.parent_check is None:
         return domain
-    before = float(_uncertainties(lab.parent_check, parent.temperature).mean())
-    after = float(_uncertainties(judged.check_logits, judged.temperature).mean())
+    before = float(cell_uncertainty(lab.parent_check, parent.temperature).mean())
+    after = float(cell_uncertainty(judged.check_logits, judged.temperature).mean())
     unc = domain["uncertainty"]
     shift = float(unc.get("calibration", {}).get("safety", 1.25)) * (after - before)
     log(
@@ -407,7 +405,7 @@ def _lab_uncertainty(judged: _Judged, lab: _Lab, metrics: dict, log) -> dict[str
     """The laboratory's own uncertainty thresholds (its held-out cells under the adapted model), only where
     there are enough of them and the adapted model scored them well enough to be trusted there; otherwise
     None: the laboratory is not validated and its samples keep DOMAIN_SHIFT (the reason is recorded)."""
-    from wbcproc.domain import fit_uncertainty
+    from wbcproc.domain import cell_uncertainty, fit_uncertainty
 
     n = 0 if judged.hold_logits is None else len(judged.hold_logits)
     acc = float((judged.hold_logits.argmax(1) == lab.hold_y).mean()) if n else None
@@ -428,7 +426,7 @@ def _lab_uncertainty(judged: _Judged, lab: _Lab, metrics: dict, log) -> dict[str
         f"this laboratory's held-out cells ({n}, accuracy {acc:.3f}), the adapted model, "
         f"temperature {judged.temperature:.4f}, drawn with replacement"
     )
-    return fit_uncertainty(_uncertainties(judged.hold_logits, judged.temperature), source=source, bootstrap=True)
+    return fit_uncertainty(cell_uncertainty(judged.hold_logits, judged.temperature), source=source, bootstrap=True)
 
 
 def _with_lab_domain(

@@ -409,10 +409,11 @@ def domain_reference(data: CachedSet) -> dict[str, Any]:
 def uncertainty_reference(val_logits: np.ndarray, temperature: float, scored: str) -> dict[str, Any]:
     """The model-side half of the domain guard (``wbcproc.domain.fit_uncertainty``), from the validation
     split's calibrated probabilities of the model that ships."""
-    from wbcproc.domain import fit_uncertainty
+    from wbcproc.domain import cell_uncertainty, fit_uncertainty
 
-    probs = softmax(val_logits / temperature)
-    return fit_uncertainty(1.0 - probs.max(1), source=f"validation split, {scored}, temperature {temperature:.4f}")
+    return fit_uncertainty(
+        cell_uncertainty(val_logits, temperature), source=f"validation split, {scored}, temperature {temperature:.4f}"
+    )
 
 
 def model_card(side: dict[str, Any], m: dict[str, Any], opts: RunOptions) -> str:

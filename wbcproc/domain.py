@@ -35,6 +35,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wbcproc.stats import softmax
+
 FEATURES = ("L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std", "L_p90", "nucleus_fraction")
 
 
@@ -84,6 +86,11 @@ def fit_reference(
 UNCERTAINTY_SIZES = (10, 20, 30, 50, 100, 200)
 
 
+def cell_uncertainty(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """The uncertainty half's per-cell statistic: 1 - calibrated top probability."""
+    return 1.0 - softmax(np.asarray(logits) / temperature).max(1)
+
+
 def fit_uncertainty(
     held_out_uncertainty: np.ndarray,
     *,
@@ -103,9 +110,7 @@ def fit_uncertainty(
     rng = np.random.default_rng(seed)
     thresholds: dict[str, float] = {}
     for n in sizes:
-        if n > len(u) and not bootstrap:
-            break
-        if not len(u):
+        if not len(u) or (n > len(u) and not bootstrap):
             break
         stats = [float(u[rng.choice(len(u), n, replace=bootstrap)].mean()) for _ in range(draws)]
         thresholds[str(n)] = float(np.percentile(stats, quantile * 100) * safety)
@@ -154,7 +159,7 @@ def assess(
         "cells": len(d),
         "reasons": ["colour/framing"] if stat > ref["threshold"] else [],
     }
-    unc_ref = ref.get("uncertainty")
+    unc_ref, unc_lab = ref.get("uncertainty"), None
     # a model adapted to a laboratory (`wbc adapt`) also knows that laboratory's look - and, where it proved
     # itself there, how sure it usually is on that laboratory's cells
     if "colour/framing" in out["reasons"]:
@@ -169,13 +174,13 @@ def assess(
                                   "threshold": round(float(lab["threshold"]), 3)}  # fmt: skip
             out["reasons"] = ["laboratory not validated"] if unvalidated else []
             if not unvalidated and lab.get("uncertainty") is not None:  # sidecars before `validated`: look alone
-                unc_ref = lab["uncertainty"]
+                unc_ref, unc_lab = lab["uncertainty"], lab.get("name")
     if unc_ref is not None and uncertainty is not None and len(uncertainty):
         mean_u = float(np.mean(uncertainty))
         limit = uncertainty_threshold(unc_ref, len(uncertainty))
         out["uncertainty"] = round(mean_u, 4)
         out["uncertainty_threshold"] = None if limit is None else round(limit, 4)
-        out["uncertainty_reference"] = out["matched_lab"]["name"] if unc_ref is not ref.get("uncertainty") else None
+        out["uncertainty_reference"] = unc_lab
         if limit is not None and mean_u > limit:
             out["reasons"].append("model uncertainty")
     out["shifted"] = bool(out["reasons"])
