@@ -154,7 +154,7 @@ def _setup(train: CachedSet, cfg: TrainConfig) -> tuple[_Loop, dict[str, Any], d
     steps) and the class weights."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    model, init_record = build_model(cfg.init, norm=cfg.norm)
+    model, init_record = build_model(cfg.init, norm=cfg.norm, keep_head=cfg.init_head)
     freeze_stages(model, cfg.freeze_stages)
     model.to(device)
     use_cuda = device.type == "cuda"

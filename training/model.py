@@ -43,10 +43,31 @@ def _to_ibn(model: nn.Module) -> None:
             block.bn1 = IBN(block.bn1.num_features)
 
 
-def build_model(init: str, num_classes: int = len(CLASSES), norm: str = "bn") -> tuple[nn.Module, dict[str, Any]]:
+def _weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.pt`` file or from a folder of fp16 shards (``weights-index.json``: what a GPU
+    run brings back, e.g. the shipped model's own float weights)."""
+    if path.is_dir() and (path / "weights-index.json").is_file():
+        from training.shards import load_shards
+
+        return load_shards(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--init {str(path)!r}: expected 'imagenet', 'scratch', a weights file or a shard folder"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def build_model(
+    init: str, num_classes: int = len(CLASSES), norm: str = "bn", keep_head: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """ResNet50 (or its IBN-a variant) with an 8-class head.  Returns the model and a record of how it
     was initialised.  ImageNet weights load into the IBN variant's convolutions; its instance-norm halves
-    start fresh."""
+    start fresh.
+
+    ``init`` PATH (a file or a shard folder) loads a ResNet50's weights; the head starts fresh unless
+    ``keep_head``: a *warm start* that continues a model with these classes (a robustness fine-tune of the
+    shipped weights, :mod:`training.wise`), where a fresh head would throw its decisions away."""
     if norm not in NORMS:
         raise ValueError(f"norm {norm!r} is unknown; expected one of {NORMS}")
     record: dict[str, Any] = {"requested": init, "architecture": ARCHITECTURES[norm]}
@@ -70,11 +91,9 @@ def build_model(init: str, num_classes: int = len(CLASSES), norm: str = "bn") ->
         record["used"] = "scratch"
     else:
         path = Path(init)
-        if not path.is_file():
-            raise FileNotFoundError(f"--init {init!r}: expected 'imagenet', 'scratch' or a weights file")
         model = torchvision.models.resnet50(weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = _weights_file(path)
+        head = {k[len("fc.") :]: v.float() for k, v in state.items() if k.startswith("fc.")}
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if [m for m in missing if not m.startswith("fc.")] or unexpected:
@@ -85,6 +104,17 @@ def build_model(init: str, num_classes: int = len(CLASSES), norm: str = "bn") ->
     if norm == "ibn":
         _to_ibn(model)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if keep_head:
+        if record.get("used") != "file":
+            raise ValueError(f"keeping the head needs --init PATH, not {init!r}")
+        shape = tuple(head["weight"].shape) if "weight" in head else None
+        if shape != (num_classes, model.fc.in_features) or "bias" not in head:
+            raise ValueError(
+                f"--init {init!r}: its head has shape {shape}, expected ({num_classes}, {model.fc.in_features}) "
+                f"for the {num_classes} classes; drop --init-head to start a fresh head"
+            )
+        model.fc.load_state_dict(head)
+        record["head"] = "kept (warm start)"
     return model, record
 
 

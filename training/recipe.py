@@ -47,7 +47,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = SHIPPED["label_smoothing"]
     freeze_stages: int = 0
-    init: str = SHIPPED["init"]  # imagenet | scratch | PATH
+    init: str = SHIPPED["init"]  # imagenet | scratch | PATH (a weights file or a shard folder)
+    init_head: bool = False  # with init PATH: keep its head too (a warm start; training.wise)
     device: str = "auto"
     seed: int = SHIPPED["seed"]
     patience: int = SHIPPED["patience"]

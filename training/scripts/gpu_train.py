@@ -49,7 +49,11 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=R["weight_decay"])
     ap.add_argument("--label-smoothing", type=float, default=R["label_smoothing"])
     ap.add_argument("--freeze-stages", type=int, default=0)
-    ap.add_argument("--init", default=R["init"])
+    ap.add_argument("--init", default=R["init"], help="imagenet | scratch | PATH (a weights file or a shard folder)")
+    ap.add_argument(
+        "--init-head", action="store_true", help="keep --init PATH's head: a warm start of that model (training.wise)"
+    )
+    ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--patience", type=int, default=R["patience"])
     ap.add_argument("--seed", type=int, default=R["seed"])
     ap.add_argument("--device", default="auto")
@@ -77,6 +81,8 @@ def main() -> None:
         label_smoothing=args.label_smoothing,
         freeze_stages=args.freeze_stages,
         init=args.init,
+        init_head=args.init_head,
+        warmup_epochs=args.warmup_epochs,
         device=args.device,
         seed=args.seed,
         patience=args.patience,
