@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument(
         "--init-head", action="store_true", help="keep --init PATH's head: a warm start of that model (training.wise)"
     )
-    ap.add_argument("--warmup-epochs", type=float, default=1.0)
+    ap.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
     ap.add_argument("--patience", type=int, default=R["patience"])
     ap.add_argument("--seed", type=int, default=R["seed"])
     ap.add_argument("--device", default="auto")
