@@ -74,6 +74,14 @@ def _spec(d: dict[str, Any]) -> Any:
     return PreprocessSpec.from_dict(d)
 
 
+def named_cache(spec: str) -> tuple[str, CachedSet]:
+    """``NAME=PATH`` (a packed evaluation set, ``training.scripts.evalpack``) -> its name and cells."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        raise ValueError(f"evaluation set {spec!r}: expected NAME=PATH")
+    return name, load_cache(path)
+
+
 def load_cache(path: str | Path, decoder: str = "auto") -> CachedSet:
     """A packed cache as a :class:`CachedSet` (``decoder``: auto, opencv or pillow)."""
     decode = jpeg_decoder(decoder)

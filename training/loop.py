@@ -180,10 +180,15 @@ def _setup(train: CachedSet, cfg: TrainConfig) -> tuple[_Loop, dict[str, Any], d
     return loop, init_record, plan, weights
 
 
+def score(model: nn.Module, data: CachedSet, device: torch.device) -> dict[str, Any]:
+    """``training.metrics.classification_metrics`` of the model's calls on a cached set."""
+    return classification_metrics(data.labels, predict_logits(model, data, device).argmax(1), CLASSES)
+
+
 def _validate(model: nn.Module, val: CachedSet, device: torch.device) -> dict[str, Any]:
     if not len(val):
         return {"macro_f1": 0.0, "accuracy": 0.0}
-    return classification_metrics(val.labels, predict_logits(model, val, device).argmax(1), CLASSES)
+    return score(model, val, device)
 
 
 def train_model(train: CachedSet, val: CachedSet, cfg: TrainConfig, log=print) -> tuple[nn.Module, dict[str, Any]]:

@@ -25,14 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.dataset import CachedSet, load_cache
-from training.loop import pick_device, predict_logits, train_model
-from training.metrics import classification_metrics
+from training.dataset import CachedSet, load_cache, named_cache
+from training.loop import pick_device, score, train_model
 from training.model import NORMS
 from training.recipe import AUGMENTATIONS, TrainConfig, augmentation
 from training.recipe import SHIPPED as R
 from training.shards import save_shards
-from wbcproc.classes import CLASSES
 
 
 def _without(part: CachedSet, needle: str) -> CachedSet:
@@ -102,8 +100,7 @@ def main() -> None:
     test = data.subset("test")
     dev = pick_device(args.device)
     model = model.to(dev)
-    pred = predict_logits(model, test, dev).argmax(1)
-    m = classification_metrics(test.labels, pred, CLASSES)
+    m = score(model, test, dev)
     info["test_torch"] = {
         "accuracy": m["accuracy"],
         "macro_f1": m["macro_f1"],
@@ -111,9 +108,8 @@ def main() -> None:
     }
     info["eval"] = {}
     for spec in args.eval_cache:
-        name, _, path = spec.partition("=")
-        ev = load_cache(path)
-        em = classification_metrics(ev.labels, predict_logits(model, ev, dev).argmax(1), CLASSES)
+        name, ev = named_cache(spec)
+        em = score(model, ev, dev)
         info["eval"][name] = {"n": len(ev), "accuracy": em["accuracy"], "macro_f1": em["macro_f1"]}
         print(f"eval {name}: n={len(ev)} accuracy {em['accuracy']:.4f}", flush=True)
     out = Path(args.out)

@@ -9,9 +9,9 @@ sidecar, card) like any GPU run's.
         --batch-size 64 --patience 100
     # 2. the line between them
     python -m training.scripts.wise_ft --parent runs/gpu/basic-full --child runs/mixed-ft \\
-        --cache runs/pack/cache-128.npz --eval lisc=runs/evalpack/lisc.npz --out runs/wise
+        --cache runs/pack/cache-128.npz --eval-cache lisc=runs/evalpack/lisc.npz --out runs/wise
 
-``--eval`` sets (other laboratories, stand-ins) and the test split are *reported*, never used to choose.
+``--eval-cache`` sets (other laboratories, stand-ins) and the test split are *reported*, never used to choose.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from training.dataset import load_cache
-from training.loop import pick_device, predict_logits
-from training.metrics import classification_metrics
+from training.dataset import load_cache, named_cache
+from training.loop import pick_device, score
 from training.model import build_model
 from training.shards import load_shards, save_shards
 from training.wise import Scored, choose_alpha, interpolate
-from wbcproc.classes import CLASSES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", required=True, help="the packed training cache (its val split chooses)")
     ap.add_argument("--alphas", default="0.25,0.35,0.5,0.75,1", help="mixing weights to try (0 is the parent)")
     ap.add_argument("--tolerance", type=float, default=0.0, help="validation macro-F1 the choice may lose")
-    ap.add_argument("--eval", action="append", default=[], metavar="NAME=PATH", help="a packed set to report")
+    ap.add_argument(
+        "--eval-cache", action="append", default=[], metavar="NAME=PATH", help="also report a packed set (repeatable)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -47,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parent, child = load_shards(args.parent), load_shards(args.child)
     data = load_cache(args.cache)
     sets = [("val", data.subset("val")), ("test", data.subset("test"))]
-    for spec in args.eval:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            ap.error(f"--eval {spec!r}: expected NAME=PATH")
-        sets.append((name, load_cache(path)))
+    sets += [named_cache(spec) for spec in args.eval_cache]
     dev = pick_device(args.device)
     rows: dict[float, dict[str, float]] = {}
     for a in [0.0, *[a for a in alphas if a > 0]]:
@@ -60,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         net = net.to(dev).eval()
         row = {}
         for name, ds in sets:
-            m = classification_metrics(ds.labels, predict_logits(net, ds, dev).argmax(1), CLASSES)
+            m = score(net, ds, dev)
             row[name if name != "val" else "val_macro_f1"] = round(m["macro_f1"] if name == "val" else m["accuracy"], 4)
         rows[a] = row
         print(f"alpha {a:.2f}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
