@@ -467,7 +467,13 @@ def train(
     ] = RECIPE["cache_quality"],
     epochs: Annotated[int, typer.Option(min=0)] = RECIPE["epochs"],
     image_size: Annotated[int, typer.Option("--image-size", min=16, max=512)] = RECIPE["image_size"],
-    init: Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict.")] = RECIPE["init"],
+    init: Annotated[
+        str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict or a shard folder.")
+    ] = RECIPE["init"],
+    init_head: Annotated[
+        bool,
+        typer.Option("--init-head", help="Keep --init PATH's 8-class head too: continue that model (a warm start)."),
+    ] = False,
     freeze_stages: Annotated[int, typer.Option("--freeze-stages", min=0, max=5)] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = RECIPE["batch_size"],
@@ -505,6 +511,8 @@ def train(
         raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
+    if init_head and init in ("imagenet", "scratch"):
+        raise _fail(f"--init-head keeps the head of --init PATH; --init {init!r} has none to keep", 2)
     from training.recipe import augmentation
 
     try:
@@ -521,6 +529,7 @@ def train(
         label_smoothing=label_smoothing,
         freeze_stages=freeze_stages,
         init=init,
+        init_head=init_head,
         device=device,
         seed=seed,
         patience=patience,

@@ -567,6 +567,27 @@ def test_wbc_train_honours_cache_quality_without_pack_only(tmp_path, labelled_se
     )  # inference's flag correction has its matrix
 
 
+@pytest.mark.slow
+def test_wbc_train_warm_start_keeps_the_head_of_a_shard_folder(tmp_path, labelled_set):
+    """`wbc train --init SHARDS --init-head` continues that model (its head kept), as gpu_train does; without a
+    path to take a head from, it is refused before any data is read."""
+    common = ["--data", str(labelled_set), "--image-size", "32", "--epochs", "1", "--batch-size", "16",
+              "--device", "cpu", "--shards-only"]  # fmt: skip
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    r = subprocess.run([WBC, "train", *common, "--out", str(parent), "--init", "scratch"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([WBC, "train", *common, "--out", str(child), "--init", str(parent), "--init-head"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    init = json.loads((child / "train_info.json").read_text())["init"]
+    assert init["used"] == "file" and init["path"] == str(parent) and init["head"] == "kept (warm start)"
+    r = subprocess.run([WBC, "train", *common, "--out", str(tmp_path / "no"), "--init", "scratch", "--init-head"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 2 and "--init 'scratch' has none to keep" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "no").exists()
+
+
 def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
     """wbc train, training.scripts.gpu_train, the retrain flow and TrainConfig default to training.recipe.SHIPPED,
     which is what the shipped model's sidecar records (issue: one training recipe everywhere)."""
