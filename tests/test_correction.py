@@ -145,7 +145,12 @@ def test_a_withheld_left_shift_is_named_and_its_cells_are_marked_for_verificatio
     held = withheld_flags(diff, ref, cor, flags)
     assert [(w["cell"], w["direction"]) for w in held] == [("ig", "high")]
     assert held[0]["probability"] < 0.5 and "flag withheld - verify the marked cells" in held[0]["message"]
+    assert "100 white cells counted: a count of 200 or more narrows it" in held[0]["message"]
     assert "ig" in flag_drivers(flags, held)
+    doubled = differential([c for c, k in counts.items() for _ in range(2 * k)])  # 200 cells, same mix
+    cor2 = correct(doubled.counts, leaky_confusion(0.02))
+    held2 = withheld_flags(doubled, ref, cor2, interval_flags(doubled, ref, cor2))
+    assert [w["cell"] for w in held2] == ["ig"] and held2[0]["message"].endswith("verify the marked cells")
     assert (
         withheld_flags(diff, ref, None, interval_flags(diff, ref)) == []
     )  # no correction, nothing withheld: the raw rule flags it
