@@ -511,30 +511,31 @@ def train(
         raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
-    if init_head and init in ("imagenet", "scratch"):
-        raise _fail(f"--init-head keeps the head of --init PATH; --init {init!r} has none to keep", 2)
     from training.recipe import augmentation
 
     try:
         preset = augmentation(augment)
     except ValueError as exc:
         raise _fail(f"--augment: {exc}", 2) from None
-    cfg = TrainConfig(
-        **preset,
-        time_budget_s=time_budget,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        label_smoothing=label_smoothing,
-        freeze_stages=freeze_stages,
-        init=init,
-        init_head=init_head,
-        device=device,
-        seed=seed,
-        patience=patience,
-        norm=norm,
-    )
+    try:
+        cfg = TrainConfig(
+            **preset,
+            time_budget_s=time_budget,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            label_smoothing=label_smoothing,
+            freeze_stages=freeze_stages,
+            init=init,
+            init_head=init_head,
+            device=device,
+            seed=seed,
+            patience=patience,
+            norm=norm,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
     if norm not in ("bn", "ibn"):
         raise _fail(f"--norm {norm!r}: expected bn or ibn", 2)
     if not data and cache is None:

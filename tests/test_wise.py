@@ -16,6 +16,7 @@ from training.dataset import load_cache  # noqa: E402
 from training.loop import predict_logits  # noqa: E402
 from training.metrics import classification_metrics  # noqa: E402
 from training.model import build_model  # noqa: E402
+from training.recipe import TrainConfig  # noqa: E402
 from training.run import RunOptions, prepare_data  # noqa: E402
 from training.scripts import wise_ft  # noqa: E402
 from training.shards import load_shards, save_shards  # noqa: E402
@@ -71,6 +72,9 @@ def test_warm_start_from_shards_keeps_the_head_and_says_so(tmp_path):
         build_model(str(tmp_path / "p"), num_classes=5, keep_head=True)
     with pytest.raises(ValueError, match="keeping the head needs --init PATH"):
         build_model("scratch", keep_head=True)
+    with pytest.raises(ValueError, match="--init 'imagenet' has none to keep"):  # every trainer, before any data
+        TrainConfig(init="imagenet", init_head=True)
+    assert TrainConfig(init=str(tmp_path / "p"), init_head=True).init_head
     with pytest.raises(FileNotFoundError, match="a shard folder"):
         build_model(str(tmp_path / "nothing-here"))
 

@@ -73,6 +73,11 @@ class TrainConfig:
     norm: str = "bn"  # bn | ibn (IBN-a: half of the first norm in layer1-3 blocks is instance norm)
     time_budget_s: float = 0.0  # > 0: fewer epochs if they would not fit (schedule adapted after epochs 1 and 2)
 
+    def __post_init__(self) -> None:
+        # here, not only in training.model.build_model, so every trainer refuses it before reading any data
+        if self.init_head and self.init in ("imagenet", "scratch"):
+            raise ValueError(f"--init-head keeps the head of --init PATH; --init {self.init!r} has none to keep")
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -37,6 +37,30 @@ def _without(part: CachedSet, needle: str) -> CachedSet:
     return part.where(np.array([needle not in str(f) for f in part.files], dtype=bool))
 
 
+def _config(ap: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """The run's TrainConfig, or a usage error (exit 2) before any data is read."""
+    try:
+        return TrainConfig(
+            **augmentation(args.augment),
+            time_budget_s=args.time_budget,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            freeze_stages=args.freeze_stages,
+            init=args.init,
+            init_head=args.init_head,
+            warmup_epochs=args.warmup_epochs,
+            device=args.device,
+            seed=args.seed,
+            patience=args.patience,
+            norm=args.norm,
+        )
+    except ValueError as exc:
+        ap.error(str(exc))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)
@@ -66,26 +90,10 @@ def main() -> None:
     )
     ap.add_argument("--no-shards", action="store_true", help="write train_info.json only (ablation runs)")
     args = ap.parse_args()
+    cfg = _config(ap, args)
     t0 = time.time()
     data = load_cache(args.cache)
     print(f"cache: {len(data)} images at {data.spec.input_size} px, decoded in {time.time() - t0:.1f} s", flush=True)
-    cfg = TrainConfig(
-        **augmentation(args.augment),
-        time_budget_s=args.time_budget,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        freeze_stages=args.freeze_stages,
-        init=args.init,
-        init_head=args.init_head,
-        warmup_epochs=args.warmup_epochs,
-        device=args.device,
-        seed=args.seed,
-        patience=args.patience,
-        norm=args.norm,
-    )
     train, val = data.subset("train"), data.subset("val")
     if args.exclude_train:
         # out of validation too: choosing the best epoch must not see the left-out source either
