@@ -6,12 +6,14 @@ Policy (documented in the README, tested in tests/test_imageio.py):
 * Alpha: composited onto white (the background of a stained smear), noted.
 * CMYK JPEG: converted to BGR by the decoder, noted.
 * Palette images: expanded to BGR.
-* Black outside the camera image: where a crop ran past the edge of the camera image, export tools pad
-  with pure black (LISC: 19 % of its cells).  Black regions touching the image's edge are filled with the
-  slide's background colour - the colour ``wbcproc.framing.cut_square`` gives the parts of a square that
-  leave the image - and noted.  Left as they are, they are the darkest thing in the image and the network
-  reads them as cell content (LISC cells with such a border: 19 % classified right, 57 % once filled;
-  PBC test cells shifted 15 % past the edge: 17 %, 99 % filled - benchmarks/black_border.py).
+* Padding outside the camera image: where a crop ran past the edge of the camera image, export tools pad
+  with pure black (LISC: 22 % of its cells) or a flat colour (white, grey; or letterbox to a square).
+  Black regions touching the image's edge, and full-length flat bands along a side in a colour that is
+  not the slide's background, are filled with the slide's background colour - the colour
+  ``wbcproc.framing.cut_square`` gives the parts of a square that leave the image - and noted.  Left as
+  they are, the network reads them as cell content (LISC cells with such a border: 19 % classified right,
+  60 % once filled; PBC test cells shifted 15 % past the edge: black 17 %, white 58 %, grey 40 %, filled
+  99 % - benchmarks/black_border.py).
 * Greyscale, or colour files whose three channels are identical: rejected - the classifier depends on
   stain colour, and a grey image would give a confident but meaningless class.
 * Truncated files: rejected.  OpenCV decodes a truncated JPEG partially and only prints a warning, so
@@ -92,21 +94,23 @@ PAD_MAX = 24
 #: and a black region touching the edge is padding when its median pixel is this dark (pure padding is 0-2;
 #: real dark content - a nucleus, debris - is textured and far brighter in at least one channel)
 PAD_MEDIAN_MAX = 8
+#: a row or column is part of a uniform band when this share of its pixels is within PAD_TOLERANCE of the
+#: band's colour in every channel (JPEG keeps a flat band within a few levels; a smear's background has red
+#: cells, noise and a gradient)
+PAD_ROW_SHARE = 0.98
+PAD_TOLERANCE = 6
+#: a band is padding only when its colour is this far from the slide's background in some channel
+PAD_BACKGROUND_DIFF = 24
 
 
-def fill_outside(img: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Black padding around the camera image -> the slide's background colour, noted with its share.
-
-    A region counts only if it touches the image's edge, is black in every channel and covers at least
-    0.5 % of the image: a stained smear has nothing that dark (nuclei are dark purple, not black).  The
-    returned array is ``img`` itself when there is none (the usual case costs one look at the edge pixels).
-    """
+def _black_regions(img: np.ndarray) -> np.ndarray:
+    """Black regions touching the edge (bands, or the corners of a round field stop), >= 0.5 % of the image."""
     dark = img.max(axis=2) <= PAD_MAX
+    pad = np.zeros_like(dark)
     if not (dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any()):
-        return img
+        return pad
     n, labels, stats, _ = cv2.connectedComponentsWithStats(dark.astype(np.uint8), connectivity=8)
     h, w = dark.shape
-    pad = np.zeros_like(dark)
     for i in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[i])
         touches = x == 0 or y == 0 or x + bw == w or y + bh == h
@@ -115,19 +119,81 @@ def fill_outside(img: np.ndarray, notes: list[str]) -> np.ndarray:
         region = labels == i
         if float(np.median(img[region].max(axis=1))) <= PAD_MEDIAN_MAX:
             pad |= region
-    if not pad.any():
+    return pad
+
+
+def _uniform_bands(img: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Full-length bands of one flat colour along the image's sides (white, grey, black...) - what a crop
+    past the camera edge or a letterbox to a square leaves: (mask, colour) per side that has one."""
+    h, w = img.shape[:2]
+    found = []
+    for side in range(4):
+        length = h if side < 2 else w
+
+        def line(k: int, side: int = side) -> np.ndarray:
+            return (img[k], img[h - 1 - k], img[:, k], img[:, w - 1 - k])[side]
+
+        colour = np.median(line(0), axis=0)
+        k = 0
+        while k < length // 2:
+            near = (np.abs(line(k).astype(np.int16) - colour.astype(np.int16)) <= PAD_TOLERANCE).all(axis=1)
+            if near.mean() < PAD_ROW_SHARE:
+                break
+            k += 1
+        if k < 2:
+            continue
+        k += 1  # and the seam compression leaves along the band's inner edge
+        mask = np.zeros((h, w), bool)
+        mask[(np.s_[:k], np.s_[h - k :], np.s_[:, :k], np.s_[:, w - k :])[side]] = True
+        found.append((mask, colour))
+    return found
+
+
+def _background(img: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """As :func:`wbcproc.framing.background_colour` (per-channel median of the brightest 8 %), over the
+    pixels the camera saw."""
+    rest = img[~pad][:: max(1, int((~pad).sum()) // 20000)].astype(np.int32)
+    if not len(rest):
+        return np.full(3, 255.0)
+    grey = rest.sum(axis=1)
+    return np.median(rest[grey >= np.percentile(grey, 92)], axis=0)
+
+
+def fill_outside(img: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Padding around the camera image -> the slide's background colour, noted with its share.
+
+    Padding is black touching the edge (>= 0.5 % of the image; a stained smear has nothing that dark: nuclei
+    are dark purple, not black), or a full-length band of one flat colour along a side (white, grey:
+    letterboxing, or a crop past the edge filled with a constant) whose colour is not the slide's background
+    (a smooth real background passes the flatness test: PBC has 300 such images, and filling it would change
+    nothing).  Left in, padding is the darkest or flattest thing in the image and the network reads it as
+    cell content; a white band also fools the white balance, which takes the brightest pixels for the
+    background.  The returned array is ``img`` itself when there is none.
+    """
+    black = _black_regions(img)
+    bands = _uniform_bands(img)
+    if not black.any() and not bands:
+        return img
+    flat = black.copy()
+    for mask, _colour in bands:
+        flat |= mask
+    background = _background(img, flat)
+    pad = black.copy()
+    for mask, colour in bands:
+        if np.abs(colour - background).max() > PAD_BACKGROUND_DIFF:
+            pad |= mask
+    if pad.mean() < 0.005:
         return img
     share = float(pad.mean())
-    # the band's own edge: compression leaves a seam a pixel or two wide, darker than any smear
-    seam = cv2.dilate(pad.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & (img.max(axis=2) <= 2 * PAD_MAX)
-    rest = img[~pad][:: max(1, int((~pad).sum()) // 20000)].astype(np.int32)  # what the camera saw
-    grey = rest.sum(axis=1)
-    # as wbcproc.framing.background_colour: the per-channel median of the brightest 8 %
-    colour = np.median(rest[grey >= np.percentile(grey, 92)], axis=0) if len(rest) else np.full(3, 255.0)
+    if black.any():
+        # the black region's own edge: compression leaves a seam a pixel or two wide, darker than any smear
+        seam = cv2.dilate(black.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        pad |= seam & (img.max(axis=2) <= 2 * PAD_MAX)
     out = img.copy()
-    out[pad | seam] = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
+    out[pad] = np.clip(background + 0.5, 0, 255).astype(np.uint8)
+    kind = "black" if int(np.median(img[pad].max(axis=1))) <= PAD_MAX else "uniform"
     notes.append(
-        f"black border outside the camera image ({100 * share:.0f} % of the image) filled with the background colour"
+        f"{kind} border outside the camera image ({100 * share:.0f} % of the image) filled with the background colour"
     )
     return out
 
