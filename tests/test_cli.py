@@ -46,6 +46,37 @@ def test_process_uses_the_shipped_model_by_default(tmp_path, sample):
     assert not any(f["code"] == "DOMAIN_SHIFT" for f in report["flags"])  # in-domain cells
 
 
+def test_cells_cropped_past_the_camera_edge_are_counted_noted_and_classified(tmp_path):
+    """A slide whose export padded the cells near the camera's edge (black or white): every cell counted, the
+    padded ones noted in the JSON and classified as their unpadded originals are (the shipped model)."""
+    import cv2
+    import numpy as np
+
+    sample = tmp_path / "S-PAD"
+    sample.mkdir()
+    padded = {}
+    for i, f in enumerate(sorted(CELLS.glob("*/*"))):
+        bgr = cv2.imread(str(f))
+        if i % 4 == 0:  # 6 of the 24: the left 15 % lies past the camera image
+            k = int(0.15 * bgr.shape[1])
+            out = np.full_like(bgr, 0 if i % 8 == 0 else 255)
+            out[:, k:] = bgr[:, :-k]
+            name = f"{f.parent.name}-{f.stem}-edge.png"
+            cv2.imwrite(str(sample / name), out)
+            padded[name] = f.parent.name
+        else:
+            cv2.imwrite(str(sample / f"{f.parent.name}-{f.stem}.png"), bgr)
+    r = run("process", str(sample), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "o" / "S-PAD.json").read_text())
+    assert len(report["cells"]) == 24 and not report["rejected"]
+    for c in report["cells"]:
+        noted = [n for n in c.get("notes", []) if "outside the camera image" in n]
+        assert bool(noted) == (c["file"] in padded), (c["file"], c.get("notes"))
+    right = sum(c["class"] == padded[c["file"]] for c in report["cells"] if c["file"] in padded)
+    assert right >= 5, [(c["file"], c["class"]) for c in report["cells"] if c["file"] in padded]
+
+
 def test_missing_explicit_model_says_what_to_do(tmp_path, sample):
     r = run("process", str(sample), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "none.onnx"))
     assert r.returncode == 1
