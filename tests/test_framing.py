@@ -71,6 +71,21 @@ def test_a_tight_crop_without_red_cells_is_framed_from_the_nucleus():
         assert out.shape[0] == out.shape[1] == round(info.side_px)
 
 
+def test_a_vignetted_image_gives_no_red_cell_measurement_rather_than_an_infinite_one():
+    """Dark corners (vignetting) put the whole image below the red-cell cut; the pale centre is then an
+    enclosed hole, the filled mask has no background left, and the distance transform returned FLT_MAX:
+    2 x FLT_MAX overflowed (a RuntimeWarning, an error under pytest) into an infinite diameter."""
+    for f in sorted(CELLS.glob("*/*"))[::4]:
+        bgr = cv2.imread(str(f))
+        h, w = bgr.shape[:2]
+        yy, xx = np.mgrid[:h, :w]
+        r = np.hypot((yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)) / np.sqrt(2)
+        vignetted = np.clip(bgr * (1 - 0.4 * r[..., None] ** 2), 0, 255).astype(np.uint8)
+        info = locate_cell(vignetted)
+        assert info.rbc_px is None or np.isfinite(info.rbc_px), f.name
+        assert np.isfinite(info.side_px) and info.side_px > 0, f.name
+
+
 def test_an_image_without_a_nucleus_is_only_squared():
     blank = np.full((100, 140, 3), (203, 229, 255), np.uint8)
     out, info = frame_cell(blank)

@@ -93,6 +93,10 @@ def rbc_diameter(bgr: np.ndarray, nuclei: np.ndarray) -> float | None:
     if mask.mean() < 0.03:
         return None
     mask = _fill_holes(mask)
+    if mask.all():
+        # no background left to measure from (a vignetted or dark image: everything is below the cut); the
+        # distance transform would be "infinite" (FLT_MAX) everywhere
+        return None
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     k = max(9, (min(mask.shape) // 20) | 1)
     peaks = (dist == cv2.dilate(dist, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))) & (dist > 4)
