@@ -71,19 +71,25 @@ def test_a_tight_crop_without_red_cells_is_framed_from_the_nucleus():
         assert out.shape[0] == out.shape[1] == round(info.side_px)
 
 
-def test_a_vignetted_image_gives_no_red_cell_measurement_rather_than_an_infinite_one():
-    """Dark corners (vignetting) put the whole image below the red-cell cut; the pale centre is then an
-    enclosed hole, the filled mask has no background left, and the distance transform returned FLT_MAX:
-    2 x FLT_MAX overflowed (a RuntimeWarning, an error under pytest) into an infinite diameter."""
-    for f in sorted(CELLS.glob("*/*"))[::4]:
+def test_a_vignetted_image_is_measured_against_its_illumination():
+    """Dark corners (vignetting) put the whole image below the red-cell cut: the pale centre became an
+    enclosed hole, the filled mask had no background left, the distance transform returned FLT_MAX and
+    2 x FLT_MAX overflowed (a RuntimeWarning, an error under pytest); the ruler was lost on every image, and
+    PBC test cells went from 0.98 to 0.95 right.  The cut now follows the fitted illumination there."""
+    measured = 0
+    files = sorted(CELLS.glob("*/*"))[::2]
+    for f in files:
         bgr = cv2.imread(str(f))
         h, w = bgr.shape[:2]
         yy, xx = np.mgrid[:h, :w]
         r = np.hypot((yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)) / np.sqrt(2)
         vignetted = np.clip(bgr * (1 - 0.4 * r[..., None] ** 2), 0, 255).astype(np.uint8)
-        info = locate_cell(vignetted)
-        assert info.rbc_px is None or np.isfinite(info.rbc_px), f.name
+        plain, info = locate_cell(bgr), locate_cell(vignetted)
         assert np.isfinite(info.side_px) and info.side_px > 0, f.name
+        if info.rbc_px is not None and plain.rbc_px is not None:
+            assert abs(info.rbc_px / plain.rbc_px - 1) < 0.2, (f.name, info.rbc_px, plain.rbc_px)
+            measured += 1
+    assert measured >= 0.75 * len(files), measured
 
 
 def test_an_image_without_a_nucleus_is_only_squared():

@@ -84,19 +84,51 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | holes
 
 
-def rbc_diameter(bgr: np.ndarray, nuclei: np.ndarray) -> float | None:
-    """Median red-cell diameter: distance-transform peaks of the hole-filled red-cell mask."""
-    g = cv2.GaussianBlur(bgr[:, :, 1], (5, 5), 0)
-    bg = float(np.percentile(g, 95))
+def _red_cells(g: np.ndarray, bg: float | np.ndarray, nuclei: np.ndarray) -> np.ndarray | None:
+    """Hole-filled mask of what is darker than ``bg`` by 18 levels and not a nucleus; None if under 3 %."""
     mask = ((g < bg - 18) & (nuclei == 0)).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     if mask.mean() < 0.03:
         return None
-    mask = _fill_holes(mask)
-    if mask.all():
-        # no background left to measure from (a vignetted or dark image: everything is below the cut); the
-        # distance transform would be "infinite" (FLT_MAX) everywhere
+    return _fill_holes(mask)
+
+
+def _illumination(g: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """The background's brightness at each pixel, as a quadratic surface (vignetting is a smooth fall-off
+    towards the corners): fitted to the brightest fifth of the pixels, then to the pixels within 10 levels
+    of the fit or above it (the background between the cells), ``rounds`` times."""
+    h, w = g.shape
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    xx, yy = xx / w - 0.5, yy / h - 0.5
+    basis = np.stack([np.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy], axis=-1).reshape(-1, 6)
+    v = g.reshape(-1).astype(np.float32)
+    sel = v >= np.percentile(v, 80)
+    fit = np.full_like(v, float(v.max()))
+    for _ in range(rounds):
+        if sel.sum() < 6:
+            break
+        coef, *_ = np.linalg.lstsq(basis[sel], v[sel], rcond=None)
+        fit = basis @ coef
+        sel = v >= fit - 10
+    return fit.reshape(h, w)
+
+
+def rbc_diameter(bgr: np.ndarray, nuclei: np.ndarray) -> float | None:
+    """Median red-cell diameter: distance-transform peaks of the hole-filled red-cell mask.
+
+    Red cells are what is darker than the background by a margin; the background is the image's 95th
+    percentile - or, where that leaves no background at all (vignetting: the dark corners fall below the
+    cut and the pale centre becomes an enclosed "hole"), the illumination across the image
+    (:func:`_illumination`).
+    """
+    g = cv2.GaussianBlur(bgr[:, :, 1], (5, 5), 0)
+    mask = _red_cells(g, float(np.percentile(g, 95)), nuclei)
+    if mask is None:
         return None
+    if mask.all():
+        mask = _red_cells(g, _illumination(g), nuclei)
+        if mask is None or mask.all():
+            return None  # no background to measure from; the distance transform would be FLT_MAX everywhere
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     k = max(9, (min(mask.shape) // 20) | 1)
     peaks = (dist == cv2.dilate(dist, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))) & (dist > 4)
