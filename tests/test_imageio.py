@@ -128,7 +128,8 @@ def test_real_images_and_dark_content_at_the_edge_are_left_alone():
     pbc = read_image(sorted((CELLS / "lymphocyte").iterdir())[0]).bgr
     smooth = pbc.copy()  # a flat stretch of the slide's own background along a side (300 PBC images have one)
     smooth[:, :50] = np.median(pbc[:8, -8:].reshape(-1, 3), axis=0).astype(np.uint8)
-    for img in (nucleus, speck, smooth):
+    solid = np.full_like(real, (180, 150, 230))  # one colour edge to edge: nothing to call padding
+    for img in (nucleus, speck, smooth, solid):
         out = decode_bytes(cv2.imencode(".png", img)[1].tobytes())
         assert np.array_equal(out.bgr, img) and not out.notes
 

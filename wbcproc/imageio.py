@@ -168,7 +168,8 @@ def fill_outside(img: np.ndarray, notes: list[str]) -> np.ndarray:
     (a smooth real background passes the flatness test: PBC has 300 such images, and filling it would change
     nothing).  Left in, padding is the darkest or flattest thing in the image and the network reads it as
     cell content; a white band also fools the white balance, which takes the brightest pixels for the
-    background.  The returned array is ``img`` itself when there is none.
+    background.  The returned array is ``img`` itself when there is none, or when the image is flat from edge
+    to edge.
     """
     black = _black_regions(img)
     bands = _uniform_bands(img)
@@ -177,6 +178,8 @@ def fill_outside(img: np.ndarray, notes: list[str]) -> np.ndarray:
     flat = black.copy()
     for mask, _colour in bands:
         flat |= mask
+    if flat.all():
+        return img  # one colour from edge to edge: no camera image to tell padding from (not a cell either)
     background = _background(img, flat)
     pad = black.copy()
     for mask, colour in bands:
