@@ -99,6 +99,33 @@ def test_excel_read_back(report):
                 assert c.data_type != "f", f"formula in {ws.title}!{c.coordinate}"
 
 
+def test_the_cells_sheet_says_what_decoding_did_to_an_image(tmp_path, sample, tiny_model):
+    """A cell cropped past the camera edge (black padding) is filled and noted: the note is in the JSON and
+    in the workbook's Image notes column, beside that cell only."""
+    import cv2
+    import numpy as np
+
+    bgr = cv2.imread(str(fixture_images()[0]))
+    k = bgr.shape[1] // 5
+    padded = np.zeros_like(bgr)
+    padded[:, k:] = bgr[:, :-k]
+    cv2.imwrite(str(sample / "edge.png"), padded)
+    paths = process_sample(sample, tmp_path / "out", model=tiny_model)
+    r = json.loads(paths["json"].read_text())
+    noted = {c["file"]: c.get("notes", []) for c in r["cells"]}
+    assert [n for n in noted["edge.png"] if n.startswith("black border outside the camera image")]
+    assert not any(v for f, v in noted.items() if f != "edge.png")
+    cells = load_workbook(paths["xlsx"])["Cells"]
+    header = [c.value for c in cells[1]]
+    assert header[-1] == "Image notes" and "Reviewed class" in header
+    col = header.index("Image notes") + 1
+    by_file = {
+        cells.cell(row=i, column=1).value: cells.cell(row=i, column=col).value for i in range(2, cells.max_row + 1)
+    }
+    assert by_file["edge.png"] == "; ".join(noted["edge.png"])
+    assert all(v is None for f, v in by_file.items() if f != "edge.png")
+
+
 def test_fhir_bundle(report):
     paths, r = report
     b = json.loads(paths["fhir"].read_text())

@@ -206,7 +206,11 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
 def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> None:
     final = r.get("status") == "final"
     names = ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review", "Reviewed class"]
-    _header(ws, 1, [*names, "Model class"] if final else names)
+    names = [*names, "Model class"] if final else names
+    # what decoding did to the image (padding filled, 16-bit or CMYK converted...): the reviewer sees why a
+    # thumbnail looks as it does
+    _header(ws, 1, [*names, "Image notes"])
+    notes_col = len(names) + 1
     dv = DataValidation(type="list", formula1='"' + ",".join(CLASSES) + '"', allow_blank=True)
     dv.error = "Choose one of the canonical classes"
     dv.prompt = "Correct the class here if the model was wrong"
@@ -229,6 +233,8 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
             if c["model_class"] != c["class"]:
                 for col in (3, 9):
                     ws.cell(row=i, column=col).fill = FILL_POSSIBLE
+        if c.get("notes"):
+            put(ws, i, notes_col, "; ".join(c["notes"]))
         png = thumbnails.get(c["file"])
         if png:
             img = XLImage(io.BytesIO(png))
@@ -239,6 +245,7 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
     ws.column_dimensions["B"].width = 10
     for col in "CDEFGHI":
         ws.column_dimensions[col].width = 15
+    ws.column_dimensions[get_column_letter(notes_col)].width = 45
     ws.freeze_panes = "A2"
 
 
