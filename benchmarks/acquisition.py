@@ -25,18 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 from _sets import load_set
+from black_border import past_the_edge
 
 from wbcproc.imageio import ImageRejected, decode_bytes, read_image
 from wbcproc.model import load_classifier
 from wbcproc.preprocess import prepare_image, to_input
-
-
-def _pad(b: np.ndarray, frac: float, value: int, corner: bool = False) -> np.ndarray:
-    h, w = b.shape[:2]
-    k, kh = int(frac * w), int(frac * h) if corner else 0
-    out = np.full_like(b, value)
-    out[kh:, k:] = b[: h - kh, : w - k]
-    return out
 
 
 def _radius(b: np.ndarray) -> np.ndarray:
@@ -83,10 +76,10 @@ def _off_centre(b: np.ndarray, f: float) -> np.ndarray:
 
 ALTERATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "as they are": lambda b: b,
-    "black padding, 15 % of the width": lambda b: _pad(b, 0.15, 0),
-    "black padding, 30 % corner": lambda b: _pad(b, 0.3, 0, corner=True),
-    "white padding, 15 %": lambda b: _pad(b, 0.15, 255),
-    "grey padding, 15 %": lambda b: _pad(b, 0.15, 128),
+    "black padding, 15 % of the width": lambda b: past_the_edge(b, "left", 0.15, 0),
+    "black padding, 30 % corner": lambda b: past_the_edge(b, "corner", 0.3, 0),
+    "white padding, 15 %": lambda b: past_the_edge(b, "left", 0.15, 255),
+    "grey padding, 15 %": lambda b: past_the_edge(b, "left", 0.15, 128),
     "letterboxed (black)": _letterbox,
     "round field stop (black corners)": _field_stop,
     "vignetting, corners x0.6": lambda b: _vignette(b, 0.4),

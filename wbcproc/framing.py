@@ -59,11 +59,15 @@ class FrameInfo:
 
 def background_colour(bgr: np.ndarray) -> np.ndarray:
     """BGR float of the slide background: per-channel median of the brightest 8 % of pixels."""
-    small = _small(bgr, 128)
-    # = small.astype(np.float32).sum(axis=2), exactly (sums of three 8-bit values), at a fifth of the cost
-    grey = small[:, :, 0].astype(np.float32) + small[:, :, 1] + small[:, :, 2]
-    cut = np.percentile(grey, 92)
-    sel = small[grey >= cut]
+    return brightest_median(_small(bgr, 128).reshape(-1, 3))
+
+
+def brightest_median(pixels: np.ndarray) -> np.ndarray:
+    """Per-channel median of the brightest 8 % of ``pixels`` (N x 3, 8-bit): the slide background's colour
+    (white when there are none)."""
+    # = pixels.astype(np.float32).sum(axis=1), exactly (sums of three 8-bit values), at a fifth of the cost
+    grey = pixels[:, 0].astype(np.float32) + pixels[:, 1] + pixels[:, 2]
+    sel = pixels[grey >= np.percentile(grey, 92)] if len(pixels) else pixels
     return np.median(sel, axis=0).astype(np.float64) if len(sel) else np.full(3, 255.0)
 
 

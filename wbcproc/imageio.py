@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from wbcproc.framing import brightest_median
+
 
 class ImageRejected(Exception):
     """The image cannot be classified; ``reason`` says why in words a technologist can act on."""
@@ -105,10 +107,11 @@ PAD_BACKGROUND_DIFF = 24
 
 def _black_regions(img: np.ndarray) -> np.ndarray:
     """Black regions touching the edge (bands, or the corners of a round field stop), >= 0.5 % of the image."""
+    edges = (img[0], img[-1], img[:, 0], img[:, -1])
+    if not any((e.max(axis=1) <= PAD_MAX).any() for e in edges):
+        return np.zeros(img.shape[:2], bool)  # the usual case: one look at the edge, not the whole image
     dark = img.max(axis=2) <= PAD_MAX
     pad = np.zeros_like(dark)
-    if not (dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any()):
-        return pad
     n, labels, stats, _ = cv2.connectedComponentsWithStats(dark.astype(np.uint8), connectivity=8)
     h, w = dark.shape
     for i in range(1, n):
@@ -149,16 +152,6 @@ def _uniform_bands(img: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return found
 
 
-def _background(img: np.ndarray, pad: np.ndarray) -> np.ndarray:
-    """As :func:`wbcproc.framing.background_colour` (per-channel median of the brightest 8 %), over the
-    pixels the camera saw."""
-    rest = img[~pad][:: max(1, int((~pad).sum()) // 20000)].astype(np.int32)
-    if not len(rest):
-        return np.full(3, 255.0)
-    grey = rest.sum(axis=1)
-    return np.median(rest[grey >= np.percentile(grey, 92)], axis=0)
-
-
 def fill_outside(img: np.ndarray, notes: list[str]) -> np.ndarray:
     """Padding around the camera image -> the slide's background colour, noted with its share.
 
@@ -180,7 +173,8 @@ def fill_outside(img: np.ndarray, notes: list[str]) -> np.ndarray:
         flat |= mask
     if flat.all():
         return img  # one colour from edge to edge: no camera image to tell padding from (not a cell either)
-    background = _background(img, flat)
+    rest = img[~flat]  # what the camera saw
+    background = brightest_median(rest[:: max(1, len(rest) // 20000)])
     pad = black.copy()
     for mask, colour in bands:
         if np.abs(colour - background).max() > PAD_BACKGROUND_DIFF:
