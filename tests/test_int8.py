@@ -24,7 +24,7 @@ import pytest
 from helpers import FIXTURES, make_tiny_model
 from onnx import TensorProto, numpy_helper
 
-from training.float_reference import fixture_inputs
+from training.float_reference import fixture_inputs, inputs_sha256
 from wbcproc import int8
 from wbcproc.model import Classifier, load_classifier
 from wbcproc.sidecar import Quantization, read_sidecar, write_sidecar
@@ -179,3 +179,75 @@ def test_same_logits_on_an_emulated_avx2_cpu_without_vnni(tmp_path):
     emulated, here = np.load(tmp_path / "y.npy"), clf.logits(x)
     assert (emulated.argmax(1) == here.argmax(1)).all()
     assert float(np.abs(emulated - here).max()) <= INT8_LOGIT_TOL
+
+
+def test_fixture_inputs_are_the_exporting_machines_bit_for_bit():
+    """The preprocessing (decode, white balance, red-cell ruler, framing, resize) gives this CPU the very
+    inputs the reference was made with.  Before ``wbcproc.resize`` and ``chamfer_peaks`` an ARM CPU got other
+    crops for 3 of 24 cells (logits up to 0.10 apart) from OpenCV's float rounding."""
+    _, _, x = _shipped()
+    assert inputs_sha256(x) == REFERENCE["inputs_sha256"], (
+        f"the fixture cells' model inputs differ on this CPU ({int8.int8_kernel().description}; "
+        f"{platform.machine()}) from the exporting machine's: some preprocessing step rounds differently here"
+    )
+
+
+ARM_ROOT = Path(os.environ.get("WBC_ARM_SYSROOT", Path(__file__).resolve().parents[1] / ".arm-sysroot"))
+QEMU_ARM = shutil.which("qemu-aarch64")
+_ARM_SCRIPT = """
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import platform
+from training.float_reference import fixture_inputs, inputs_sha256
+from wbcproc import int8
+from wbcproc.model import load_classifier
+clf = load_classifier(None, threads=1)
+names, x = fixture_inputs(clf.info.preprocess)
+print(json.dumps({"machine": platform.machine(), "kernel": int8.int8_kernel().name, "names": names,
+                  "inputs_sha256": inputs_sha256(x), "logits": clf.logits(x).tolist()}))
+"""
+
+
+def _arm_sysroot() -> Path:
+    if (ARM_ROOT / "VERSIONS").exists():
+        return ARM_ROOT
+    if os.environ.get("WBC_ARM_EMULATION") != "1":
+        pytest.skip(f"no aarch64 sysroot at {ARM_ROOT}; .ci/run builds one (WBC_ARM_EMULATION=1): tests/arm/sysroot.sh")
+    r = subprocess.run(
+        ["bash", str(Path(__file__).parent / "arm" / "sysroot.sh"), str(ARM_ROOT), sys.executable],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"the aarch64 sysroot could not be built here: {(r.stdout + r.stderr)[-600:]}")
+    return ARM_ROOT
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an ARM CPU on an x86 host")
+@pytest.mark.skipif(QEMU_ARM is None, reason="qemu-aarch64 not installed (Debian: qemu-user; .ci/run installs it)")
+def test_same_inputs_and_logits_on_an_emulated_arm_cpu():
+    """The product's preprocessing and session on an emulated ARM server CPU (Neoverse N1: NEON, dot product,
+    fused multiply-add everywhere) - aarch64 builds of Python, NumPy, OpenCV and ONNX Runtime, the versions
+    installed here - give the fixture cells the same inputs, bit for bit, and the same classes; the int8
+    logits agree within one activation step (requantisation rounds its float products its own way)."""
+    root = _arm_sysroot()
+    repo = Path(__file__).resolve().parents[1]
+    py = root / "root" / "usr" / "bin" / "python3.11"
+    inner = (
+        f'mount --bind "{root}/cpuinfo" /proc/cpuinfo && exec "{QEMU_ARM}" -cpu neoverse-n1 -L "{root}/root" '
+        f'"{py}" -c "$0" "{root}/site" "{repo}"'
+    )
+    r = subprocess.run(["unshare", "-m", "sh", "-c", inner, _ARM_SCRIPT], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0 and ("unshare" in r.stderr or "mount" in r.stderr) and "Traceback" not in r.stderr:
+        pytest.skip(f"no private mount namespace here for the emulated /proc/cpuinfo: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (got["machine"], got["kernel"]) == ("aarch64", "arm")
+    assert got["names"] == list(REFERENCE["cells"])
+    assert got["inputs_sha256"] == REFERENCE["inputs_sha256"], (
+        "other model inputs on ARM: preprocessing rounds differently"
+    )
+    arm = np.array(got["logits"])
+    ref = np.array([REFERENCE["cells"][n]["int8"] for n in got["names"]])
+    assert (arm.argmax(1) == ref.argmax(1)).all()
+    assert float(np.abs(arm - ref).max()) <= INT8_LOGIT_TOL

@@ -19,6 +19,7 @@ cuts it.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,11 @@ def _logits(path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+def inputs_sha256(x: np.ndarray) -> str:
+    """One hash over the fixture cells' model inputs (float32 NCHW): the preprocessing's answer, bit for bit."""
+    return hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes()).hexdigest()
+
+
 def build_reference(fp32: Path, model: Path) -> dict:
     from wbcproc.int8 import int8_kernel
 
@@ -71,9 +77,36 @@ def build_reference(fp32: Path, model: Path) -> dict:
         "model_version": info.version,
         "fp32_sha256": sha256_file(fp32),
         "int8_cpu_kernel": int8_kernel().name,
+        "inputs_sha256": inputs_sha256(x),
         "classes": list(info.classes),
         "cells": {
             n: {"float": [round(float(v), 5) for v in f[i]], "int8": [round(float(v), 5) for v in q[i]]}
             for i, n in enumerate(names)
         },
     }
+
+
+def refresh_int8(reference: dict, model: Path, why: str) -> dict:
+    """The reference after a change of preprocessing, when the float export is no longer at hand: the int8
+    logits and the inputs' hash made again on this CPU, the float logits kept - they belong to the earlier
+    inputs, which ``float_inputs`` says (the class check against them stays meaningful only while the inputs
+    moved little; ``wbc train --quantize`` + :func:`build_reference` make both anew)."""
+    from wbcproc.int8 import int8_kernel
+
+    info = read_sidecar(model)
+    if info.sha256 != reference["model_sha256"]:
+        raise ValueError(
+            f"the reference is for model {reference['model_sha256'][:12]}, not {info.sha256[:12]}: "
+            "a new model needs its float export (build_reference)"
+        )
+    names, x = fixture_inputs(info.preprocess)
+    if names != list(reference["cells"]):
+        raise ValueError("the fixture cells changed since the reference was made: build it anew")
+    q = _logits(model, x)
+    out = dict(reference, int8_cpu_kernel=int8_kernel().name, inputs_sha256=inputs_sha256(x))
+    out["float_inputs"] = reference.get("float_inputs") or why
+    out["cells"] = {
+        n: {"float": reference["cells"][n]["float"], "int8": [round(float(v), 5) for v in q[i]]}
+        for i, n in enumerate(names)
+    }
+    return out

@@ -25,9 +25,12 @@ Method (all steps in this module, tested on synthetic and real fields):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
+
+from wbcproc.resize import resize
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,94 @@ class FieldResult:
 def nucleus_score(bgr: np.ndarray) -> np.ndarray:
     b, g, _ = cv2.split(bgr)
     return cv2.subtract(b, g)  # saturates at 0: pink and grey are ~0
+
+
+# OpenCV's 5x5 DIST_L2 chamfer mask (1, 1.4, 2.1969 px per step), in whole units of 1e-4 px
+CHAMFER_UNIT = 10_000
+_CHAMFER_A, _CHAMFER_B, _CHAMFER_C = 10_000, 14_000, 21_969
+_CHAMFER_FAR = 1 << 40
+
+
+def chamfer_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance of every non-zero pixel of ``mask`` to the nearest zero one, in units of 1e-4 px (int64):
+    ``cv2.distanceTransform(mask, cv2.DIST_L2, 5)`` in integer arithmetic.
+
+    Why not OpenCV's own: it adds its steps in float32 on x86 and in 16-bit fixed point on ARM (1.4 becomes
+    1.3999939), so distances that are equal on one compare unequal on the other, a distance-transform peak
+    moves, and with it the red-cell ruler and the crop around the cell (see :mod:`wbcproc.resize`).  Whole
+    numbers compare the same everywhere.  The same two passes as OpenCV's; each row's left-to-right
+    (right-to-left) steps are one running minimum, so the loop is over rows only.  Pixels outside the image
+    are not zero.
+    """
+    h, w = mask.shape
+    d = np.full((h + 4, w + 4), _CHAMFER_FAR, np.int64)
+    d[2:-2, 2:-2] = np.where(mask > 0, _CHAMFER_FAR, 0)
+    a, b, c = _CHAMFER_A, _CHAMFER_B, _CHAMFER_C
+    steps = np.arange(w, dtype=np.int64) * a
+
+    def from_rows(y: int, near: int, far: int) -> np.ndarray:
+        p1, p2 = d[near], d[far]
+        return np.minimum.reduce(
+            [d[y, 2:-2], p1[1:-3] + b, p1[2:-2] + a, p1[3:-1] + b, p1[:-4] + c, p1[4:] + c, p2[1:-3] + c, p2[3:-1] + c]
+        )
+
+    for y in range(2, h + 2):  # forward: the two rows above, then left to right
+        d[y, 2:-2] = np.minimum.accumulate(from_rows(y, y - 1, y - 2) - steps) + steps
+    back = steps[::-1]
+    for y in range(h + 1, 1, -1):  # backward: the two rows below, then right to left
+        d[y, 2:-2] = np.minimum.accumulate((from_rows(y, y + 1, y + 2) - back)[::-1])[::-1] + back
+    return d[2:-2, 2:-2]
+
+
+def _lattice(limit_px: float) -> np.ndarray:
+    """Every distance the chamfer mask can produce up to ``limit_px``, sorted, in units of 1e-4 px."""
+    return _lattice_cached(int(limit_px))
+
+
+@lru_cache(maxsize=4)
+def _lattice_cached(limit_px: int) -> np.ndarray:
+    top = limit_px * CHAMFER_UNIT
+    parts = []
+    for k in range(top // _CHAMFER_C + 1):
+        for j in range((top - k * _CHAMFER_C) // _CHAMFER_B + 1):
+            base = k * _CHAMFER_C + j * _CHAMFER_B
+            parts.append(base + _CHAMFER_A * np.arange((top - base) // _CHAMFER_A + 1, dtype=np.int64))
+    return np.unique(np.concatenate(parts))
+
+
+# Below 120 px, two different chamfer distances are at least 31 units (0.0031 px) apart (the lattice of
+# i*1 + j*1.4 + k*2.1969; tested).  OpenCV's distances are within a few units of the exact ones there (x86
+# float32: under 1 unit measured; ARM fixed point: 0.061 units per diagonal step, so under 6), so its values
+# can be snapped to the exact ones and its ties recognised; where a value is not clearly one or the other,
+# the exact integer transform decides.
+_FAST_LIMIT_PX = 120
+_SURE_UNITS = 7
+
+
+def chamfer_peaks(mask: np.ndarray, k: int) -> np.ndarray:
+    """Exact distances (int64, 1e-4 px) of the distance-transform peaks of ``mask`` above 4 px: the pixels
+    that equal the maximum of their ``k`` x ``k`` elliptical neighbourhood in :func:`chamfer_distance`.
+
+    Computed from OpenCV's fast transform snapped to the chamfer lattice, and by :func:`chamfer_distance`
+    itself whenever the snapping is not certain; both give the same numbers on every CPU (tested).
+    """
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    approx = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    if float(approx.max()) < _FAST_LIMIT_PX:
+        units = approx.astype(np.float64) * CHAMFER_UNIT
+        below = (cv2.dilate(approx, kernel).astype(np.float64) * CHAMFER_UNIT) - units  # >= 0; 0 at a peak
+        tie, apart = below <= 2 * _SURE_UNITS, below >= 31 - 2 * _SURE_UNITS
+        over4 = units > 4 * CHAMFER_UNIT + _SURE_UNITS  # the next distance above 4 px is 4.1969
+        unsure4 = over4 & (units < 4 * CHAMFER_UNIT + 31 - _SURE_UNITS)
+        if (tie | apart).all() and not unsure4.any():
+            lattice = _lattice(_FAST_LIMIT_PX + 1)
+            v = units[tie & over4]
+            i = np.clip(np.searchsorted(lattice, v), 1, len(lattice) - 1)
+            snapped = np.where(v - lattice[i - 1] < lattice[i] - v, lattice[i - 1], lattice[i])
+            if len(v) == 0 or float(np.abs(snapped - v).max()) <= _SURE_UNITS:
+                return snapped
+    exact = chamfer_distance(mask).astype(np.float64)  # whole numbers: comparisons are exact
+    return exact[(exact == cv2.dilate(exact, kernel)) & (exact > 4 * CHAMFER_UNIT)].astype(np.int64)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -129,10 +220,7 @@ def rbc_diameter(bgr: np.ndarray, nuclei: np.ndarray) -> float | None:
         mask = _red_cells(g, _illumination(g), nuclei)
         if mask is None or mask.all():
             return None  # no background to measure from; the distance transform would be FLT_MAX everywhere
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    k = max(9, (min(mask.shape) // 20) | 1)
-    peaks = (dist == cv2.dilate(dist, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))) & (dist > 4)
-    radii = dist[peaks]
+    radii = chamfer_peaks(mask, max(9, (min(mask.shape) // 20) | 1)) / CHAMFER_UNIT
     if len(radii) < 3:
         return None
     # clumps give larger peaks, touching cells and fragments smaller ones: the 85th percentile matched annotated red-cell boxes on BCCD (median ratio 0.95)
@@ -161,7 +249,7 @@ def locate(bgr: np.ndarray, params: FieldParams = FieldParams()) -> FieldResult:
     """Find white cells in a field image (8-bit BGR)."""
     h0, w0 = bgr.shape[:2]
     f = min(1.0, params.work_px / max(h0, w0))
-    img = cv2.resize(bgr, (round(w0 * f), round(h0 * f)), interpolation=cv2.INTER_AREA) if f < 1 else bgr
+    img = resize(bgr, round(w0 * f), round(h0 * f)) if f < 1 else bgr
     h, w = img.shape[:2]
     score, thr, nuclei, rbc = nuclei_and_ruler(img, params.min_score, params.rbc_range)
     measured = rbc is not None

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from wbcproc.fields import merge_lobes, nuclei_and_ruler
+from wbcproc.resize import resize
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def white_balance(
 def _small(bgr: np.ndarray, px: int) -> np.ndarray:
     h, w = bgr.shape[:2]
     f = min(1.0, px / max(h, w))
-    return cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else bgr
+    return resize(bgr, max(1, round(w * f)), max(1, round(h * f))) if f < 1 else bgr
 
 
 def locate_cell(bgr: np.ndarray, framing: Framing = Framing()) -> FrameInfo:
