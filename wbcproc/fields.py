@@ -138,6 +138,15 @@ _FAST_LIMIT_PX = 120
 _SURE_UNITS = 7
 
 
+def _above(x: float) -> float:
+    """The smallest float32 above ``x`` (``cv2.inRange`` includes its bounds)."""
+    return float(np.nextafter(np.float32(x), np.float32(np.inf)))
+
+
+def _below(x: float) -> float:
+    return float(np.nextafter(np.float32(x), np.float32(-np.inf)))
+
+
 def chamfer_peaks(mask: np.ndarray, k: int) -> np.ndarray:
     """Exact distances (int64, 1e-4 px) of the distance-transform peaks of ``mask`` above 4 px: the pixels
     that equal the maximum of their ``k`` x ``k`` elliptical neighbourhood in :func:`chamfer_distance`.
@@ -146,16 +155,18 @@ def chamfer_peaks(mask: np.ndarray, k: int) -> np.ndarray:
     itself whenever the snapping is not certain; both give the same numbers on every CPU (tested).
     """
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    approx = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
-    if float(approx.max()) < _FAST_LIMIT_PX:
-        units = approx.astype(np.float64) * CHAMFER_UNIT
-        below = (cv2.dilate(approx, kernel).astype(np.float64) * CHAMFER_UNIT) - units  # >= 0; 0 at a peak
-        tie, apart = below <= 2 * _SURE_UNITS, below >= 31 - 2 * _SURE_UNITS
-        over4 = units > 4 * CHAMFER_UNIT + _SURE_UNITS  # the next distance above 4 px is 4.1969
-        unsure4 = over4 & (units < 4 * CHAMFER_UNIT + 31 - _SURE_UNITS)
-        if (tie | apart).all() and not unsure4.any():
+    approx = cv2.distanceTransform(mask, cv2.DIST_L2, 5)  # px, float32; OpenCV calls only: they leave the GIL
+    if cv2.minMaxLoc(approx)[1] < _FAST_LIMIT_PX:
+        below = cv2.subtract(cv2.dilate(approx, kernel), approx)  # 0 at a peak; float32 is exact to 0.1 unit here
+        unit = 1.0 / CHAMFER_UNIT
+        tie, apart = 2 * _SURE_UNITS * unit, (31 - 2 * _SURE_UNITS) * unit
+        over4, next4 = 4 + _SURE_UNITS * unit, 4 + (31 - _SURE_UNITS) * unit  # the next distance above 4 is 4.1969
+        unsure = cv2.countNonZero(cv2.inRange(below, _above(tie), _below(apart)))
+        unsure += cv2.countNonZero(cv2.inRange(approx, _above(over4), _below(next4)))
+        if unsure == 0:
+            peaks = cv2.bitwise_and(cv2.compare(below, tie, cv2.CMP_LE), cv2.compare(approx, over4, cv2.CMP_GT))
+            v = approx[peaks > 0].astype(np.float64) * CHAMFER_UNIT
             lattice = _lattice(_FAST_LIMIT_PX + 1)
-            v = units[tie & over4]
             i = np.clip(np.searchsorted(lattice, v), 1, len(lattice) - 1)
             snapped = np.where(v - lattice[i - 1] < lattice[i] - v, lattice[i - 1], lattice[i])
             if len(v) == 0 or float(np.abs(snapped - v).max()) <= _SURE_UNITS:
