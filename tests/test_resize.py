@@ -76,6 +76,15 @@ def test_shrinking_is_exact_at_rounding_ties():
         assert np.array_equal(resize(img, *size), _reference(img, *size)), size
 
 
+def test_large_shrinks_are_exact():
+    """Many source pixels per output pixel: the tie band widens (5x5 to 10x10 taps), and beyond 10x10 the
+    whole image is computed in whole numbers."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (401, 397, 3), dtype=np.uint8)
+    for size in [(80, 81), (57, 50), (30, 31), (9, 8)]:
+        assert np.array_equal(resize(img, *size), _reference(img, *size)), size
+
+
 def test_resize_on_cells_is_exact_and_close_to_opencv():
     for img in _cells():
         h, w = img.shape[:2]

@@ -113,13 +113,9 @@ def chamfer_distance(mask: np.ndarray) -> np.ndarray:
     return d[2:-2, 2:-2]
 
 
-def _lattice(limit_px: float) -> np.ndarray:
-    """Every distance the chamfer mask can produce up to ``limit_px``, sorted, in units of 1e-4 px."""
-    return _lattice_cached(int(limit_px))
-
-
 @lru_cache(maxsize=4)
-def _lattice_cached(limit_px: int) -> np.ndarray:
+def _lattice(limit_px: int) -> np.ndarray:
+    """Every distance the chamfer mask can produce up to ``limit_px``, sorted, in units of 1e-4 px."""
     top = limit_px * CHAMFER_UNIT
     parts = []
     for k in range(top // _CHAMFER_C + 1):
