@@ -714,6 +714,15 @@ def adapt(
             help="Fine-tune the last ResNet stage and the head (two to three minutes for 200 cells), or refit the head alone (seconds).",
         ),
     ] = True,
+    route: Annotated[
+        bool,
+        typer.Option(
+            "--route/--single-model",
+            help="Where the lab's slides look unlike the original laboratory's, ship the parent beside the adapted "
+            "model and let each slide be read by the model whose laboratory it looks like (docs/adapting.md); or "
+            "always one model.",
+        ),
+    ] = True,
 ) -> None:
     """Adapt the model to your laboratory from its reviewed cells, on the CPU, in minutes
     (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`."""
@@ -733,6 +742,7 @@ def adapt(
             holdout=holdout,
             version=version,
             stage=stage,
+            route=route,
             log=lambda m: typer.echo(m, err=True),
         )
     except (AdaptError, ModelError, FileNotFoundError) as exc:

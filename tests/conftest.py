@@ -6,11 +6,18 @@ import pytest
 from helpers import copy_cells, make_tiny_model
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("wbc-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Never read or write the user's registry, config or model choice."""
+def _isolated_home(tmp_path_factory, monkeypatch, _session_cache):
+    """Never read or write the user's registry, config, model choice or cache (one cache for the session:
+    the adaptation tests share the shipped model's replay stage inputs, as one machine's adaptations do)."""
     home = tmp_path_factory.mktemp("wbc-home")
     monkeypatch.setenv("WBC_HOME", str(home))
+    monkeypatch.setenv("WBC_CACHE", str(_session_cache))
     monkeypatch.delenv("WBC_MODEL", raising=False)
     monkeypatch.delenv("WBC_CONFIG", raising=False)
     monkeypatch.delenv("WBC_REGISTRY", raising=False)

@@ -162,15 +162,17 @@ def test_an_adapted_laboratory_is_judged_by_its_own_uncertainty_only_once_valida
 def test_adapting_again_replaces_the_laboratory_and_unvalidates_the_others():
     """The weekly retrain adapts the adapted model again: the laboratory's entry is replaced, and another
     laboratory validated for the parent is not taken as validated for the new model."""
-    from training.adapt import _with_lab_domain
+    from training.adapt import _with_lab_domain, lab_reference
+    from wbcproc.domain import cell_features
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 255, (30, 128, 128, 3), dtype=np.uint8)
+    feats = np.array([cell_features(im) for im in imgs])
     look = {"mean": [0.0] * 8, "cov_inv": np.eye(8).tolist(), "threshold": 3.0}
     unc = {"thresholds": {"10": 0.1}}
     parent = {**look, "labs": [{**look, "name": "lab-a", "validated": True, "uncertainty": unc},
                                {**look, "name": "lab-b", "validated": True, "uncertainty": unc}]}  # fmt: skip
-    got = _with_lab_domain(parent, imgs, np.arange(30) < 24, "RGB", [Path("somewhere/lab-b")], unc)
+    got = _with_lab_domain(parent, lab_reference(feats, np.arange(30) < 24, [Path("somewhere/lab-b")]), unc)
     assert [(lab["name"], lab["validated"]) for lab in got["labs"]] == [("lab-a", False), ("lab-b", True)]
     assert "uncertainty" not in got["labs"][0] and "earlier model" in got["labs"][0]["not_validated_because"]
     assert parent["labs"][0]["validated"] is True  # the parent's sidecar content is not changed in place
@@ -290,3 +292,80 @@ def test_the_stage_fine_tune_plans_a_step_budget_not_a_fixed_epoch_count():
         steps = -(-n // 64) * planned_epochs(n)
         assert steps >= min(TARGET_STEPS, -(-n // 64) * MAX_EPOCHS)
         assert steps <= max(TARGET_STEPS + -(-n // 64), -(-n // 64) * MIN_EPOCHS)
+
+
+@pytest.mark.slow  # fine-tunes the shipped model's last stage
+def test_a_laboratory_no_single_model_serves_gets_a_routed_model(tmp_path, monkeypatch):
+    """A laboratory whose slides look unlike the original's gets a model even where no single model would keep
+    the original laboratory within its bound: its slides are read by the adapted model, the original
+    laboratory's by the parent shipped beside it, and the report says which read the slide and why - through
+    the pipeline, the workbook and the registry."""
+    import cv2
+    from openpyxl import load_workbook
+
+    import training.adapt as ta
+    from training.simulate import simulate_tight
+    from wbcproc.config import load_settings
+    from wbcproc.imageio import read_image
+    from wbcproc.pipeline import run_sample
+
+    lab = tmp_path / "lab-b"  # another look: the fixture cells cut tight with a yellow cast (rapid-stain crops)
+    for f in sorted(CELLS.glob("*/*.jpg")):
+        (lab / f.parent.name).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(lab / f.parent.name / f"{f.stem}.png"), simulate_tight(read_image(f).bgr))
+    monkeypatch.setattr(ta, "MAX_ORIGINAL_DROP", -1.0)  # one model for every slide: every draft is refused
+    monkeypatch.setattr(ta, "STAGE_LEARNING_RATES", ta.STAGE_LEARNING_RATES[:1])
+    said: list[str] = []
+    res = adapt([lab], tmp_path / "out", min_per_class=1, holdout=0.5, log=said.append)
+    assert res["routed"], said
+    shipped = read_sidecar(resolve_model_path(None))
+    info = read_sidecar(tmp_path / "out" / "model.onnx")
+    routing = info.sidecar.adaptation["routing"]
+    assert routing["parent_sha256"] == shipped.sha256 == read_sidecar(tmp_path / "out" / "parent.onnx").sha256
+    sep = res["metrics"]["routing"]["separation"]
+    assert min(sep["lab_samples_to_lab"], sep["original_samples_to_parent"]) >= ta.ROUTE_MIN_SEPARATION
+    assert res["metrics"]["original_check"]["max_drop"] == ta.ROUTED_MAX_ORIGINAL_DROP
+    assert "routed with its parent" in info.sidecar.adaptation["method"]
+
+    version = Registry(tmp_path / "registry").register(tmp_path / "out")  # the parent travels with it
+    routed = load_classifier(tmp_path / "registry" / "versions" / version / "model.onnx", threads=1)
+    settings = load_settings(None)
+    own, paths = run_sample(lab / "neutrophil", tmp_path / "reports", routed, settings)
+    assert own["routing"]["model"] == "laboratory" and own["model"]["sha256"] == info.sha256
+    assert f"so this slide was read by {info.name} {info.version}" in own["method"]
+    summary = {row[0]: row[1] for row in load_workbook(paths["xlsx"])["Summary"].iter_rows(values_only=True)}
+    assert summary["Model routing"].startswith(f"{info.name} {info.version} routed: the slide matches laboratory")
+    sample = tmp_path / "S-PBC"
+    shutil.copytree(CELLS / "neutrophil", sample)
+    other, _ = run_sample(sample, tmp_path / "reports", routed, settings)
+    assert other["routing"]["model"] == "parent" and other["model"]["sha256"] == shipped.sha256
+    direct, _ = run_sample(sample, tmp_path / "direct", load_classifier(None, threads=1), settings)
+    assert [(c["file"], c["class"], c["confidence"]) for c in other["cells"]] == [
+        (c["file"], c["class"], c["confidence"]) for c in direct["cells"]
+    ]
+
+
+def test_the_replay_stage_inputs_are_computed_once_per_model_file(tmp_path, monkeypatch):
+    """The longest fixed part of adapting is kept in the cache folder by the model's sha256; a torn file is
+    computed again, and what comes back equals what the int8 network computes."""
+    import onnx
+
+    import training.adapt_stage as tas
+    from training.adapt import dihedral, load_replay, replay_images, replay_stage_inputs
+    from wbcproc.preprocess import to_input
+
+    monkeypatch.setenv("WBC_CACHE", str(tmp_path / "cache"))
+    parent = resolve_model_path(None)
+    info = read_sidecar(parent)
+    stage = tas.read_stage(onnx.load(str(parent)))
+    rep = replay_images(load_replay(parent, info.sha256), "train")[:3]
+    first = replay_stage_inputs(parent, stage, rep, info.preprocess, 1)
+    direct = tas.stage_inputs(parent, stage, to_input(np.concatenate(dihedral(rep)), info.preprocess), 1)
+    assert first.shape[0] == 24 and np.array_equal(first, direct)
+    (kept,) = (tmp_path / "cache" / "adapt").glob("*.npy")
+    computed = []
+    monkeypatch.setattr(tas, "stage_inputs", lambda *a, **k: computed.append(1) or direct)
+    assert np.array_equal(replay_stage_inputs(parent, stage, rep, info.preprocess, 1), first) and not computed
+    kept.write_bytes(kept.read_bytes()[:100])  # torn
+    assert np.array_equal(replay_stage_inputs(parent, stage, rep, info.preprocess, 1), first) and computed
+    assert np.array_equal(np.load(kept), first)  # and written whole again

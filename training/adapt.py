@@ -35,6 +35,7 @@ adapted model must stay within ``MAX_ORIGINAL_DROP`` of the parent there.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ VIEWS = 8  # rotations x flips of each training cell: a cell has no orientation
 # held-out cells, scored by the adapted model at least this well; else its samples keep DOMAIN_SHIFT
 LAB_GUARD_MIN_CELLS, LAB_GUARD_MIN_ACCURACY = 20, 0.85
 MAX_STAGE_VIEWS = 3200  # views of laboratory cells held for the stage fine-tune (~420 MB of stage inputs)
+# a routed model (wbcproc.routing: the adapted model reads the slides that look like the laboratory's, the
+# parent beside it the others) where random samples of ROUTE_SAMPLE_CELLS cells of each laboratory are routed
+# right at least ROUTE_MIN_SEPARATION of ROUTE_DRAWS times; its adapted model may then lose up to
+# ROUTED_MAX_ORIGINAL_DROP on the original laboratory's check cells (what a misrouted slide could cost)
+ROUTE_MIN_SEPARATION, ROUTE_SAMPLE_CELLS, ROUTE_DRAWS = 0.95, 30, 200
+ROUTED_MAX_ORIGINAL_DROP = 0.05
+PARENT_FILE = "parent.onnx"
 
 
 class AdaptError(ValueError):
@@ -333,12 +341,19 @@ def _score(logits: np.ndarray, yy: np.ndarray) -> dict[str, float]:
 
 
 def _check_original(
-    metrics: dict, parent_logits: np.ndarray, adapted_logits: np.ndarray, cy: np.ndarray, counts: dict[str, int]
+    metrics: dict,
+    parent_logits: np.ndarray,
+    adapted_logits: np.ndarray,
+    cy: np.ndarray,
+    counts: dict[str, int],
+    max_drop: float = MAX_ORIGINAL_DROP,
 ) -> None:
-    """Accuracy on the original laboratory's check cells before/after (refused beyond MAX_ORIGINAL_DROP),
-    and the recall of each class the laboratory did not review (it keeps the parent's behaviour)."""
+    """Accuracy on the original laboratory's check cells before/after (refused beyond ``max_drop``:
+    MAX_ORIGINAL_DROP, or ROUTED_MAX_ORIGINAL_DROP for a routed model, whose parent reads the original
+    laboratory's slides), and the recall of each class the laboratory did not review (it keeps the parent's
+    behaviour)."""
     before, after = _score(parent_logits, cy), _score(adapted_logits, cy)
-    metrics["original_check"] = {"parent": before, "adapted": after, "max_drop": MAX_ORIGINAL_DROP}
+    metrics["original_check"] = {"parent": before, "adapted": after, "max_drop": max_drop}
     unreviewed = [c for c, n in counts.items() if n == 0]
     p_pred, a_pred = parent_logits.argmax(1), adapted_logits.argmax(1)
     metrics["unreviewed_recall"] = {
@@ -349,11 +364,11 @@ def _check_original(
         for c in unreviewed
         if (cy == CLASSES.index(c)).any()
     }
-    if before["accuracy"] - after["accuracy"] > MAX_ORIGINAL_DROP:
+    if before["accuracy"] - after["accuracy"] > max_drop:
         raise AdaptError(
             f"the adapted model would lose {100 * (before['accuracy'] - after['accuracy']):.1f} points on the "
             f"original laboratory's check cells ({before['accuracy']:.3f} -> {after['accuracy']:.3f}; at most "
-            f"{100 * MAX_ORIGINAL_DROP:g} allowed): not written"
+            f"{100 * max_drop:g} allowed): not written"
         )
 
 
@@ -429,31 +444,33 @@ def _lab_uncertainty(judged: _Judged, lab: _Lab, metrics: dict, log) -> dict[str
     return fit_uncertainty(cell_uncertainty(judged.hold_logits, judged.temperature), source=source, bootstrap=True)
 
 
-def _with_lab_domain(
-    domain: dict[str, Any] | None,
-    imgs: np.ndarray,
-    is_fit: np.ndarray,
-    colour_order: str,
-    data,
-    uncertainty: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """The laboratory's colour reference joins the guard's (``domain.labs``).  With ``uncertainty`` (the
-    adapted model was validated there) its samples pass the colour half and are judged against the
-    laboratory's own uncertainty thresholds; without, they still carry DOMAIN_SHIFT, which says why."""
-    from wbcproc.domain import cell_features, fit_reference
+def lab_reference(lab_feats: np.ndarray, is_fit: np.ndarray, data) -> dict[str, Any] | None:
+    """The laboratory's colour/framing reference for the domain guard, from its cells' features (fitted on
+    the fitted cells, calibrated on the held-out ones where there are enough); None with under 10 cells."""
+    from wbcproc.domain import fit_reference
 
-    lab_feats = np.array([cell_features(im, colour_order) for im in imgs])
     if len(lab_feats) < 10:
-        return domain
-    domain = dict(domain or {})
+        return None
     lab_ref = fit_reference(
         lab_feats[is_fit] if is_fit.sum() >= 5 else lab_feats,
         lab_feats[~is_fit] if (~is_fit).sum() >= 5 else lab_feats,
     )
     lab_ref["name"] = ", ".join(Path(d).name for d in data)
+    return lab_ref
+
+
+def _with_lab_domain(
+    domain: dict[str, Any] | None, lab_ref: dict[str, Any] | None, uncertainty: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The laboratory's colour reference joins the guard's (``domain.labs``).  With ``uncertainty`` (the
+    adapted model was validated there) its samples pass the colour half and are judged against the
+    laboratory's own uncertainty thresholds; without, they still carry DOMAIN_SHIFT, which says why."""
+    if lab_ref is None:
+        return domain
+    domain = dict(domain or {})
     # validated: the adapted model proved itself on the laboratory's held-out cells (_lab_uncertainty); an
     # unvalidated laboratory is known by its look, and its samples still carry DOMAIN_SHIFT
-    lab_ref["validated"] = uncertainty is not None
+    lab_ref = {**lab_ref, "validated": uncertainty is not None}
     if uncertainty is not None:
         lab_ref["uncertainty"] = uncertainty
     # the parent's laboratories: this one's earlier entry is replaced (the weekly retrain adapts again); any
@@ -508,11 +525,15 @@ def _stage_drafts(
 
     stage = read_stage(onnx.load(str(parent_path)))
     views = max(1, min(VIEWS, MAX_STAGE_VIEWS // max(1, len(imgs))))  # bounded memory for large sets
-    lab_s = stage_inputs(parent_path, stage, to_input(np.concatenate(dihedral(imgs)[:views]), spec), threads)
     rep = replay_images(replay, "train")
+    log(
+        f"computing the last stage's inputs once (the parent's int8 network): {len(imgs)} cells x {views} views, "
+        f"{len(rep)} replay cells x {VIEWS} views"
+    )
+    lab_s = stage_inputs(parent_path, stage, to_input(np.concatenate(dihedral(imgs)[:views]), spec), threads)
     # the replay cells in all 8 views too: the original laboratory is then kept on more than the 400 cells
     # themselves (the hard half of a far laboratory: original check 0.979 -> 0.988, float stage, 12 epochs)
-    rep_s = stage_inputs(parent_path, stage, to_input(np.concatenate(dihedral(rep)), spec), threads)
+    rep_s = replay_stage_inputs(parent_path, stage, rep, spec, threads)
     rep_y = np.tile(replay["train_y"], VIEWS).astype(np.int64)
     calib = np.concatenate([lab_s[:: max(1, len(lab_s) // 512)], rep_s[: len(rep)]])
     epochs = planned_epochs(len(lab_s))
@@ -529,6 +550,35 @@ def _stage_drafts(
         write_adapted(staged, Head(w, b), draft)
         staged.unlink()
         yield lr, epochs
+
+
+def replay_stage_inputs(parent_path: Path, stage, rep: np.ndarray, spec, threads: int) -> np.ndarray:
+    """The replay cells' stage inputs in all 8 views: the same for every adaptation of one model file, and the
+    longest fixed part of one (3,200 views through the int8 network: ~2 minutes on a 2-core AVX2-only CPU), so
+    kept in the cache folder (``wbcproc.paths.cache_home``, 420 MB a model) by the model's sha256 and the
+    ONNX Runtime version, and computed again whenever either differs or the file does not read back whole."""
+    import onnxruntime as ort
+
+    from training.adapt_stage import stage_inputs
+    from wbcproc.paths import cache_home
+    from wbcproc.sidecar import sha256_file
+
+    key = f"{sha256_file(parent_path)[:24]}-ort{ort.__version__}-{len(rep)}x{VIEWS}"
+    path = cache_home() / "adapt" / f"replay-stage-inputs-{key}.npy"
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        pass  # absent or unreadable: computed again and written anew
+    rep_s = stage_inputs(parent_path, stage, to_input(np.concatenate(dihedral(rep)), spec), threads)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as fh:
+            np.save(fh, rep_s)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache folder costs time, never the adaptation
+        tmp.unlink(missing_ok=True)
+    return rep_s
 
 
 def _stage_unavailable(parent_path: Path, replay) -> str | None:
@@ -563,9 +613,13 @@ class _Lab:
     check_x: np.ndarray | None
     check_y: np.ndarray | None
     parent_check: np.ndarray | None
+    lab_feats: np.ndarray  # the domain guard's features of every laboratory cell
+    check_feats: np.ndarray | None  # and of the check cells (None: the replay holds no images)
 
 
 def _lab(imgs, labels, is_fit, counts, extractor: Features, replay, spec) -> _Lab:
+    from wbcproc.domain import cell_features
+
     hold_in = to_input(imgs[~is_fit], spec) if (~is_fit).any() else None
     check = replay_images(replay, "check") if replay is not None else None
     check_in = to_input(check, spec) if check is not None else None
@@ -578,6 +632,8 @@ def _lab(imgs, labels, is_fit, counts, extractor: Features, replay, spec) -> _La
         imgs[is_fit], labels[is_fit], counts, hold_in, labels[~is_fit],
         extractor(hold_in)[0] if hold_in is not None else None,
         check_in, check_x, replay["check_y"] if replay is not None else None, parent_check,
+        np.array([cell_features(im, spec.colour_order) for im in imgs]).reshape(len(imgs), -1),
+        None if check is None else np.array([cell_features(im, spec.colour_order) for im in check]),
     )  # fmt: skip
 
 
@@ -592,7 +648,7 @@ class _Judged:
     check_logits: np.ndarray | None = None
 
 
-def _judge(metrics, adapted: Features, lab: _Lab, parent) -> _Judged:
+def _judge(metrics, adapted: Features, lab: _Lab, parent, max_drop: float) -> _Judged:
     """The draft's figures, measured on the written int8 file: held-out laboratory cells and the original
     laboratory's check (refused beyond MAX_ORIGINAL_DROP: nothing is written) - the check through the
     draft's images where the replay holds them, else through its head (a head-only draft); its temperature
@@ -609,19 +665,21 @@ def _judge(metrics, adapted: Features, lab: _Lab, parent) -> _Judged:
         calib_y.append(lab.hold_y)
     if lab.parent_check is not None:
         check = adapted(lab.check_in)[0] if lab.check_in is not None else adapted.head.logits(lab.check_x)
-        _check_original(metrics, lab.parent_check, check, lab.check_y, lab.counts)
+        _check_original(metrics, lab.parent_check, check, lab.check_y, lab.counts, max_drop)
         calib_logits.append(check)
         calib_y.append(lab.check_y)
     return _Judged(*_calibration(calib_logits, calib_y, parent), hold_adapted, check)
 
 
-def _best_draft(lab: _Lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, threads, log):
+def _best_draft(
+    lab: _Lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, max_drop, threads, log
+):
     """The strongest draft the guard rails accept, written to ``draft``: last-stage drafts in turn (unless
     ``why_not`` says why not), else the head alone (whose refusal is final).  Returns the draft's
     :class:`_Judged` and why the stage was not fine-tuned (None: it was)."""
 
     def judge():
-        return _judge(metrics, Features(draft, threads, plan_from=parent_path), lab, parent)
+        return _judge(metrics, Features(draft, threads, plan_from=parent_path), lab, parent, max_drop)
 
     if why_not is None:
         refused = []
@@ -644,6 +702,96 @@ def _best_draft(lab: _Lab, extractor, replay, spec, parent, parent_path, draft, 
     return judge(), why_not
 
 
+def _separation(lab_feats: np.ndarray, check_feats: np.ndarray, domain: dict, routing: dict) -> dict[str, Any]:
+    """How reliably the routing rule tells the two laboratories apart: the share of random samples of
+    ``ROUTE_SAMPLE_CELLS`` of the laboratory's cells routed to its model, and of the original laboratory's
+    check cells routed to the parent."""
+    from wbcproc.routing import LAB, PARENT, choose
+
+    rng = np.random.default_rng(0)
+
+    def share(feats: np.ndarray, want: str) -> float:
+        n = min(ROUTE_SAMPLE_CELLS, len(feats))
+        picks = (feats[rng.choice(len(feats), n, replace=False)] for _ in range(ROUTE_DRAWS))
+        return round(float(np.mean([choose(f, domain, routing)["model"] == want for f in picks])), 4)
+
+    return {
+        "lab_samples_to_lab": share(lab_feats, LAB),
+        "original_samples_to_parent": share(check_feats, PARENT),
+        "sample_cells": ROUTE_SAMPLE_CELLS,
+        "draws": ROUTE_DRAWS,
+    }
+
+
+def _routing_plan(lab: _Lab, domain: dict | None, lab_ref: dict | None, metrics, log) -> dict[str, Any] | None:
+    """Route (None: one model for every slide)?  Where the laboratory's look tells its slides from the original
+    laboratory's (``ROUTE_MIN_SEPARATION`` of random samples of each routed right), the adapted model reads
+    only the laboratory's slides and the parent, shipped beside it, the original laboratory's: the original
+    laboratory keeps the parent's accuracy exactly, and the laboratory's model may move further than a point
+    on the original's cells (at most ``ROUTED_MAX_ORIGINAL_DROP``, which bounds what a misrouted slide costs)."""
+    if lab_ref is None or domain is None or lab.check_feats is None:
+        metrics["routing"] = {"routed": False, "why_not": "no laboratory look or no original check cells to compare"}
+        return None
+    routing = {"lab": lab_ref["name"]}
+    sep = _separation(lab.lab_feats, lab.check_feats, {**domain, "labs": [lab_ref]}, routing)
+    routed = min(sep["lab_samples_to_lab"], sep["original_samples_to_parent"]) >= ROUTE_MIN_SEPARATION
+    why_not = None if routed else f"the laboratories' looks are not told apart in {ROUTE_MIN_SEPARATION:.0%} of samples"
+    metrics["routing"] = {"routed": routed, "why_not": why_not, "separation": sep}
+    log(
+        f"routing: samples of this laboratory's cells go to its model in {sep['lab_samples_to_lab']:.1%}, the "
+        f"original laboratory's to the parent in {sep['original_samples_to_parent']:.1%}: "
+        + ("the adapted model reads this laboratory's slides, the parent the others" if routed else why_not)
+    )
+    return {**routing, "separation": sep} if routed else None
+
+
+def _write_parent(parent_path: Path, parent, out: Path, routing: dict[str, Any]) -> dict[str, Any]:
+    """The parent beside a routed model (``parent.onnx`` + ``parent.json``): the original laboratory's model -
+    a routed parent's own parent, so a routed model adapted again still falls back to the original's."""
+    origin = parent_path
+    if parent.sidecar.adaptation and parent.sidecar.adaptation.get("routing"):
+        origin = parent_path.parent / parent.sidecar.adaptation["routing"]["parent_file"]
+    info = read_sidecar(origin)
+    shutil.copy2(origin, out / PARENT_FILE)
+    shutil.copy2(info.sidecar_path, (out / PARENT_FILE).with_suffix(".json"))
+    return {
+        **routing,
+        "parent_file": PARENT_FILE,
+        "parent_sha256": info.sha256,
+        "parent_version": info.version,
+        "rule": "each slide is read by this model where it matches the laboratory's look (median colour/framing "
+        "distance within the laboratory's threshold and nearer to it, in units of threshold, than to the original "
+        "laboratory's), else by the parent (wbcproc.routing)",
+    }
+
+
+def _record(parent, replay, kept, rejected, metrics, why_not, routing, t0) -> dict[str, Any]:
+    """The sidecar's ``adaptation`` block: how, from what, on which cells, with what result."""
+    method = STAGE_METHOD if why_not is None else HEAD_METHOD
+    if routing is not None:
+        method += f"; routed with its parent {routing['parent_version']}: {routing['rule']}"
+    return {
+        "method": method,
+        "stage_fine_tuned": why_not is None,
+        "stage_not_fine_tuned_because": why_not,
+        "parent": {"name": parent.name, "version": parent.version, "sha256": parent.sha256},
+        "replay": replay is not None,
+        "routing": routing,
+        "lab_cells": [
+            {
+                "file": str(it.path),
+                "sha256": it.sha256,
+                "class": it.label,
+                "use": "held out" if it.split == "test" else "fit",
+            }
+            for it in kept
+        ],
+        "rejected": [{"file": f, "reason": r} for f, r in rejected],
+        "metrics": metrics,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
 def adapt(
     data: list[str | Path],
     out: str | Path,
@@ -654,11 +802,13 @@ def adapt(
     version: str | None = None,
     threads: int = 0,
     stage: bool = True,
+    route: bool = True,
     log=print,
 ) -> dict[str, Any]:
     """Adapt the model to the laboratory's cells - its last stage and head (``stage``, where PyTorch, the
     model's graph and its replay cells allow; else the head alone); write ``out/model.onnx`` + sidecar only
-    if every guard rail holds; returns the summary."""
+    if every guard rail holds, with the parent beside it where the laboratory's slides can be told from the
+    original laboratory's (``route``: :func:`_routing_plan`); returns the summary."""
     import tempfile
 
     from wbcproc.resolve import resolve_model_path
@@ -684,38 +834,23 @@ def adapt(
         log(f"the last stage is not fine-tuned ({why_not}): the head alone is refitted")
     out = Path(out)
     metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
+    lab = _lab(imgs, labels, is_fit, counts, extractor, replay, spec)
+    lab_ref = lab_reference(lab.lab_feats, is_fit, data)
+    plan = _routing_plan(lab, parent.sidecar.domain, lab_ref, metrics, log) if route else None
+    max_drop = MAX_ORIGINAL_DROP if plan is None else ROUTED_MAX_ORIGINAL_DROP
     with tempfile.TemporaryDirectory(prefix="wbc-adapt-") as tmp:
         draft = Path(tmp) / "model.onnx"
-        lab = _lab(imgs, labels, is_fit, counts, extractor, replay, spec)
         judged, why_not = _best_draft(
-            lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, threads, log
+            lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, max_drop, threads, log
         )
         out.mkdir(parents=True, exist_ok=True)
         onnx_out = out / "model.onnx"
         shutil.move(str(draft), str(onnx_out))
+    routing = None if plan is None else _write_parent(parent_path, parent, out, plan)
     stamp = datetime.now(UTC)
-    lab_uncertainty = _lab_uncertainty(judged, lab, metrics, log)
     domain = _with_uncertainty(parent.sidecar.domain, judged, lab, parent, log)
-    domain = _with_lab_domain(domain, imgs, is_fit, spec.colour_order, data, lab_uncertainty)
-    adaptation = {
-        "method": STAGE_METHOD if why_not is None else HEAD_METHOD,
-        "stage_fine_tuned": why_not is None,
-        "stage_not_fine_tuned_because": why_not,
-        "parent": {"name": parent.name, "version": parent.version, "sha256": parent.sha256},
-        "replay": replay is not None,
-        "lab_cells": [
-            {
-                "file": str(it.path),
-                "sha256": it.sha256,
-                "class": it.label,
-                "use": "fit" if it.split != "test" else "held out",
-            }
-            for it in kept
-        ],
-        "rejected": [{"file": f, "reason": r} for f, r in rejected],
-        "metrics": metrics,
-        "seconds": round(time.time() - t0, 1),
-    }
+    domain = _with_lab_domain(domain, lab_ref, _lab_uncertainty(judged, lab, metrics, log))
+    adaptation = _record(parent, replay, kept, rejected, metrics, why_not, routing, t0)
     side = parent.sidecar.replace(
         version=version or f"{parent.version}+lab.{stamp.strftime('%Y%m%d%H%M%S')}",
         created_at=stamp.isoformat(timespec="seconds"),
@@ -728,7 +863,7 @@ def adapt(
     info = read_sidecar(onnx_out)
     log(json.dumps(metrics))
     return {"run_dir": str(out), "version": info.version, "sha256": info.sha256, "metrics": metrics,
-            "seconds": adaptation["seconds"]}  # fmt: skip
+            "seconds": adaptation["seconds"], "routed": routing is not None}  # fmt: skip
 
 
 def _cache_jpeg(jpeg: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

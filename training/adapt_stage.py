@@ -23,6 +23,7 @@ original-laboratory check (30 validation cells per class) must not drop by more 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,15 @@ def fine_tune(
         with torch.no_grad():
             teacher = torch.cat([fc(net(R[i : i + batch].float())) for i in range(0, len(R), batch)])
     epochs = epochs or planned_epochs(len(X), batch)
+    started = time.monotonic()
     for epoch in range(epochs):
-        log(f"epoch {epoch + 1}/{epochs}")
+        if epoch:  # progress: the epochs so far give the time left (each epoch is the same work)
+            spent = time.monotonic() - started
+            log(
+                f"epoch {epoch + 1}/{epochs}: {spent:.0f} s so far, about {spent / epoch * (epochs - epoch):.0f} s left"
+            )
+        else:
+            log(f"epoch 1/{epochs}")
         perm = torch.randperm(len(X), generator=gen)
         for i in range(0, len(X), batch):
             j = perm[i : i + batch]

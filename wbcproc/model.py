@@ -55,6 +55,30 @@ class Classifier:
         if isinstance(out_shape[-1], int) and out_shape[-1] != len(info.classes):
             raise ModelError(f"model outputs {out_shape[-1]} classes but its sidecar lists {len(info.classes)}")
         self.threads = opts.intra_op_num_threads
+        self._parent: Classifier | None = None
+
+    @property
+    def routing(self) -> dict | None:
+        """A routed laboratory model's rule (``adaptation.routing``, :mod:`wbcproc.routing`); None otherwise."""
+        adaptation = self.info.sidecar.adaptation
+        return adaptation.get("routing") if adaptation else None
+
+    def parent(self) -> Classifier:
+        """The parent that reads the slides a routed laboratory model does not: the file the sidecar names
+        beside this one, with the sha256 the sidecar recorded (loaded on first use, then kept)."""
+        routing = self.routing
+        if routing is None:
+            raise ModelError(f"model {self.info.name} {self.info.version} is not routed: it has no parent to use")
+        if self._parent is None:
+            path = self.info.onnx_path.parent / routing["parent_file"]
+            info = read_sidecar(path)
+            if info.sha256 != routing["parent_sha256"]:
+                raise ModelError(
+                    f"{str(path)!r} has sha256 {info.sha256[:16]}..., but the routed model "
+                    f"{self.info.version} names its parent {str(routing['parent_sha256'])[:16]}...: refusing it"
+                )
+            self._parent = Classifier(info, self.threads)
+        return self._parent
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.info.input_name: batch})[0]

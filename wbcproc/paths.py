@@ -17,6 +17,14 @@ def app_home() -> Path:
     return Path(base) / "wbc"
 
 
+def cache_home() -> Path:
+    """Where results that can be recomputed are kept: $WBC_CACHE, else $XDG_CACHE_HOME/wbc, else ~/.cache/wbc."""
+    if os.environ.get("WBC_CACHE"):
+        return Path(os.environ["WBC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "wbc"
+
+
 def packaged_model_dirs() -> list[Path]:
     """Where a shipped default model may live: inside the installed package, then the checkout."""
     here = Path(__file__).resolve().parent

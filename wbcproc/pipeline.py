@@ -32,6 +32,7 @@ from wbcproc.framing import FrameInfo, sample_framing, uses_sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.model import Classifier, load_classifier
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
+from wbcproc.routing import LAB, choose
 
 THUMB_PX = 64
 PREPARED_CACHE_BYTES = 96 * 1024 * 1024  # model-sized cells prepared by the ruler pre-pass (~2,000 at 128 px)
@@ -47,6 +48,9 @@ class Classified:
     overviews: dict[str, bytes] = field(default_factory=dict)
     domain_features: list[np.ndarray] = field(default_factory=list)
     scale: dict[str, Any] | None = None  # the sample's red-cell ruler for single-cell images (see framing)
+    # a routed laboratory model (wbcproc.routing): which model read the slide, and why
+    routing: dict[str, Any] | None = None
+    classifier: Classifier | None = None  # the model that read the slide, where routing chose it
 
 
 @dataclass
@@ -362,7 +366,33 @@ def classify_candidates(
         if thumbnails:
             labels = {c.box: c for c in runner.cells if c.field == f["file"]}
             overviews[f["file"]] = overview_png(bgr, f["detections"], labels)
-    return Classified(runner.cells, rejected, runner.thumbs, t, fields, overviews, runner.feats, scale)
+    classified = Classified(runner.cells, rejected, runner.thumbs, t, fields, overviews, runner.feats, scale)
+    if classifier.routing is not None:
+        return _routed(classified, candidates, classifier, settings, thumbnails, image_type)
+    return classified
+
+
+def _routed(
+    classified: Classified,
+    candidates: list[Candidate],
+    classifier: Classifier,
+    settings: Settings,
+    thumbnails: bool,
+    image_type: str,
+) -> Classified:
+    """A routed laboratory model read the slide: kept where the slide matches the laboratory's look, else
+    read again by the parent (``wbcproc.routing``); the result says which model and why."""
+    decision = choose(np.array(classified.domain_features), classifier.info.sidecar.domain, classifier.routing)
+    chosen = classifier if decision["model"] == LAB else classifier.parent()
+    if chosen is not classifier:
+        timings = classified.timings
+        classified = classify_candidates(
+            candidates, chosen, settings, thumbnails=thumbnails, image_type=image_type
+        )  # no progress callback: the progress already reached its total once
+        classified.timings = {k: timings.get(k, 0.0) + v for k, v in classified.timings.items()}
+    classified.routing = {**decision, "read_by": chosen.info.summary(), "routed_model": classifier.info.summary()}
+    classified.classifier = chosen
+    return classified
 
 
 def locate_and_classify(bgr: np.ndarray, classifier: Classifier | None) -> dict[str, Any]:
@@ -428,6 +458,7 @@ def summarise(
     processed_at: datetime | None = None,
 ) -> dict[str, Any]:
     """Everything the reports need, as one JSON-ready dict (the content of ``<sample_id>.json``)."""
+    classifier = classified.classifier or classifier  # a routed model: the one that read the slide
     meta = inventory.metadata
     diff: Differential = differential(
         (c.label for c in classified.cells), (c.review for c in classified.cells), meta.wbc_count
@@ -500,6 +531,7 @@ def summarise(
         "cells": [c.as_dict() | {"flag_driver": c.label in drivers} for c in classified.cells],
         "fields": classified.fields,
         "domain": domain,
+        "routing": classified.routing,
         "scale": classified.scale,
         "rejected": [{"file": r.file, "reason": r.reason, "code": r.code} for r in rejected],
         "ignored": [{"file": i.file, "reason": i.reason} for i in inventory.ignored],
@@ -523,11 +555,23 @@ def summarise(
             "WBC total (neutrophils, "
             "lymphocytes, monocytes, eosinophils, basophils, immature granulocytes); NRBC per 100 WBC; 95% "
             "confidence intervals are exact binomial (Clopper-Pearson). Cells below the review threshold are "
-            "counted with the model's class and marked REVIEW. This report is preliminary until a qualified "
+            "counted with the model's class and marked REVIEW."
+            + _routing_method(classified.routing)
+            + " This report is preliminary until a qualified "
             "person verifies it (wbc verify): the final report is recomputed from the verified classes."
         ),
         "disclaimer": "Decision support only, not a diagnosis: results require review by a qualified person.",
     }
+
+
+def _routing_method(routing: dict[str, Any] | None) -> str:
+    if routing is None:
+        return ""
+    routed = routing["routed_model"]
+    return (
+        f" The model in use, {routed['name']} {routed['version']}, is a laboratory model routed with its parent: "
+        f"{routing['why']}, so this slide was read by {routing['read_by']['name']} {routing['read_by']['version']}."
+    )
 
 
 def run_sample(

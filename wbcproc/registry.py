@@ -25,7 +25,15 @@ from wbcproc.atomic import atomic_write_json
 from wbcproc.paths import app_home
 from wbcproc.sidecar import ModelError, read_sidecar
 
-RUN_FILES_OPTIONAL = ("card.md", "metrics.json", "confusion.png", "misclassified.png", "split.csv")
+RUN_FILES_OPTIONAL = (
+    "card.md",
+    "metrics.json",
+    "confusion.png",
+    "misclassified.png",
+    "split.csv",
+    "parent.onnx",  # a routed laboratory model's parent (wbcproc.routing), with its sidecar
+    "parent.json",
+)
 
 
 class RegistryError(Exception):

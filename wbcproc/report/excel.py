@@ -89,6 +89,9 @@ def _identity(ws: Worksheet, r: dict[str, Any]) -> int:
         ("Marked for review", f"{r['cells_for_review']} (confidence < {r['review_threshold']:.2f})"),
         ("Reference intervals", f"{ref['name']} v{ref['version']}"),
     ]
+    if r.get("routing"):  # a routed laboratory model: which of its two models read this slide, and why
+        routed = r["routing"]["routed_model"]
+        rows.insert(6, ("Model routing", f"{routed['name']} {routed['version']} routed: {r['routing']['why']}"))
     if final:
         rows.insert(4, ("Cells reclassified", f"{len(r.get('changes', []))} (Cells sheet: Class vs Model class)"))
     for i, (k, v) in enumerate(rows, start=2):
