@@ -99,6 +99,12 @@ def info(
         typer.echo(f"metrics:    {json.dumps(shown)}")
     for lab in (m.sidecar.domain or {}).get("labs", []):
         typer.echo(f"laboratory: {lab.get('name')}: {_lab_status(lab, m.sidecar.adaptation)}")
+    routing = (m.sidecar.adaptation or {}).get("routing")
+    if routing:
+        typer.echo(
+            f"routing:    slides that look like laboratory {routing['lab']} are read by this model, the others by "
+            f"its parent {routing['parent_version']} ({routing['parent_file']} beside it)"
+        )
 
 
 def _lab_status(lab: dict, adaptation: dict | None) -> str:

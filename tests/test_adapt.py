@@ -326,6 +326,8 @@ def test_a_laboratory_no_single_model_serves_gets_a_routed_model(tmp_path, monke
     assert min(sep["lab_samples_to_lab"], sep["original_samples_to_parent"]) >= ta.ROUTE_MIN_SEPARATION
     assert res["metrics"]["original_check"]["max_drop"] == ta.ROUTED_MAX_ORIGINAL_DROP
     assert "routed with its parent" in info.sidecar.adaptation["method"]
+    shown = subprocess.run([WBC, "info", "--model", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert f"are read by this model, the others by its parent {shipped.version}" in shown.stdout
 
     version = Registry(tmp_path / "registry").register(tmp_path / "out")  # the parent travels with it
     routed = load_classifier(tmp_path / "registry" / "versions" / version / "model.onnx", threads=1)

@@ -14,6 +14,11 @@ way:
   refused stage draft is followed by a gentler one (half the learning rate), then by the head alone;
 - a class the laboratory did not review keeps the parent's behaviour (replay, distillation / the pull to the
   parent head), reported per class as ``unreviewed_recall``;
+- where the laboratory's look tells its slides from the original laboratory's, the parent is shipped beside
+  the adapted model and each slide is read by the model whose laboratory it looks like (a *routed* model,
+  ``wbcproc.routing``): the original laboratory keeps the parent's accuracy exactly, and the adapted model
+  may then move up to ``ROUTED_MAX_ORIGINAL_DROP`` on the original's check cells instead of one point - a
+  laboratory far from the original gets a model rather than a refusal;
 - the domain guard learns the laboratory: its look always, and - once the adapted model scored at least
   ``LAB_GUARD_MIN_CELLS`` held-out cells at ``LAB_GUARD_MIN_ACCURACY`` or better (*validated*) - how unsure
   the model usually is there, so the laboratory's samples stop carrying DOMAIN_SHIFT only then.
