@@ -351,7 +351,7 @@ def _check_original(
     adapted_logits: np.ndarray,
     cy: np.ndarray,
     counts: dict[str, int],
-    max_drop: float = MAX_ORIGINAL_DROP,
+    max_drop: float,
 ) -> None:
     """Accuracy on the original laboratory's check cells before/after (refused beyond ``max_drop``:
     MAX_ORIGINAL_DROP, or ROUTED_MAX_ORIGINAL_DROP for a routed model, whose parent reads the original
@@ -655,7 +655,7 @@ class _Judged:
 
 def _judge(metrics, adapted: Features, lab: _Lab, parent, max_drop: float) -> _Judged:
     """The draft's figures, measured on the written int8 file: held-out laboratory cells and the original
-    laboratory's check (refused beyond MAX_ORIGINAL_DROP: nothing is written) - the check through the
+    laboratory's check (refused beyond ``max_drop``: nothing is written) - the check through the
     draft's images where the replay holds them, else through its head (a head-only draft); its temperature
     and review threshold refitted on both."""
     calib_logits, calib_y = [], []
@@ -764,9 +764,9 @@ def _write_parent(parent_path: Path, parent, out: Path, routing: dict[str, Any])
         "parent_file": PARENT_FILE,
         "parent_sha256": info.sha256,
         "parent_version": info.version,
-        "rule": "each slide is read by this model where it matches the laboratory's look (median colour/framing "
-        "distance within the laboratory's threshold and nearer to it, in units of threshold, than to the original "
-        "laboratory's), else by the parent (wbcproc.routing)",
+        "rule": "each slide is read by this model where it matches the laboratory's look and not the original "
+        "laboratory's (median colour/framing distance within the laboratory's calibrated threshold and beyond the "
+        "original laboratory's), else by the parent (wbcproc.routing)",
     }
 
 
