@@ -211,3 +211,41 @@ def test_first_contact_papercuts_each_get_a_one_line_cause_and_an_exit_code(tmp_
                 "--model", str(tiny_model), env={"WBC_HOME": str(tmp_path / "home")})  # fmt: skip
     assert r.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in r.stderr
     assert f"--port {port + 1}" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('[input]\nmarker_files = "READY"\n', """[input] marker_files = 'READY'; expected a list, e.g. ["READY"]"""),
+        ('[inference]\nthreads = "two"\n', "[inference] threads = 'two'; expected an integer"),
+        ('[inference]\nbatch_size = "big"\n', "[inference] batch_size = 'big'; expected an integer"),
+        ('[flags]\nmax_review_share = "ten percent"\n', "[flags] max_review_share = 'ten percent'; expected a number"),
+        ("[flags]\nmax_review_share = 10\n", "[flags] max_review_share = 10; expected a number <= 1.0"),
+        ("[inference]\nbatch_size = 0\n", "[inference] batch_size = 0; expected a number > 0"),
+        ('[input]\nmarker_files = ["READY", 3]\n', "[input] marker_files[1] = 3; expected a string"),
+        ('[outputs]\nhl7 = "yes"\n', "[outputs] hl7 = 'yes'; expected true or false"),
+    ],
+)
+def test_a_bad_config_value_is_one_line_naming_key_value_and_expectation_with_exit_2(tmp_path, sample, text, said):
+    """A value of the wrong type or range never becomes something else (a string of markers split into letters)
+    and never a traceback: one line, exit 2, nothing written."""
+    cfg = tmp_path / "wbc.toml"
+    cfg.write_text(text)
+    r = subprocess.run(
+        [WBC, "process", str(sample), "--out", str(tmp_path / "out"), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0] and str(cfg) in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_list_of_markers_is_read_as_markers(tmp_path):
+    from wbcproc.config import load_settings
+
+    cfg = tmp_path / "wbc.toml"
+    cfg.write_text('[input]\nmarker_files = ["READY", "DONE.txt"]\n')
+    assert load_settings(cfg).marker_files == ("READY", "DONE.txt")

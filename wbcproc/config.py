@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from wbcproc.classes import WBC_CLASSES
 
 
@@ -182,6 +184,72 @@ def _merge_user(merged: dict[str, Any], path: Path) -> None:
         merged.setdefault(section, {}).update(values)
 
 
+class _Section(BaseModel):
+    # strict: a TOML string is never read as a number or a list ("two" threads, marker_files = "READY")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Input(_Section):
+    max_pixels: int = Field(gt=0)
+    min_side_px: int = Field(gt=0)
+    field_min_px: int = Field(gt=0)
+    marker_files: list[str]
+
+
+class _Inference(_Section):
+    batch_size: int = Field(gt=0)
+    threads: int = Field(ge=0)
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class _Flags(_Section):
+    min_wbc: int = Field(ge=0)
+    max_review_share: float = Field(ge=0.0, le=1.0)
+
+
+class _Reference(_Section):
+    file: str | None = None
+
+
+class _Outputs(_Section):
+    hl7: bool
+    hl7_sending_facility: str
+    hl7_receiving_application: str
+
+
+class _ConfigFile(_Section):
+    """The configuration's types and ranges (its values: ``data/default_config.toml`` merged with the user's)."""
+
+    input: _Input
+    inference: _Inference
+    flags: _Flags
+    reference: _Reference
+    outputs: _Outputs
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": 'a list, e.g. ["READY"]',
+    "greater_than": "a number > {gt}",
+    "greater_than_equal": "a number >= {ge}",
+    "less_than_equal": "a number <= {le}",
+}
+
+
+def _config_error(source: str, exc: ValidationError) -> ConfigError:
+    """One line: the first bad key, its value and what was expected (and how many more are bad)."""
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    section, key, *rest = [*err["loc"], "", ""]
+    where = f"[{section}] {key}" + "".join(f"[{i}]" for i in rest if i != "")
+    expected = _EXPECTED.get(err["type"], err["msg"]).format(**err.get("ctx", {}))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(f"config {source!r}: {where} = {err['input']!r}; expected {expected}{more}")
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Defaults merged with ``path`` (or ``$WBC_CONFIG`` when ``path`` is None)."""
     if path is None and os.environ.get("WBC_CONFIG"):
@@ -195,36 +263,28 @@ def load_settings(path: str | Path | None = None) -> Settings:
         _merge_user(merged, Path(path))
         source = str(path)
         base_dir = Path(path).resolve().parent
-    ref_file = merged.get("reference", {}).get("file")
-    if ref_file is not None:
-        ref_path = Path(ref_file)
-        if not ref_path.is_absolute():
-            ref_path = base_dir / ref_path
-        reference = load_reference_intervals(ref_path)
-    else:
-        reference = load_reference_intervals(None)
-    inp, inf, flg = merged["input"], merged["inference"], merged["flags"]
-    outp = merged.get("outputs", {})
-    if not isinstance(outp.get("hl7", False), bool):
-        raise ConfigError(f"config {source!r}: [outputs] hl7 = {outp['hl7']!r}; expected true or false")
-    settings = Settings(
-        max_pixels=int(inp["max_pixels"]),
-        min_side_px=int(inp["min_side_px"]),
-        field_min_px=int(inp["field_min_px"]),
-        marker_files=tuple(str(m) for m in inp.get("marker_files", ["READY"])),
-        batch_size=int(inf["batch_size"]),
-        threads=int(inf["threads"]),
-        review_threshold=(None if inf.get("review_threshold") is None else float(inf["review_threshold"])),
-        min_wbc=int(flg["min_wbc"]),
-        max_review_share=float(flg["max_review_share"]),
+    try:
+        cfg = _ConfigFile.model_validate(merged)
+    except ValidationError as exc:
+        raise _config_error(source, exc) from None
+    ref_path = None if cfg.reference.file is None else Path(cfg.reference.file)
+    if ref_path is not None and not ref_path.is_absolute():
+        ref_path = base_dir / ref_path
+    reference = load_reference_intervals(ref_path)
+    inp, inf, flg, outp = cfg.input, cfg.inference, cfg.flags, cfg.outputs
+    return Settings(
+        max_pixels=inp.max_pixels,
+        min_side_px=inp.min_side_px,
+        field_min_px=inp.field_min_px,
+        marker_files=tuple(inp.marker_files),
+        batch_size=inf.batch_size,
+        threads=inf.threads,
+        review_threshold=inf.review_threshold,
+        min_wbc=flg.min_wbc,
+        max_review_share=flg.max_review_share,
         reference=reference,
-        hl7=bool(outp.get("hl7", False)),
-        hl7_sending_facility=str(outp.get("hl7_sending_facility", "LAB")),
-        hl7_receiving_application=str(outp.get("hl7_receiving_application", "LIS")),
+        hl7=outp.hl7,
+        hl7_sending_facility=outp.hl7_sending_facility,
+        hl7_receiving_application=outp.hl7_receiving_application,
         source=source,
     )
-    if settings.batch_size < 1 or settings.max_pixels < 1 or settings.min_side_px < 1:
-        raise ConfigError(f"config {source!r}: batch_size, max_pixels and min_side_px must be positive")
-    if settings.review_threshold is not None and not 0.0 <= settings.review_threshold <= 1.0:
-        raise ConfigError(f"config {source!r}: review_threshold {settings.review_threshold} is not in [0, 1]")
-    return settings
