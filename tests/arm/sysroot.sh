@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# An aarch64 Python 3.11 with this machine's numpy, onnxruntime, OpenCV and Pillow versions, to run under
-# qemu-aarch64 (tests/test_int8.py: the same inputs and logits on an emulated ARM CPU).
+# An aarch64 Python 3.11 with this machine's numpy, onnxruntime, OpenCV, Pillow and pydantic (the settings'
+# types) versions, to run under qemu-aarch64 (tests/test_int8.py: the same inputs and logits on an emulated
+# ARM CPU).
 #   tests/arm/sysroot.sh DIR PYTHON     (PYTHON: the interpreter whose package versions to mirror)
 # Debian's arm64 packages give the interpreter (dpkg -x, no install), PyPI's manylinux aarch64 wheels the
 # packages (unzipped, no pip run under emulation).  Needs root for `dpkg --add-architecture` once.
@@ -21,7 +22,8 @@ rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/debs" "$dir.tmp/root" "$dir.tmp/site" "$
 for d in "$dir.tmp"/debs/*.deb; do dpkg -x "$d" "$dir.tmp/root"; done
 test -x "$dir.tmp/root/usr/bin/python3.11"
 pins=$("$py" -c 'from importlib.metadata import version as v
-print(" ".join(f"{p}=={v(p)}" for p in ("numpy", "onnxruntime", "opencv-python-headless", "pillow")))')
+print(" ".join(f"{p}=={v(p)}" for p in ("numpy", "onnxruntime", "opencv-python-headless", "pillow",
+    "pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection")))')
 # shellcheck disable=SC2086
 "$py" -m pip download -q --only-binary=:all: --no-deps --python-version 3.11 --implementation cp \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 \
