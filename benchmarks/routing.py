@@ -1,6 +1,6 @@
 """A laboratory's adapted model, routed with its parent: its slides and the original laboratory's, slide by slide.
 
-    python benchmarks/routing.py --lab ../shared/data/lisc --n 45 --pbc ../shared/data/pbc [--directions 2]
+    python benchmarks/routing.py --lab ../shared/data/lisc --n 45 --pbc ../shared/data/pbc [--halves A B]
 
 The laboratory's cells are split in two halves by content hash (as ``adapt_curve.py``).  ``n`` cells of one
 half (spread over the classes, seeded) are the reviewed cells given to ``wbc adapt`` (nothing held out
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="reviewed cells (default: all of a half)")
     ap.add_argument("--sample-cells", type=int, default=30)
     ap.add_argument("--pbc-cells", type=int, default=100)
-    ap.add_argument("--directions", type=int, choices=(1, 2), default=1, help="1: half A reviewed; 2: both ways")
+    ap.add_argument("--halves", nargs="+", choices=("A", "B"), default=["A"], help="the half (or halves) reviewed")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     print(machine())
@@ -64,7 +64,7 @@ def main() -> None:
     pbc_test = load_set(f"pbc={args.pbc}@test")[1]
     print(f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; PBC test {len(pbc_test)} cells; {model}")
     print(f"parent, PBC test: {score(pbc_test, load_classifier(model), args.pbc_cells, args.seed)}", flush=True)
-    for h in range(args.directions):
+    for h in ("AB".index(x) for x in args.halves):
         with tempfile.TemporaryDirectory() as tmp:
             test = gather([str(copy_as_lab(parts[1 - h], Path(tmp) / "test"))]).items
             print(f"half {'AB'[h]} reviewed; parent on the other half: "
