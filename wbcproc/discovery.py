@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from wbcproc.bounded import TooLarge, read_small
 from wbcproc.config import Settings
 
 # We enforce our own pixel limit (Settings.max_pixels) from the header before any decode; Pillow's
@@ -158,9 +159,12 @@ def read_metadata(path: Path) -> SampleMetadata:
     """Parse ``sample.json``.  Problems are recorded in ``errors``, never raised: metadata is optional."""
     meta = SampleMetadata(present=True)
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        meta.errors.append(f"{METADATA_FILE} could not be read as UTF-8 JSON: {exc}")
+        raw = json.loads(read_small(path).decode("utf-8"))
+    except TooLarge as exc:
+        meta.errors.append(str(exc))
+        return meta
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        meta.errors.append(f"{METADATA_FILE} could not be read as UTF-8 JSON: {exc or 'nested too deeply'}")
         return meta
     if not isinstance(raw, dict):
         meta.errors.append(f"{METADATA_FILE} must hold a JSON object, got {type(raw).__name__}")

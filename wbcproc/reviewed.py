@@ -46,6 +46,12 @@ def reviewed_classes(workbook: str | Path) -> dict[str, str]:
     """``{cell file name: reviewed class}`` from the Cells sheet; blank reviewed cells are left out."""
     from openpyxl import load_workbook
 
+    from wbcproc.bounded import TooLarge, check_workbook_size
+
+    try:
+        check_workbook_size(workbook)
+    except TooLarge as exc:
+        raise ValueError(f"{str(workbook)!r}: {exc}") from None
     wb = load_workbook(workbook, read_only=True)
     if "Cells" not in wb.sheetnames:
         raise ValueError(f"{str(workbook)!r} has no 'Cells' sheet: not a wbc report workbook")

@@ -45,6 +45,7 @@ from typing import Any
 from wbcproc.aggregate import differential
 from wbcproc.atomic import atomic_write_bytes
 from wbcproc.audit import LOG_NAME, append, read_entries
+from wbcproc.bounded import TooLarge, check_workbook_size
 from wbcproc.classes import CLASSES
 from wbcproc.config import ReferenceIntervals
 from wbcproc.flags import flag_drivers, interval_flags, wbc_count_flags
@@ -68,7 +69,11 @@ class VerificationRejected(ValueError):
     def __init__(self, workbook: str | Path, problems: list[str]) -> None:
         self.workbook = str(workbook)
         self.problems = problems
-        super().__init__(f"{self.workbook}: not verified, nothing changed:\n" + "\n".join(f"  - {p}" for p in problems))
+        head = f"{self.workbook}: not verified, nothing changed:"
+        if len(problems) == 1:  # one reason: one line (a reviewed/rejected/*.reason.txt, a log line)
+            super().__init__(f"{head} {problems[0]}")
+        else:
+            super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -109,17 +114,28 @@ def _labelled(ws, label: str) -> tuple[Any, str] | None:
     return None
 
 
-def read_workbook(path: str | Path) -> ReviewedWorkbook:
-    """The identity, signature and cell rows of an edited report workbook (raises VerificationRejected
-    when it is not a wbc report workbook)."""
+def _open_workbook(path: Path):
+    """The workbook, loaded only once its size, parts and sheets are known to be within bounds."""
     from openpyxl import load_workbook
     from openpyxl.utils.exceptions import InvalidFileException
 
-    path = Path(path)
     try:
-        wb = load_workbook(path, read_only=False, data_only=True)
+        check_workbook_size(path)
+    except TooLarge as exc:
+        raise VerificationRejected(path, [str(exc)]) from None
+    except OSError as exc:
+        raise VerificationRejected(path, [f"the workbook cannot be read: {exc}"]) from None
+    try:
+        return load_workbook(path, read_only=False, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
         raise VerificationRejected(path, [f"not an Excel workbook (.xlsx) that can be read: {exc}"]) from None
+
+
+def read_workbook(path: str | Path) -> ReviewedWorkbook:
+    """The identity, signature and cell rows of an edited report workbook (raises VerificationRejected
+    when it is not a wbc report workbook)."""
+    path = Path(path)
+    wb = _open_workbook(path)
     missing = [s for s in ("Summary", "Cells", "About") if s not in wb.sheetnames]
     if missing:
         raise VerificationRejected(path, [f"not a wbc report workbook: sheet(s) {missing} missing"])
