@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# An aarch64 Python 3.11 with this machine's numpy, onnxruntime, OpenCV, Pillow and pydantic (the settings'
-# types) versions, to run under qemu-aarch64 (tests/test_int8.py: the same inputs and logits on an emulated
-# ARM CPU).
-#   tests/arm/sysroot.sh DIR PYTHON     (PYTHON: the interpreter whose package versions to mirror)
+# CI set-up, run by .ci/run before the tests (it changes the host's package configuration, so no test runs it):
+# an aarch64 Python 3.11 with the numpy, onnxruntime, OpenCV, Pillow and pydantic (the settings' types)
+# versions of constraints.txt, to run under qemu-aarch64 (tests/test_int8.py: the same inputs and logits on an
+# emulated ARM CPU).
+#   .ci/arm-sysroot.sh DIR CONSTRAINTS     (e.g. .ci/arm-sysroot.sh .arm-sysroot constraints.txt; needs root)
 # Debian's arm64 packages give the interpreter (dpkg -x, no install), PyPI's manylinux aarch64 wheels the
-# packages (unzipped, no pip run under emulation).  Needs root for `dpkg --add-architecture` once.
+# packages (unzipped, no pip run under emulation).
 set -euo pipefail
 dir=$1
-py=$2
+constraints=$2
 command -v qemu-aarch64 >/dev/null || { echo "qemu-aarch64 not installed (Debian: qemu-user)"; exit 1; }
 command -v apt-get >/dev/null || { echo "no apt-get: the arm64 interpreter comes from Debian's packages"; exit 1; }
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -21,15 +22,14 @@ rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/debs" "$dir.tmp/root" "$dir.tmp/site" "$
     libsqlite3-0:arm64 2>&1 | grep -v "^W: Download is performed unsandboxed" || true)
 for d in "$dir.tmp"/debs/*.deb; do dpkg -x "$d" "$dir.tmp/root"; done
 test -x "$dir.tmp/root/usr/bin/python3.11"
-pins=$("$py" -c 'from importlib.metadata import version as v
-print(" ".join(f"{p}=={v(p)}" for p in ("numpy", "onnxruntime", "opencv-python-headless", "pillow",
-    "pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection")))')
+pins=$(grep -i -E '^(numpy|onnxruntime|opencv-python-headless|pillow|pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]extensions|typing[-_]inspection)==' "$constraints" | tr '\n' ' ')
+test -n "$pins"
 # shellcheck disable=SC2086
-"$py" -m pip download -q --only-binary=:all: --no-deps --python-version 3.11 --implementation cp \
+python3 -m pip download -q --only-binary=:all: --no-deps --python-version 3.11 --implementation cp \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 \
     --platform manylinux2014_aarch64 -d "$dir.tmp/wheels" $pins
-for w in "$dir.tmp"/wheels/*.whl; do "$py" -m zipfile -e "$w" "$dir.tmp/site"; done
-echo "$pins" > "$dir.tmp/VERSIONS"
+for w in "$dir.tmp"/wheels/*.whl; do python3 -m zipfile -e "$w" "$dir.tmp/site"; done
+echo "$pins" | tr ' ' '\n' | grep . | tr 'A-Z_' 'a-z-' | sort > "$dir.tmp/VERSIONS"
 # qemu-user 7 shows the host's /proc/cpuinfo, which ONNX Runtime's CPU probe (cpuinfo) cannot parse as ARM:
 # the test mounts this one over it (a Neoverse N1, the CPU it emulates) in a private mount namespace.
 cat > "$dir.tmp/cpuinfo" <<'INFO'
