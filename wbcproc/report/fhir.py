@@ -9,6 +9,7 @@ same DiagnosticReport, its status moved on).  Status: ``preliminary`` for the ma
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
@@ -43,6 +44,40 @@ def _qty(value: float, unit: str, code: str) -> dict[str, Any]:
     return {"value": value, "unit": unit, "system": UCUM, "code": code}
 
 
+LABORATORY = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]
+}
+HEMATOLOGY = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM", "display": "Hematology"}]
+}
+
+
+def _diagnostic_report(
+    r: dict[str, Any], ns: uuid.UUID, status: str, specimen_id: str, observations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The DiagnosticReport: the panel, its results, the flags as conclusion, the model and the disclaimer."""
+    return {
+        "resourceType": "DiagnosticReport",
+        "id": str(uuid.uuid5(ns, "report")),
+        "status": status,
+        "category": [copy.deepcopy(HEMATOLOGY)],
+        "code": {"coding": [{"system": LOINC, "code": PANEL_CODE[0], "display": PANEL_CODE[1]}]},
+        "identifier": [{"system": "urn:wbc:sample-id", "value": r["sample_id"]}],
+        "effectiveDateTime": r["processed_at"],
+        "issued": r.get("verified_at") or r["processed_at"],
+        "specimen": [{"reference": f"urn:uuid:{specimen_id}"}],
+        "result": [{"reference": f"urn:uuid:{o['id']}", "display": o["code"]["text"]} for o in observations],
+        "conclusion": "; ".join(f["message"] for f in r["flags"]) or "No values outside reference intervals.",
+        "extension": [
+            {
+                "url": "urn:wbc:model",
+                "valueString": f"{r['model']['name']} {r['model']['version']} sha256:{r['model']['sha256']}",
+            }
+        ],
+        "presentedForm": [{"contentType": "text/plain", "title": "Disclaimer", "data": _b64(r["disclaimer"])}],
+    }
+
+
 def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
     ns = uuid.uuid5(uuid.NAMESPACE_URL, f"wbc:{r['sample_id']}:{r['processed_at']}")
     specimen_id = str(uuid.uuid5(ns, "specimen"))
@@ -64,16 +99,7 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
             "resourceType": "Observation",
             "id": str(uuid.uuid5(ns, key)),
             "status": obs_status,
-            "category": [
-                {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                            "code": "laboratory",
-                        }
-                    ]
-                }
-            ],
+            "category": [copy.deepcopy(LABORATORY)],
             "code": {"coding": [{"system": LOINC, "code": code[0], "display": code[1]}], "text": code[1]},
             "specimen": {"reference": f"urn:uuid:{specimen_id}"},
             "effectiveDateTime": r["processed_at"],
@@ -90,36 +116,7 @@ def fhir_bundle(r: dict[str, Any]) -> dict[str, Any]:
     if r["wbc_total"]:
         for row in differential_rows(r):
             _observe(observation, row, r)
-    report = {
-        "resourceType": "DiagnosticReport",
-        "id": str(uuid.uuid5(ns, "report")),
-        "status": status,
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
-                        "code": "HM",
-                        "display": "Hematology",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC, "code": PANEL_CODE[0], "display": PANEL_CODE[1]}]},
-        "identifier": [{"system": "urn:wbc:sample-id", "value": r["sample_id"]}],
-        "effectiveDateTime": r["processed_at"],
-        "issued": r.get("verified_at") or r["processed_at"],
-        "specimen": [{"reference": f"urn:uuid:{specimen_id}"}],
-        "result": [{"reference": f"urn:uuid:{o['id']}", "display": o["code"]["text"]} for o in observations],
-        "conclusion": "; ".join(f["message"] for f in r["flags"]) or "No values outside reference intervals.",
-        "extension": [
-            {
-                "url": "urn:wbc:model",
-                "valueString": f"{r['model']['name']} {r['model']['version']} sha256:{r['model']['sha256']}",
-            }
-        ],
-        "presentedForm": [{"contentType": "text/plain", "title": "Disclaimer", "data": _b64(r["disclaimer"])}],
-    }
+    report = _diagnostic_report(r, ns, status, specimen_id, observations)
     verifier = [] if status == "preliminary" else [_sign(report, observations, r["verified_by"], ns)]
     entries = [report, specimen, *verifier, *observations]
     return {
