@@ -477,29 +477,7 @@ def summarise(
         np.array([1.0 - c.confidence for c in classified.cells]),
     )
     if domain is not None and domain["shifted"]:
-        why = []
-        if "colour/framing" in domain["reasons"]:
-            why.append(f"stain/camera/framing distance {domain['distance']:.2f} > calibrated {domain['threshold']:.2f}")
-        if "laboratory not validated" in domain["reasons"]:
-            why.append(
-                f"they match laboratory {domain['matched_lab']['name']}, to which the model was adapted without "
-                "being validated there (too few held-out cells, or scored below the bar: see the model's sidecar)"
-            )
-        if "model uncertainty" in domain["reasons"]:
-            where = f" on laboratory {domain['uncertainty_reference']}" if domain.get("uncertainty_reference") else ""
-            why.append(
-                f"mean model uncertainty {domain['uncertainty']:.3f} > calibrated{where} "
-                f"{domain['uncertainty_threshold']:.3f} for {domain['cells']} cells"
-            )
-        flags.insert(
-            0,
-            sample_flag(
-                "DOMAIN_SHIFT",
-                f"these images differ from the model's training images ({'; '.join(why)}): the "
-                "differential may be wrong; verify by manual review before use",
-                domain["distance"],
-            ),
-        )
+        flags.insert(0, _domain_shift_flag(domain))
     withheld = withheld_flags(diff, settings.reference, corrected, flags)
     drivers = flag_drivers(flags, withheld)
     info = classifier.info
@@ -517,14 +495,7 @@ def summarise(
         "cells_for_review": diff.n_review,
         "review_threshold": threshold,
         "flags": flags,
-        "corrected": None
-        if corrected is None
-        else {
-            **corrected.as_dict(),
-            "method": "adjusted classify-and-count: maximum-likelihood composition given the model's validation "
-            "confusion matrix (EM), 95% intervals by bootstrap over cells and confusion-matrix uncertainty",
-            "confusion_source": confusion.source if confusion is not None else None,
-        },
+        "corrected": _corrected_block(corrected, confusion),
         "withheld_flags": withheld,
         "flag_drivers": sorted(drivers),
         "flag_performance": info.sidecar.flag_performance,
@@ -538,30 +509,76 @@ def summarise(
         "metadata": meta.as_dict(),
         "model": {**info.summary(), "classes": list(info.classes), "input_size": info.preprocess.input_size},
         "software_version": __version__,
-        "config": {
-            "reference_intervals": settings.reference.as_dict(),
-            "min_wbc": settings.min_wbc,
-            "max_review_share": settings.max_review_share,
-            "max_pixels": settings.max_pixels,
-            "min_side_px": settings.min_side_px,
-            "source": settings.source,
-            "hash": settings.config_hash(),
-            "outputs": settings.outputs(),
-        },
-        "method": (
-            "Each cell image is decoded with OpenCV, prepared as the model's sidecar prescribes and classified "
-            f"by {info.name} {info.version} (ONNX Runtime); single-cell images are framed at the sample's median "
-            "red-cell diameter where it can be measured (one slide, one magnification). Percentages are of the "
-            "WBC total (neutrophils, "
-            "lymphocytes, monocytes, eosinophils, basophils, immature granulocytes); NRBC per 100 WBC; 95% "
-            "confidence intervals are exact binomial (Clopper-Pearson). Cells below the review threshold are "
-            "counted with the model's class and marked REVIEW."
-            + _routing_method(classified.routing)
-            + " This report is preliminary until a qualified "
-            "person verifies it (wbc verify): the final report is recomputed from the verified classes."
-        ),
+        "config": _config_block(settings),
+        "method": _method_text(info, classified.routing),
         "disclaimer": "Decision support only, not a diagnosis: results require review by a qualified person.",
     }
+
+
+def _corrected_block(corrected, confusion) -> dict[str, Any] | None:
+    """The confusion-corrected differential with its method, or None where the sidecar has no confusion."""
+    if corrected is None:
+        return None
+    return {
+        **corrected.as_dict(),
+        "method": "adjusted classify-and-count: maximum-likelihood composition given the model's validation "
+        "confusion matrix (EM), 95% intervals by bootstrap over cells and confusion-matrix uncertainty",
+        "confusion_source": confusion.source if confusion is not None else None,
+    }
+
+
+def _config_block(settings: Settings) -> dict[str, Any]:
+    """The settings a report was made with (the reference intervals and their source among them)."""
+    return {
+        "reference_intervals": settings.reference.as_dict(),
+        "min_wbc": settings.min_wbc,
+        "max_review_share": settings.max_review_share,
+        "max_pixels": settings.max_pixels,
+        "min_side_px": settings.min_side_px,
+        "source": settings.source,
+        "hash": settings.config_hash(),
+        "outputs": settings.outputs(),
+    }
+
+
+def _method_text(info, routing: dict[str, Any] | None) -> str:
+    """The report's method paragraph: how cells were read and counted, which model, and its routing."""
+    return (
+        "Each cell image is decoded with OpenCV, prepared as the model's sidecar prescribes and classified "
+        f"by {info.name} {info.version} (ONNX Runtime); single-cell images are framed at the sample's median "
+        "red-cell diameter where it can be measured (one slide, one magnification). Percentages are of the "
+        "WBC total (neutrophils, "
+        "lymphocytes, monocytes, eosinophils, basophils, immature granulocytes); NRBC per 100 WBC; 95% "
+        "confidence intervals are exact binomial (Clopper-Pearson). Cells below the review threshold are "
+        "counted with the model's class and marked REVIEW."
+        + _routing_method(routing)
+        + " This report is preliminary until a qualified "
+        "person verifies it (wbc verify): the final report is recomputed from the verified classes."
+    )
+
+
+def _domain_shift_flag(domain: dict[str, Any]) -> dict[str, Any]:
+    """DOMAIN_SHIFT, saying which of the guard's reasons tripped and by how much."""
+    why = []
+    if "colour/framing" in domain["reasons"]:
+        why.append(f"stain/camera/framing distance {domain['distance']:.2f} > calibrated {domain['threshold']:.2f}")
+    if "laboratory not validated" in domain["reasons"]:
+        why.append(
+            f"they match laboratory {domain['matched_lab']['name']}, to which the model was adapted without "
+            "being validated there (too few held-out cells, or scored below the bar: see the model's sidecar)"
+        )
+    if "model uncertainty" in domain["reasons"]:
+        where = f" on laboratory {domain['uncertainty_reference']}" if domain.get("uncertainty_reference") else ""
+        why.append(
+            f"mean model uncertainty {domain['uncertainty']:.3f} > calibrated{where} "
+            f"{domain['uncertainty_threshold']:.3f} for {domain['cells']} cells"
+        )
+    return sample_flag(
+        "DOMAIN_SHIFT",
+        f"these images differ from the model's training images ({'; '.join(why)}): the "
+        "differential may be wrong; verify by manual review before use",
+        domain["distance"],
+    )
 
 
 def _routing_method(routing: dict[str, Any] | None) -> str:
