@@ -250,6 +250,51 @@ def _diagnostics(cm_rows: list[list[int]], probs: np.ndarray, test: CachedSet, r
     )
 
 
+def _sidecar(
+    data: CachedSet, cfg, opts: RunOptions, train_info: dict[str, Any], metrics: dict[str, Any], *, version: str,
+    counts: dict, par: dict, quant: dict | None, val_logits: np.ndarray, val_labels: np.ndarray, scored: str,
+) -> Sidecar:  # fmt: skip
+    """What inference reads about the exported model: its recipe, calibration (from the logits of the file that
+    ships, ``scored``), data, parity, quantisation and the references the domain guard and correction use."""
+    return Sidecar(
+        name=MODEL_NAME,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        classes=tuple(CLASSES),
+        input=InputSpec(shape=("batch", 3, data.spec.input_size, data.spec.input_size)),
+        output=OutputSpec(apply="softmax(logits / temperature)"),
+        preprocess=data.spec,
+        temperature=metrics["temperature"],
+        review_threshold=metrics["review_threshold"],
+        metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_calibrated", "n")}
+        | {"per_class_f1": {c: round(v["f1"], 4) for c, v in metrics["per_class"].items()}},
+        parity=Parity.from_dict(par),
+        quantization=None if quant is None else Quantization.from_dict(quant),
+        data={
+            "roots": [str(Path(d).resolve()) for d in opts.data]
+            or sorted({source_of(f) for f in data.files}),  # from a cache: its sources
+            "per_split_class": counts,
+            "split_rule": f"sha256[:8]/2^32 < {opts.test_fraction} test, < {opts.test_fraction + opts.val_fraction} val",
+        },
+        init=train_info["init"],
+        training={
+            **cfg.as_dict(),
+            "best_epoch": train_info["best_epoch"],
+            "best_val_macro_f1": train_info["best_val_macro_f1"],
+            "device": train_info["device"],
+            "class_weights": train_info["class_weights"],
+            "seconds": round(train_info["train_seconds"], 1),
+        },
+        software=_versions(),
+        intended_use="Decision support for white-cell differentials on single-cell images; not a diagnosis.",
+        domain={
+            **domain_reference(data),
+            "uncertainty": uncertainty_reference(val_logits, metrics["temperature"], scored),
+        },
+        confusion_val=ConfusionReference.from_dict(confusion_reference(val_logits, val_labels, scored)),
+    )
+
+
 def evaluate_and_export(
     model, data: CachedSet, train_info: dict[str, Any], cfg, opts: RunOptions, g: Gathered, log=print
 ) -> dict[str, Any]:
@@ -267,7 +312,6 @@ def evaluate_and_export(
     metrics, probs = calibrate_and_score(
         val_logits, val.labels, test_logits, test.labels, "PyTorch (parity-checked against the ONNX export)"
     )
-    temperature, threshold = metrics["temperature"], metrics["review_threshold"]
     onnx_path = export_onnx(model, data.spec.input_size, run_dir / "model.onnx")
     onnx_test_logits = ort_logits(onnx_path, test)
     par = parity(test_logits, onnx_test_logits, tol=opts.parity_tol)
@@ -297,7 +341,6 @@ def evaluate_and_export(
             # the shipped file is the int8 one: calibrate and score *it*, so the sidecar describes what ships
             scored_val_logits, scored = ort_logits(onnx_path, val), "int8 ONNX (ONNX Runtime)"
             metrics, probs = calibrate_and_score(scored_val_logits, val.labels, q_logits, test.labels, scored)
-            temperature, threshold = metrics["temperature"], metrics["review_threshold"]
         else:
             q.unlink()
         log(f"int8: {quant}")
@@ -305,43 +348,10 @@ def evaluate_and_export(
     _diagnostics(metrics["confusion"], probs, test, data.spec.colour_order == "RGB", run_dir)
     version = opts.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     counts = g.counts() if g is not None else cache_counts(data)
-    sidecar = Sidecar(
-        name=MODEL_NAME,
-        version=version,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        classes=tuple(CLASSES),
-        input=InputSpec(shape=("batch", 3, data.spec.input_size, data.spec.input_size)),
-        output=OutputSpec(apply="softmax(logits / temperature)"),
-        preprocess=data.spec,
-        temperature=temperature,
-        review_threshold=threshold,
-        metrics={k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "ece_calibrated", "n")}
-        | {"per_class_f1": {c: round(v["f1"], 4) for c, v in metrics["per_class"].items()}},
-        parity=Parity.from_dict(par),
-        quantization=None if quant is None else Quantization.from_dict(quant),
-        data={
-            "roots": [str(Path(d).resolve()) for d in opts.data]
-            or sorted({source_of(f) for f in data.files}),  # from a cache: its sources
-            "per_split_class": counts,
-            "split_rule": f"sha256[:8]/2^32 < {opts.test_fraction} test, < {opts.test_fraction + opts.val_fraction} val",
-        },
-        init=train_info["init"],
-        training={
-            **cfg.as_dict(),
-            "best_epoch": train_info["best_epoch"],
-            "best_val_macro_f1": train_info["best_val_macro_f1"],
-            "device": train_info["device"],
-            "class_weights": train_info["class_weights"],
-            "seconds": round(train_info["train_seconds"], 1),
-        },
-        software=_versions(),
-        intended_use="Decision support for white-cell differentials on single-cell images; not a diagnosis.",
-        domain={
-            **domain_reference(data),
-            "uncertainty": uncertainty_reference(scored_val_logits, temperature, scored),
-        },
-        confusion_val=ConfusionReference.from_dict(confusion_reference(scored_val_logits, val.labels, scored)),
-    )
+    sidecar = _sidecar(
+        data, cfg, opts, train_info, metrics, version=version, counts=counts, par=par, quant=quant,
+        val_logits=scored_val_logits, val_labels=val.labels, scored=scored,
+    )  # fmt: skip
     write_sidecar(onnx_path, sidecar)
     full = {
         "test": metrics,
