@@ -252,6 +252,42 @@ def _adapt_and_compare(data: list[str], runs_dir: str, registry: str | None, mar
     }
 
 
+def _publish(version: str, summary: dict[str, Any], decision, challenger: dict, champion: dict | None) -> None:
+    """The run's figures in the Prefect UI: per-class metrics, the confusion matrix and the decision."""
+    m = summary["metrics"]
+    create_table_artifact(
+        key="retrain-metrics",
+        table=[
+            {
+                "class": c,
+                "precision": round(v["precision"], 4),
+                "recall": round(v["recall"], 4),
+                "f1": round(v["f1"], 4),
+                "support": v["support"],
+            }
+            for c, v in m["per_class"].items()
+        ],
+        description=f"Test-split metrics of {version}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}",
+    )
+    create_table_artifact(
+        key="retrain-confusion",
+        table=[
+            {"true": c, **dict(zip(CLASSES, row, strict=True))} for c, row in zip(CLASSES, m["confusion"], strict=True)
+        ],
+        description="Confusion matrix on the test split (rows true, columns predicted)",
+    )
+    champ = "none" if champion is None else f"{champion['macro_f1']:.4f}"
+    create_markdown_artifact(
+        markdown=(
+            f"# Retrain {version}\n\n- challenger macro-F1 (ONNX Runtime, test split): {challenger['macro_f1']:.4f}\n"
+            f"- current model macro-F1 on the same split: {champ}\n- parity: {summary['parity']}\n"
+            f"- **promoted: {decision.promote}** - {decision.reason}\n- run: `{summary['run_dir']}`\n"
+            + _per_source_md(challenger, champion)
+        ),
+        description="Promotion decision",
+    )
+
+
 @flow(name="retrain", log_prints=False)
 def retrain_flow(
     data: list[str],
@@ -311,38 +347,7 @@ def retrain_flow(
         decision, challenger, champion = compare(summary, g, reg, margin)
         registered = promote(decision, summary, reg)
         _remember(list(data), runs_dir)
-    m = summary["metrics"]
-    create_table_artifact(
-        key="retrain-metrics",
-        table=[
-            {
-                "class": c,
-                "precision": round(v["precision"], 4),
-                "recall": round(v["recall"], 4),
-                "f1": round(v["f1"], 4),
-                "support": v["support"],
-            }
-            for c, v in m["per_class"].items()
-        ],
-        description=f"Test-split metrics of {version}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}",
-    )
-    create_table_artifact(
-        key="retrain-confusion",
-        table=[
-            {"true": c, **dict(zip(CLASSES, row, strict=True))} for c, row in zip(CLASSES, m["confusion"], strict=True)
-        ],
-        description="Confusion matrix on the test split (rows true, columns predicted)",
-    )
-    champ = "none" if champion is None else f"{champion['macro_f1']:.4f}"
-    create_markdown_artifact(
-        markdown=(
-            f"# Retrain {version}\n\n- challenger macro-F1 (ONNX Runtime, test split): {challenger['macro_f1']:.4f}\n"
-            f"- current model macro-F1 on the same split: {champ}\n- parity: {summary['parity']}\n"
-            f"- **promoted: {decision.promote}** - {decision.reason}\n- run: `{summary['run_dir']}`\n"
-            + _per_source_md(challenger, champion)
-        ),
-        description="Promotion decision",
-    )
+    _publish(version, summary, decision, challenger, champion)
     return {
         "skipped": False,
         "version": registered,
