@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from wbcproc.classes import CLASSES, WBC_CLASSES
+from wbcproc.stats import binom_cdf, bisect_decreasing
 
 DEFINITE = 0.95  # probability beyond the limit for a definite flag
 POSSIBLE = 0.5  # ... for a possible one: the corrected value itself is beyond the limit
@@ -79,27 +80,9 @@ def unmix(called: np.ndarray, confusion: np.ndarray, iterations: int = 300, tol:
 def binomial_upper(successes: int, trials: int, confidence: float = RATE_CONFIDENCE) -> float:
     """One-sided Clopper-Pearson upper bound of a rate: the p at which seeing ``successes`` or fewer in
     ``trials`` has probability 1 - confidence (by bisection on the binomial CDF: no SciPy at run time)."""
-    if trials <= 0:
+    if trials <= 0 or successes >= trials:
         return 1.0
-    if successes >= trials:
-        return 1.0
-
-    def cdf(p: float) -> float:
-        if p <= 0.0:
-            return 1.0
-        lc = math.lgamma(trials + 1)
-        return sum(
-            math.exp(
-                lc - math.lgamma(i + 1) - math.lgamma(trials - i + 1) + i * math.log(p) + (trials - i) * math.log1p(-p)
-            )
-            for i in range(successes + 1)
-        )
-
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) > 1 - confidence else (lo, mid)
-    return hi
+    return bisect_decreasing(lambda p: binom_cdf(successes, trials, p) - (1 - confidence), 0.0, 1.0)
 
 
 def poisson_tail(k: int, mean: float) -> float:

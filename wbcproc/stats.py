@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 
-def _binom_cdf(k: int, n: int, p: float) -> float:
+def binom_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p)."""
     if k < 0:
         return 0.0
@@ -29,8 +29,9 @@ def _binom_cdf(k: int, n: int, p: float) -> float:
     return float(min(1.0, math.exp(m) * np.exp(logpmf - m).sum()))
 
 
-def _bisect(f, lo: float, hi: float) -> float:
-    """Root of a decreasing function f on [lo, hi]."""
+def bisect_decreasing(f, lo: float, hi: float) -> float:
+    """Root of a decreasing function f on [lo, hi] (60 halvings: far below 1e-12); shared with
+    ``wbcproc.correction``'s one-sided rate bounds."""
     for _ in range(60):
         mid = (lo + hi) / 2
         if f(mid) > 0:
@@ -53,9 +54,9 @@ def clopper_pearson(x: int, n: int, confidence: float = 0.95) -> tuple[float, fl
         return 0.0, 1.0
     alpha = 1.0 - confidence
     # lower: P(X >= x | p) = alpha/2  <=>  1 - cdf(x-1) = alpha/2 (increasing in p)
-    lower = 0.0 if x == 0 else _bisect(lambda p: alpha / 2 - (1.0 - _binom_cdf(x - 1, n, p)), 0.0, 1.0)
+    lower = 0.0 if x == 0 else bisect_decreasing(lambda p: alpha / 2 - (1.0 - binom_cdf(x - 1, n, p)), 0.0, 1.0)
     # upper: P(X <= x | p) = alpha/2 (decreasing in p)
-    upper = 1.0 if x == n else _bisect(lambda p: _binom_cdf(x, n, p) - alpha / 2, 0.0, 1.0)
+    upper = 1.0 if x == n else bisect_decreasing(lambda p: binom_cdf(x, n, p) - alpha / 2, 0.0, 1.0)
     return lower, upper
 
 
