@@ -30,6 +30,7 @@ from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
 from wbcproc.framing import FrameInfo, sample_framing, uses_sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
+from wbcproc.method import method_text
 from wbcproc.model import Classifier, load_classifier
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
 from wbcproc.routing import LAB, choose
@@ -510,7 +511,7 @@ def summarise(
         "model": {**info.summary(), "classes": list(info.classes), "input_size": info.preprocess.input_size},
         "software_version": __version__,
         "config": _config_block(settings),
-        "method": _method_text(info, classified.routing),
+        "method": method_text(info.summary(), classified.routing),
         "disclaimer": "Decision support only, not a diagnosis: results require review by a qualified person.",
     }
 
@@ -541,22 +542,6 @@ def _config_block(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _method_text(info, routing: dict[str, Any] | None) -> str:
-    """The report's method paragraph: how cells were read and counted, which model, and its routing."""
-    return (
-        "Each cell image is decoded with OpenCV, prepared as the model's sidecar prescribes and classified "
-        f"by {info.name} {info.version} (ONNX Runtime); single-cell images are framed at the sample's median "
-        "red-cell diameter where it can be measured (one slide, one magnification). Percentages are of the "
-        "WBC total (neutrophils, "
-        "lymphocytes, monocytes, eosinophils, basophils, immature granulocytes); NRBC per 100 WBC; 95% "
-        "confidence intervals are exact binomial (Clopper-Pearson). Cells below the review threshold are "
-        "counted with the model's class and marked REVIEW."
-        + _routing_method(routing)
-        + " This report is preliminary until a qualified "
-        "person verifies it (wbc verify): the final report is recomputed from the verified classes."
-    )
-
-
 def _domain_shift_flag(domain: dict[str, Any]) -> dict[str, Any]:
     """DOMAIN_SHIFT, saying which of the guard's reasons tripped and by how much."""
     why = []
@@ -578,16 +563,6 @@ def _domain_shift_flag(domain: dict[str, Any]) -> dict[str, Any]:
         f"these images differ from the model's training images ({'; '.join(why)}): the "
         "differential may be wrong; verify by manual review before use",
         domain["distance"],
-    )
-
-
-def _routing_method(routing: dict[str, Any] | None) -> str:
-    if routing is None:
-        return ""
-    routed = routing["routed_model"]
-    return (
-        f" The model in use, {routed['name']} {routed['version']}, is a laboratory model routed with its parent: "
-        f"{routing['why']}, so this slide was read by {routing['read_by']['name']} {routing['read_by']['version']}."
     )
 
 

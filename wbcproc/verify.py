@@ -49,17 +49,13 @@ from wbcproc.bounded import TooLarge, check_workbook_size
 from wbcproc.classes import CLASSES
 from wbcproc.config import ReferenceIntervals
 from wbcproc.flags import flag_drivers, interval_flags, wbc_count_flags
+from wbcproc.method import method_text
 from wbcproc.report import hl7_bytes
 from wbcproc.report.excel import VERIFIED_BY, workbook_bytes
 from wbcproc.report.fhir import fhir_bundle
 from wbcproc.reviewed import Exported, export_cells
 from wbcproc.sidecar import sha256_file
 
-FINAL_METHOD = (
-    " Final report: every cell's class as verified by the signing person (cells without a reviewed class keep "
-    "the model's class and were accepted on signing); the differential, intervals and flags are recomputed "
-    "from the verified classes, flags on the verified counts without the correction for the model's confusion."
-)
 _RECOMPUTED_SAMPLE_FLAGS = {"NO_WBC", "LOW_WBC_COUNT", "REVIEW_SHARE_HIGH"}
 
 
@@ -310,7 +306,7 @@ def final_result(base: dict[str, Any], verified: dict[str, str], *, by: str, at:
             "withheld_flags": [],
             "flag_drivers": sorted(drivers),
             "cells": [c | {"flag_driver": c["class"] in drivers} for c in cells],
-            "method": base["method"].split(" This report is preliminary")[0].split(" Final report:")[0] + FINAL_METHOD,
+            "method": method_text(base["model"], base.get("routing"), final=True),
         }
     )
     r["changes"] = [
