@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _machine import machine
 from cluster import Cluster, drop, reports, wait
 
-HERE = Path(__file__).resolve().parent
+from wbcproc.discovery import IMAGE_EXTENSIONS
 
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+HERE = Path(__file__).resolve().parent
 
 
 def _t(s: str | None) -> float | None:
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    pool = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in IMAGE_EXT)
+    pool = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     random.Random(args.seed).shuffle(pool)
     images = pool[: args.folders * args.cells]
     print(machine())

@@ -27,7 +27,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from wbcproc.inbox import Ledger, Listing, SettleTracker, fingerprint, listing
+from wbcproc.inbox import Ledger, Listing, Quiet, SettleTracker, fingerprint, listing
 
 log = logging.getLogger("wbc.watcher")
 # watchdog's inotify backend warns when a watched sub-folder is moved away and a new one of the same name
@@ -71,13 +71,14 @@ class _Handler(FileSystemEventHandler):
             self.wake.set()
 
 
-def _unique(dest: Path) -> Path:
-    if not dest.exists():
-        return dest
-    n = 2
-    while dest.with_name(f"{dest.name}.{n}").exists():
-        n += 1
-    return dest.with_name(f"{dest.name}.{n}")
+def _unique(dest: Path, *, keep_suffix: bool = False) -> Path:
+    """``dest``, or the first free ``dest.2``, ``dest.3``... beside it; with ``keep_suffix`` the number goes
+    before the extension (``book.2.xlsx``), so a moved workbook still opens in Excel / Calc."""
+    stem, suffix = (dest.stem, dest.suffix) if keep_suffix else (dest.name, "")
+    n, free = 2, dest
+    while free.exists():
+        free, n = dest.with_name(f"{stem}.{n}{suffix}"), n + 1
+    return free
 
 
 class InboxWatcher:
@@ -287,7 +288,7 @@ class ReviewedWatcher:
         self, folder: Path, handle: Callable[[Path], None], *, quiet_s: float = 1.5, scan_s: float = 1.0
     ) -> None:
         self.folder, self.handle, self.quiet_s, self.scan_s = folder, handle, quiet_s, scan_s
-        self._seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
+        self._quiet = Quiet()  # name -> (size, mtime_ns) and since when
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="wbc-reviewed", daemon=True)
 
@@ -320,14 +321,10 @@ class ReviewedWatcher:
                 st = p.stat()
             except FileNotFoundError:
                 continue
-            key = (st.st_size, st.st_mtime_ns)
-            seen = self._seen.get(name)
-            if seen is None or seen[:2] != key:
-                self._seen[name] = (*key, now)
+            since = self._quiet.since(name, (st.st_size, st.st_mtime_ns), now)
+            if since is None or now - since < self.quiet_s:
                 continue
-            if now - seen[2] < self.quiet_s:
-                continue
-            self._seen.pop(name, None)
+            self._quiet.forget(name)
             self._take(p)
 
     def _take(self, path: Path) -> None:
@@ -343,8 +340,6 @@ class ReviewedWatcher:
     def _move(self, path: Path, where: str) -> Path:
         target = self.folder / where
         target.mkdir(exist_ok=True)
-        dest, n = target / path.name, 2
-        while dest.exists():  # keep the extension: the file must still open in Excel / Calc
-            dest, n = target / f"{path.stem}.{n}{path.suffix}", n + 1
+        dest = _unique(target / path.name, keep_suffix=True)
         shutil.move(str(path), str(dest))
         return dest

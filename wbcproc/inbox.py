@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from wbcproc.discovery import SYSTEM_FILES
 
@@ -74,6 +75,29 @@ def is_temporary_name(name: str) -> bool:
 
 
 @dataclass
+class Quiet:
+    """When each watched thing (a sample folder's listing, a reviewed workbook's size and time) last changed:
+    the one rule by which the inbox and the reviewed-workbook folder decide that something has finished
+    arriving."""
+
+    _since: dict[str, tuple[Any, float]] = field(default_factory=dict)
+
+    def since(self, name: str, signature: Any, now: float) -> float | None:
+        """When ``name`` last changed; None when it changes now (first seen, or ``signature`` differs)."""
+        previous = self._since.get(name)
+        if previous is None or previous[0] != signature:
+            self._since[name] = (signature, now)
+            return None
+        return previous[1]
+
+    def forget(self, name: str) -> None:
+        self._since.pop(name, None)
+
+    def items(self) -> list[tuple[str, tuple[Any, float]]]:
+        return list(self._since.items())
+
+
+@dataclass
 class SettleTracker:
     """Per-folder state of the settle rule.  ``touch``/``opened``/``closed`` on file-system events,
     ``check`` on each scan.
@@ -90,7 +114,7 @@ class SettleTracker:
     marker: str = "READY"
     fast_quiet_s: float = 1.2
     events_reliable: bool = False
-    _last: dict[str, tuple[Listing, float]] = field(default_factory=dict)
+    _last: Quiet = field(default_factory=Quiet)
     _event: dict[str, float] = field(default_factory=dict)
     _open: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -111,7 +135,7 @@ class SettleTracker:
         self.touch(name, now)
 
     def forget(self, name: str) -> None:
-        self._last.pop(name, None)
+        self._last.forget(name)
         self._event.pop(name, None)
         self._open.pop(name, None)
 
@@ -130,11 +154,10 @@ class SettleTracker:
         except FileNotFoundError:
             self.forget(name)
             return False
-        previous = self._last.get(name)
-        if previous is None or previous[0] != current:
-            self._last[name] = (current, now)
+        since = self._last.since(name, current, now)
+        if since is None:
             return False
-        quiet_since = max(previous[1], self._event.get(name, 0.0))
+        quiet_since = max(since, self._event.get(name, 0.0))
         return bool(current) and now - quiet_since >= self._needed(name, current)
 
     def due_in(self, now: float | None = None) -> float | None:
