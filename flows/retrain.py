@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from training.recipe import SHIPPED as RECIPE
 from wbcproc.classes import CLASSES
-from wbcproc.registry import Decision, Registry, decide_promotion
+from wbcproc.registry import Decision, Registry, decide_promotion, version_stamp
 
 
 class RetrainBusyError(RuntimeError):
@@ -214,7 +214,7 @@ def _adapt_and_compare(data: list[str], runs_dir: str, registry: str | None, mar
 
     reg = Registry(registry) if registry else Registry.default()
     parent = reg.current_path() or resolve_model_path(None)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = version_stamp()
     with retrain_lock(reg):
         try:
             res = adapt_task(
@@ -327,7 +327,7 @@ def retrain_flow(
     from training.run import RunOptions
 
     reg = Registry(registry) if registry else Registry.default()
-    version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    version = version_stamp()
     opts = RunOptions(data=list(data), out=str(Path(runs_dir) / version), image_size=image_size, version=version)
     cfg = TrainConfig(
         **augmentation(RECIPE["augment"]),

@@ -39,6 +39,7 @@ from wbcproc.classes import CLASSES
 from wbcproc.framing import Framing, background_colour
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import ColourNormalisation, PreprocessSpec
+from wbcproc.registry import version_stamp
 from wbcproc.sidecar import (
     ConfusionReference,
     InputSpec,
@@ -346,7 +347,7 @@ def evaluate_and_export(
         log(f"int8: {quant}")
     metrics["per_source"] = per_source(test, probs.argmax(1))
     _diagnostics(metrics["confusion"], probs, test, data.spec.colour_order == "RGB", run_dir)
-    version = opts.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    version = opts.version or version_stamp()
     counts = g.counts() if g is not None else cache_counts(data)
     sidecar = _sidecar(
         data, cfg, opts, train_info, metrics, version=version, counts=counts, par=par, quant=quant,

@@ -36,6 +36,12 @@ RUN_FILES_OPTIONAL = (
 )
 
 
+def version_stamp(at: datetime | None = None) -> str:
+    """A version name from the time (UTC, ``20261204-134500``): what a training run, a retrain and an
+    adaptation (``<parent>+lab.<stamp>``) are called when no version is given; it sorts as it was made."""
+    return (at or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+
+
 class RegistryError(Exception):
     pass
 
