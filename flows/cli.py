@@ -452,34 +452,76 @@ def locate(
             typer.echo(f"{name}: {line.get('error') or shown or 'no white cells'}")
 
 
+# ``wbc train``'s options, one line each (their defaults are the shipped recipe's)
+_TrainData = Annotated[list[Path] | None, typer.Option("--data", help="Root of class folders; repeat for more roots.")]
+_Cache = Annotated[Path | None, typer.Option(help="Train from this packed cache instead of --data.")]
+_ShardsOnly = Annotated[bool, typer.Option("--shards-only", help="Write fp16 weight shards and stop (GPU side).")]
+_FromShards = Annotated[
+    Path | None, typer.Option("--from-shards", help="Skip training: evaluate/export these shards (CPU side).")
+]
+_PackOnly = Annotated[
+    bool, typer.Option("--pack-only", help="Only gather, split and write the cache (to carry to a GPU).")
+]
+_CacheQuality = Annotated[
+    int, typer.Option("--cache-quality", min=50, max=100, help="JPEG quality of the cache (85: ~46 MiB at 128 px).")
+]
+_Init = Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict or a shard folder.")]
+_InitHead = Annotated[
+    bool, typer.Option("--init-head", help="Keep --init PATH's 8-class head too: continue that model (a warm start).")
+]
+_Augment = Annotated[
+    str,
+    typer.Option(
+        help="robust (other labs' stains/cameras) | stain (robust + other stains) | mixed (stain on half the images) | basic"
+    ),
+]
+_Norm = Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")]
+_Normalise = Annotated[
+    bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
+]
+_TimeBudget = Annotated[float, typer.Option("--time-budget", min=0.0, help="Seconds; fewer epochs if needed.")]
+
+
+def _train_config(augment: str, device: str, norm: str, **fields: Any):
+    """The training recipe from ``wbc train``'s options; a bad value exits 2 with one line naming it."""
+    from training.recipe import TrainConfig, augmentation
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
+    if norm not in ("bn", "ibn"):
+        raise _fail(f"--norm {norm!r}: expected bn or ibn", 2)
+    try:
+        preset = augmentation(augment)
+    except ValueError as exc:
+        raise _fail(f"--augment: {exc}", 2) from None
+    try:
+        return TrainConfig(**preset, device=device, norm=norm, **fields)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _pack(opts) -> None:
+    """``wbc train --pack-only``: gather, split and write the cache; print where it is and its size."""
+    from training.run import prepare_data
+
+    g, cache_path, failed = prepare_data(opts, log=lambda m: typer.echo(m, err=True))
+    size = cache_path.stat().st_size
+    typer.echo(json.dumps({"cache": str(cache_path), "images": len(g.items) - len(failed), "bytes": size}))
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
-    data: Annotated[
-        list[Path] | None, typer.Option("--data", help="Root of class folders; repeat for more roots.")
-    ] = None,
-    cache: Annotated[Path | None, typer.Option(help="Train from this packed cache instead of --data.")] = None,
-    shards_only: Annotated[
-        bool, typer.Option("--shards-only", help="Write fp16 weight shards and stop (GPU side).")
-    ] = False,
-    from_shards: Annotated[
-        Path | None, typer.Option("--from-shards", help="Skip training: evaluate/export these shards (CPU side).")
-    ] = None,
-    pack_only: Annotated[
-        bool, typer.Option("--pack-only", help="Only gather, split and write the cache (to carry to a GPU).")
-    ] = False,
-    cache_quality: Annotated[
-        int, typer.Option("--cache-quality", min=50, max=100, help="JPEG quality of the cache (85: ~46 MiB at 128 px).")
-    ] = RECIPE["cache_quality"],
+    data: _TrainData = None,
+    cache: _Cache = None,
+    shards_only: _ShardsOnly = False,
+    from_shards: _FromShards = None,
+    pack_only: _PackOnly = False,
+    cache_quality: _CacheQuality = RECIPE["cache_quality"],
     epochs: Annotated[int, typer.Option(min=0)] = RECIPE["epochs"],
     image_size: Annotated[int, typer.Option("--image-size", min=16, max=512)] = RECIPE["image_size"],
-    init: Annotated[
-        str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict or a shard folder.")
-    ] = RECIPE["init"],
-    init_head: Annotated[
-        bool,
-        typer.Option("--init-head", help="Keep --init PATH's 8-class head too: continue that model (a warm start)."),
-    ] = False,
+    init: _Init = RECIPE["init"],
+    init_head: _InitHead = False,
     freeze_stages: Annotated[int, typer.Option("--freeze-stages", min=0, max=5)] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = RECIPE["batch_size"],
@@ -493,101 +535,35 @@ def train(
     search: Annotated[int, typer.Option("--search", min=0, help="Random-search trials before training.")] = 0,
     search_epochs: Annotated[int, typer.Option("--search-epochs", min=1)] = 3,
     quantize: Annotated[bool, typer.Option("--quantize", help="Try static int8; kept only within 0.2 points.")] = False,
-    normalise: Annotated[
-        bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
-    ] = True,
-    augment: Annotated[
-        str,
-        typer.Option(
-            help="robust (other labs' stains/cameras) | stain (robust + other stains) | mixed (stain on half the images) | basic"
-        ),
-    ] = RECIPE["augment"],
-    norm: Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")] = RECIPE[
-        "norm"
-    ],
-    time_budget: Annotated[
-        float, typer.Option("--time-budget", min=0.0, help="Seconds; fewer epochs if needed.")
-    ] = 0.0,
+    normalise: _Normalise = True,
+    augment: _Augment = RECIPE["augment"],
+    norm: _Norm = RECIPE["norm"],
+    time_budget: _TimeBudget = 0.0,
 ) -> None:
     """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train])."""
     try:
-        from training.recipe import TrainConfig
         from training.run import RunOptions, run_training
     except ImportError as exc:
         raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
-    if device not in ("auto", "cpu", "cuda"):
-        raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
-    from training.recipe import augmentation
-
-    try:
-        preset = augmentation(augment)
-    except ValueError as exc:
-        raise _fail(f"--augment: {exc}", 2) from None
-    try:
-        cfg = TrainConfig(
-            **preset,
-            time_budget_s=time_budget,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            label_smoothing=label_smoothing,
-            freeze_stages=freeze_stages,
-            init=init,
-            init_head=init_head,
-            device=device,
-            seed=seed,
-            patience=patience,
-            norm=norm,
-        )
-    except ValueError as exc:
-        raise _fail(str(exc), 2) from None
-    if norm not in ("bn", "ibn"):
-        raise _fail(f"--norm {norm!r}: expected bn or ibn", 2)
+    cfg = _train_config(
+        augment, device, norm, time_budget_s=time_budget, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, label_smoothing=label_smoothing, freeze_stages=freeze_stages, init=init,
+        init_head=init_head, seed=seed, patience=patience,
+    )  # fmt: skip
     if not data and cache is None:
         raise _fail("give --data (class folders) or --cache (a packed cache)", 2)
-    if pack_only:
-        from training.run import RunOptions as _RO
-        from training.run import prepare_data
-
-        g, cache_path, failed = prepare_data(
-            _RO(
-                data=[str(d) for d in data or []],
-                out=str(out),
-                image_size=image_size,
-                resize=resize,
-                cache_quality=cache_quality,
-                normalise=normalise,
-            ),
-            log=lambda m: typer.echo(m, err=True),
-        )
-        typer.echo(
-            json.dumps(
-                {"cache": str(cache_path), "images": len(g.items) - len(failed), "bytes": cache_path.stat().st_size}
-            )
-        )
-        return
     opts = RunOptions(
-        data=[str(d) for d in (data or [])],
-        out=str(out),
-        image_size=image_size,
-        resize=resize,
-        version=version,
-        quantize=quantize,
-        search_trials=search,
-        search_epochs=search_epochs,
-        normalise=normalise,
+        data=[str(d) for d in (data or [])], out=str(out), image_size=image_size, resize=resize, version=version,
+        quantize=quantize, search_trials=search, search_epochs=search_epochs, normalise=normalise,
         cache_quality=cache_quality,
-    )
+    )  # fmt: skip
+    if pack_only:
+        return _pack(opts)
     try:
         res = run_training(
-            opts,
-            cfg,
-            log=lambda m: typer.echo(m, err=True),
-            cache=None if cache is None else str(cache),
-            shards_only=shards_only,
-            from_shards=None if from_shards is None else str(from_shards),
-        )
+            opts, cfg, log=lambda m: typer.echo(m, err=True), cache=None if cache is None else str(cache),
+            shards_only=shards_only, from_shards=None if from_shards is None else str(from_shards),
+        )  # fmt: skip
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import json
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -108,41 +106,3 @@ def test_the_writer_fills_its_own_keys_whatever_the_caller_passed(tmp_path):
     as_dict = {k: v for k, v in parent.to_dict().items() if k not in WRITER_KEYS}
     write_sidecar(path, as_dict)  # the JSON object form goes through the same parser
     assert read_sidecar(path).sidecar.replace(sha256=parent.sha256, file=parent.file) == parent
-
-
-def _wbcproc_imports(module: Path) -> set[str]:
-    """Every wbcproc module this file imports, at the top or inside a function."""
-    out = set()
-    for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("wbcproc"):
-            out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.startswith("wbcproc"))
-    return out
-
-
-def test_wbcproc_has_no_import_cycles():
-    """Not even through function-level imports (model.py <-> registry.py was one)."""
-    root = Path(__file__).resolve().parents[1] / "wbcproc"
-    modules = {
-        ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
-        for p in root.rglob("*.py")
-    }
-    graph = {m: {i for i in _wbcproc_imports(p) if i in modules and i != m} for m, p in modules.items()}
-    graph = {m: {i for i in deps if not m.startswith(i + ".") and i != "wbcproc"} for m, deps in graph.items()}
-    seen: dict[str, int] = {}
-
-    def visit(m: str, stack: list[str]) -> None:
-        if seen.get(m) == 2:
-            return
-        if seen.get(m) == 1:
-            raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(m) :], m]))
-        seen[m] = 1
-        for dep in sorted(graph[m]):
-            visit(dep, [*stack, m])
-        seen[m] = 2
-
-    for m in sorted(graph):
-        visit(m, [])
-    assert "wbcproc.registry" not in graph["wbcproc.model"] and "wbcproc.model" not in graph["wbcproc.registry"]

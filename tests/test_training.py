@@ -651,3 +651,25 @@ def test_mixed_augmentation_leaves_about_half_the_images_in_the_labs_colours():
     random.seed(1)
     full = augment(x, TrainConfig(**base), torch.Generator().manual_seed(0))
     assert bool(((full - x).abs().amax(dim=(1, 2, 3)) > 1e-3).all())  # stain_prob 1 (default): every image
+
+
+def test_wbc_train_refuses_bad_recipe_values_in_one_line_and_packs_a_cache(tmp_path, labelled_set):
+    """Each bad value is named with what was expected (exit 2, nothing written); --pack-only writes the
+    cache a GPU machine trains from, and says where and how big."""
+    common = ["--data", str(labelled_set), "--image-size", "32"]
+    for bad, said in [
+        (["--augment", "wild"], "--augment"),
+        (["--device", "tpu"], "expected auto, cpu or cuda"),
+        (["--norm", "gn"], "expected bn or ibn"),
+    ]:
+        out = tmp_path / bad[1]
+        r = subprocess.run([WBC, "train", *common, "--out", str(out), *bad], capture_output=True, text=True)
+        assert r.returncode == 2 and said in r.stderr and bad[1] in r.stderr, (bad, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+    r = subprocess.run(
+        [WBC, "train", *common, "--out", str(tmp_path / "pack"), "--pack-only"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    packed = json.loads(r.stdout)
+    assert Path(packed["cache"]).stat().st_size == packed["bytes"] > 0 and packed["images"] > 0
+    assert not (tmp_path / "pack" / "model.onnx").exists()

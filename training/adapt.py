@@ -53,10 +53,12 @@ import onnx
 from onnx import numpy_helper
 
 from training.data import Gathered, Item, gather
+from training.sessions import session_with_output
 from wbcproc.classes import CLASSES
 from wbcproc.framing import FrameInfo, sample_framing
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
+from wbcproc.registry import version_stamp
 from wbcproc.sidecar import read_sidecar, write_sidecar
 from wbcproc.stats import softmax
 
@@ -136,25 +138,6 @@ def load_graph(path: str | Path) -> Graph:
     if w.shape[0] != len(CLASSES):
         raise AdaptError(f"{path}: the head has {w.shape[0]} outputs; expected {len(CLASSES)}")
     return Graph(model, gemm, gemm.input[0], Head(w, b), d1 + d2)
-
-
-def session_with_output(model: onnx.ModelProto, extra: str, plan_from: str | Path, threads: int = 0):
-    """An ONNX Runtime session of ``model`` that also returns the tensor ``extra``, with the int8 kernel plan
-    named by ``plan_from``'s sidecar (``wbcproc.int8``: the same sums on every CPU)."""
-    import onnxruntime as ort
-
-    from wbcproc.int8 import plan_for
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.append(onnx.helper.make_tensor_value_info(extra, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    for k, v in plan_for(read_sidecar(plan_from, verify_sha256=False).sidecar.quantization).session_config().items():
-        opts.add_session_config_entry(k, v)
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 class Features:
@@ -857,7 +840,7 @@ def adapt(
     domain = _with_lab_domain(domain, lab_ref, _lab_uncertainty(judged, lab, metrics, log))
     adaptation = _record(parent, replay, kept, rejected, metrics, why_not, routing, t0)
     side = parent.sidecar.replace(
-        version=version or f"{parent.version}+lab.{stamp.strftime('%Y%m%d%H%M%S')}",
+        version=version or f"{parent.version}+lab.{version_stamp(stamp)}",
         created_at=stamp.isoformat(timespec="seconds"),
         temperature=judged.temperature,
         review_threshold=judged.review_threshold,

@@ -180,7 +180,7 @@ def stage_module(stage: Stage):
 
 def stage_inputs(model_path: Path, stage: Stage, x: np.ndarray, threads: int = 0, batch: int = 64) -> np.ndarray:
     """The parent int8 network's output at the stage's input (float16, N x C x H x W), by ONNX Runtime."""
-    from training.adapt import session_with_output
+    from training.sessions import session_with_output
 
     sess = session_with_output(stage.model, stage.input, model_path, threads)
     out = [sess.run([stage.input], {"input": x[i : i + batch]})[0].astype(np.float16) for i in range(0, len(x), batch)]
