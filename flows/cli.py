@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from training.recipe import SHIPPED as RECIPE  # standard library only: no torch at start-up
-from wbcproc import __version__
+from wbcproc import __version__, defaults
 
 app = typer.Typer(
     name="wbc",
@@ -273,18 +273,24 @@ def classify(
 def serve(
     inbox: Annotated[Path, typer.Option(help="Watched folder: one sub-folder per sample.")],
     out: Annotated[Path, typer.Option(help="Where reports are written.")],
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 4200,
-    host: Annotated[str, typer.Option(help="Address of the embedded server (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = defaults.PORT,
+    host: Annotated[str, typer.Option(help="Address of the embedded server (loopback by default).")] = defaults.HOST,
     home: Annotated[Path | None, typer.Option(help="App home (SQLite, ledger, runs); default $WBC_HOME.")] = None,
     config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
     model: Annotated[Path | None, typer.Option(help="Model .onnx (default: the model in use).")] = None,
-    quiet: Annotated[float, typer.Option("--quiet-seconds", min=0.0, help="No change for this long = settled.")] = 5.0,
-    scan: Annotated[float, typer.Option("--scan-seconds", min=0.1, help="Scan interval.")] = 1.0,
-    marker: Annotated[str, typer.Option(help="A file of this name marks a folder complete at once.")] = "READY",
+    quiet: Annotated[
+        float, typer.Option("--quiet-seconds", min=0.0, help="No change for this long = settled.")
+    ] = defaults.QUIET_S,
+    scan: Annotated[float, typer.Option("--scan-seconds", min=0.1, help="Scan interval.")] = defaults.SCAN_S,
+    marker: Annotated[
+        str, typer.Option(help="A file of this name marks a folder complete at once.")
+    ] = defaults.MARKER_FILE,
     polling: Annotated[bool, typer.Option("--polling", help="Poll the inbox (SMB/NFS shares).")] = False,
     keep: Annotated[bool, typer.Option("--keep", help="Leave processed folders in the inbox.")] = False,
-    concurrency: Annotated[int, typer.Option(min=1)] = 2,
-    retrain_cron: Annotated[str, typer.Option("--retrain-cron", help="Cron of the retrain deployment.")] = "0 3 * * 0",
+    concurrency: Annotated[int, typer.Option(min=1)] = defaults.CONCURRENCY,
+    retrain_cron: Annotated[
+        str, typer.Option("--retrain-cron", help="Cron of the retrain deployment.")
+    ] = defaults.RETRAIN_CRON,
     train_data: Annotated[list[Path] | None, typer.Option("--train-data", help="Data roots for retraining.")] = None,
     pool: Annotated[
         str | None,
@@ -621,7 +627,7 @@ def verify(
     if sample is not None and lab_data is None:
         from wbcproc.paths import app_home
 
-        lab_data = app_home() / "training-data"
+        lab_data = app_home() / defaults.TRAINING_DATA
     try:
         done = run_verify(workbook, out or workbook.parent, by=by, sample_dir=sample, lab_data=lab_data)
     except (VerificationRejected, AuditError) as exc:
@@ -677,17 +683,17 @@ def adapt(
     model: Annotated[Path | None, typer.Option(help="Model to adapt (default: the model in use).")] = None,
     min_per_class: Annotated[
         int, typer.Option("--min-per-class", min=1, help="Refuse a reviewed class with fewer fitted cells.")
-    ] = 5,
+    ] = defaults.MIN_PER_CLASS,
     holdout: Annotated[
         float,
         typer.Option(
             "--holdout",
             min=0.0,
             max=0.5,
-            help="Share of the lab's cells held out to check it; >= 20 held-out cells scored >= 0.85 validate the "
-            "lab, so its samples lose DOMAIN_SHIFT.",
+            help=f"Share of the lab's cells held out to check it; >= {defaults.LAB_GUARD_MIN_CELLS} held-out cells "
+            f"scored >= {defaults.LAB_GUARD_MIN_ACCURACY} validate the lab, so its samples lose DOMAIN_SHIFT.",
         ),
-    ] = 0.2,
+    ] = defaults.HOLDOUT_FRACTION,
     version: Annotated[str | None, typer.Option(help="Version (default: parent version + lab timestamp).")] = None,
     stage: Annotated[
         bool,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wbcproc.defaults import CONCURRENCY, HOST, MARKER_FILE, PORT, QUIET_S, RETRAIN_CRON, SCAN_S, TRAINING_DATA
 from wbcproc.paths import app_home
 
 log = logging.getLogger("wbc.serve")
@@ -35,18 +36,18 @@ RETRAIN_DEPLOYMENT = "retrain/retrain"
 class ServeOptions:
     inbox: Path
     out: Path
-    port: int = 4200
-    host: str = "127.0.0.1"
+    port: int = PORT
+    host: str = HOST
     home: Path | None = None
     config: Path | None = None
     model: Path | None = None
-    quiet_s: float = 5.0
-    scan_s: float = 1.0
-    marker: str = "READY"
+    quiet_s: float = QUIET_S
+    scan_s: float = SCAN_S
+    marker: str = MARKER_FILE
     polling: bool = False
     move_done: bool = True
-    concurrency: int = 2
-    retrain_cron: str = "0 3 * * 0"
+    concurrency: int = CONCURRENCY
+    retrain_cron: str = RETRAIN_CRON
     train_data: list[str] = field(default_factory=list)
     pool: str | None = None  # work pool: runs are executed by `wbc worker`s (any machine), not in-process
 
@@ -334,7 +335,7 @@ async def _deployments(opts: ServeOptions, home: Path, out: Path) -> tuple[Any, 
         description="Classify one sample folder (started by the inbox watcher).",
         entrypoint_type=EntrypointType.MODULE_PATH,  # installed code: independent of the working directory
     )
-    train_data = opts.train_data or [str(home / "training-data")]
+    train_data = opts.train_data or [str(home / TRAINING_DATA)]
     retr = await retrain_flow.ato_deployment(
         name="retrain",
         cron=opts.retrain_cron,

@@ -27,6 +27,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from wbcproc.defaults import MARKER_FILE, QUIET_S, SCAN_S
 from wbcproc.inbox import Ledger, Listing, Quiet, SettleTracker, fingerprint, listing
 
 log = logging.getLogger("wbc.watcher")
@@ -89,9 +90,9 @@ class InboxWatcher:
         submit: Callable[[Path, str, int, str], str],
         state_of: Callable[[str], tuple[str | None, str | None]],
         *,
-        quiet_s: float = 5.0,
-        scan_s: float = 1.0,
-        marker: str = "READY",
+        quiet_s: float = QUIET_S,
+        scan_s: float = SCAN_S,
+        marker: str = MARKER_FILE,
         polling: bool = False,
         move_done: bool = True,
         crash: Callable[[str, str], None] | None = None,

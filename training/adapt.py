@@ -55,6 +55,7 @@ from onnx import numpy_helper
 from training.data import Gathered, Item, gather
 from training.sessions import session_with_output
 from wbcproc.classes import CLASSES
+from wbcproc.defaults import HOLDOUT_FRACTION, LAB_GUARD_MIN_ACCURACY, LAB_GUARD_MIN_CELLS, MIN_PER_CLASS
 from wbcproc.framing import FrameInfo, sample_framing
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
@@ -62,13 +63,8 @@ from wbcproc.registry import version_stamp
 from wbcproc.sidecar import read_sidecar, write_sidecar
 from wbcproc.stats import softmax
 
-MIN_PER_CLASS = 5  # a reviewed class with fewer cells than this is refused: too few to move a boundary safely
-HOLDOUT_FRACTION = 0.2  # of the laboratory's cells, by content hash: scored, never fitted
 MAX_ORIGINAL_DROP = 0.01  # the original-laboratory check may lose at most one point
 VIEWS = 8  # rotations x flips of each training cell: a cell has no orientation
-# the laboratory is validated for the domain guard (its own uncertainty thresholds) only with this many
-# held-out cells, scored by the adapted model at least this well; else its samples keep DOMAIN_SHIFT
-LAB_GUARD_MIN_CELLS, LAB_GUARD_MIN_ACCURACY = 20, 0.85
 MAX_STAGE_VIEWS = 3200  # views of laboratory cells held for the stage fine-tune (~420 MB of stage inputs)
 # a routed model (wbcproc.routing: the adapted model reads the slides that look like the laboratory's, the
 # parent beside it the others) where random samples of ROUTE_SAMPLE_CELLS cells of each laboratory are routed

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wbcproc.classes import WBC_CLASSES
+from wbcproc.defaults import MARKER_FILE
 
 
 class ConfigError(ValueError):
@@ -67,7 +68,7 @@ class Settings:
     max_pixels: int = 50_000_000
     min_side_px: int = 32
     field_min_px: int = 600
-    marker_files: tuple[str, ...] = ("READY",)
+    marker_files: tuple[str, ...] = (MARKER_FILE,)
     batch_size: int = 32
     threads: int = 0
     review_threshold: float | None = None

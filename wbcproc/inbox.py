@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wbcproc.defaults import MARKER_FILE, QUIET_S
 from wbcproc.discovery import SYSTEM_FILES
 
 Listing = tuple[tuple[str, int, int], ...]
@@ -42,7 +43,7 @@ def listing(folder: Path) -> Listing:
     return tuple(sorted(out))
 
 
-def fingerprint(folder: Path, marker: str = "READY") -> str:
+def fingerprint(folder: Path, marker: str = MARKER_FILE) -> str:
     """SHA-256 over the names and contents of the folder's files (not the marker, not OS clutter)."""
     h = hashlib.sha256()
     for name in sorted(os.listdir(folder)):
@@ -110,8 +111,8 @@ class SettleTracker:
     longer than the pause of a scanner writing a file every 0.8 s, so such a folder is not taken early.
     """
 
-    quiet_s: float = 5.0
-    marker: str = "READY"
+    quiet_s: float = QUIET_S
+    marker: str = MARKER_FILE
     fast_quiet_s: float = 1.2
     events_reliable: bool = False
     _last: Quiet = field(default_factory=Quiet)
