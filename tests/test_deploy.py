@@ -42,10 +42,29 @@ def test_compose_has_the_roles_the_scale_out_test_runs():
     assert _opt(wcmd, "--inbox").startswith("/data/") and _opt(wcmd, "--out").startswith("/data/")
 
 
-def test_compose_names_the_environment_variables_the_code_reads():
-    from flows import cli, serve
+def test_compose_commands_are_accepted_by_the_cli_and_its_auth_string_reaches_the_server(monkeypatch):
+    """The watcher's and the worker's command lines parse with ``wbc``'s own options (an option the CLI
+    lost or renamed fails here), and the auth string the compose file gives them is what the service's
+    requests to the server carry."""
+    import base64
 
-    text = COMPOSE.read_text()
-    code = Path(serve.__file__).read_text() + Path(cli.__file__).read_text()
-    for name in ("PREFECT_API_URL", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"):
-        assert name in text and name in code, name
+    import typer
+
+    from flows.cli import app
+    from flows.serve import _auth_header
+
+    services = _compose()["services"]
+    wbc = typer.main.get_command(app)
+    for role in ("watcher", "worker"):
+        name, *args = _cmd(services[role])[1:]
+        command = wbc.get_command(wbc.make_context("wbc", [name, "--help"], resilient_parsing=True), name)
+        assert command is not None, f"compose's {role} runs `wbc {name}`, which the CLI does not have"
+        ctx = command.make_context(name, list(args))  # raises on an unknown option or a missing required one
+        assert ctx.params, role
+    assert "${WBC_AUTH}" in services["watcher"]["environment"]["PREFECT_API_AUTH_STRING"]
+    monkeypatch.delenv("PREFECT_SERVER_API_AUTH_STRING", raising=False)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "lab:secret")
+    assert _auth_header() == {"Authorization": "Basic " + base64.b64encode(b"lab:secret").decode()}
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING")
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "lab:other")  # the server's variable, as on its machine
+    assert _auth_header() == {"Authorization": "Basic " + base64.b64encode(b"lab:other").decode()}
