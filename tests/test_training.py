@@ -590,14 +590,14 @@ def test_wbc_train_warm_start_keeps_the_head_of_a_shard_folder(tmp_path, labelle
 
 def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
     """wbc train, training.scripts.gpu_train, the retrain flow and TrainConfig default to training.recipe.SHIPPED,
-    which is what the shipped model's sidecar records (issue: one training recipe everywhere)."""
+    which is what the shipped model's sidecar records: one training recipe everywhere."""
     import inspect
 
     import typer.main
 
     from flows.cli import train as cli_train
     from flows.retrain import retrain_flow
-    from training.recipe import SHIPPED, TrainConfig
+    from training.recipe import SHIPPED, TrainConfig, augmentation
     from training.scripts import gpu_train
     from wbcproc.resolve import resolve_model_path
 
@@ -612,20 +612,13 @@ def test_one_recipe_is_every_trainers_default_and_the_shipped_models():
     flow = {p.name: p.default for p in inspect.signature(retrain_flow.fn).parameters.values()}
     for k in ("epochs", "batch_size", "lr", "init", "seed", "image_size"):
         assert flow[k] == SHIPPED[k], k
-    src = inspect.getsource(gpu_train.main)
-    for k in (
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "label_smoothing",
-        "init",
-        "patience",
-        "seed",
-        "augment",
-        "norm",
-    ):
-        assert f'default=R["{k}"]' in src, k
+    ap = gpu_train.parser()
+    args = ap.parse_args(["--cache", "packed.npz", "--out", "run"])  # the GPU script with no recipe option
+    script = gpu_train._config(ap, args)
+    for k in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "init", "patience", "seed"):
+        assert getattr(script, k) == SHIPPED[k], k
+    assert (args.augment, args.norm) == (SHIPPED["augment"], SHIPPED["norm"])
+    assert script == TrainConfig(**augmentation(SHIPPED["augment"]), norm=SHIPPED["norm"], device=args.device)
     shipped = read_sidecar(resolve_model_path(None)).sidecar.to_dict()
     for k in ("batch_size", "lr", "weight_decay", "label_smoothing", "optimizer", "norm", "seed", "patience"):
         assert shipped["training"][k] == SHIPPED[k], k

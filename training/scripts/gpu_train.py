@@ -61,7 +61,8 @@ def _config(ap: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfi
         ap.error(str(exc))
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The script's options; their defaults are the shipped recipe's (``training.recipe.SHIPPED``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)
     ap.add_argument("--out", required=True)
@@ -89,6 +90,11 @@ def main() -> None:
         "--eval-cache", action="append", default=[], metavar="NAME=PATH", help="also score a packed set (repeatable)"
     )
     ap.add_argument("--no-shards", action="store_true", help="write train_info.json only (ablation runs)")
+    return ap
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
     cfg = _config(ap, args)
     t0 = time.time()
