@@ -249,3 +249,25 @@ def test_a_list_of_markers_is_read_as_markers(tmp_path):
     cfg = tmp_path / "wbc.toml"
     cfg.write_text('[input]\nmarker_files = ["READY", "DONE.txt"]\n')
     assert load_settings(cfg).marker_files == ("READY", "DONE.txt")
+
+
+def test_the_shipped_config_schema_is_generated_and_refuses_what_the_loader_refuses(tmp_path):
+    """``wbcproc/data/config.schema.json`` is ``python -m wbcproc.config``'s output (regenerate it after a
+    settings change); editors that read it reject the bad values ``wbc`` rejects, and accept the defaults."""
+    import tomllib
+
+    import jsonschema
+
+    from wbcproc.config import config_schema
+
+    shipped = Path(__file__).resolve().parents[1] / "wbcproc" / "data" / "config.schema.json"
+    schema = json.loads(shipped.read_text())
+    assert schema == config_schema(), "regenerate: python -m wbcproc.config > wbcproc/data/config.schema.json"
+    validator = jsonschema.Draft202012Validator(schema)
+    defaults = Path(__file__).resolve().parents[1] / "wbcproc" / "data" / "default_config.toml"
+    validator.validate(tomllib.loads(defaults.read_text()))
+    validator.validate({"flags": {"min_wbc": 200}})  # a user's file names only what it changes
+    for bad in ('[input]\nmarker_files = "READY"\n', '[inference]\nthreads = "two"\n', "[flags]\nmax_review_share = 10\n",
+                "[flags]\nmin_wbcs = 200\n"):  # fmt: skip
+        assert not validator.is_valid(tomllib.loads(bad)), bad
+    assert schema["properties"]["flags"]["properties"]["min_wbc"]["default"] == 100

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wbcproc.classes import WBC_CLASSES
-from wbcproc.defaults import MARKER_FILE
 
 
 class ConfigError(ValueError):
@@ -65,19 +64,22 @@ class ReferenceIntervals:
 
 @dataclass(frozen=True)
 class Settings:
-    max_pixels: int = 50_000_000
-    min_side_px: int = 32
-    field_min_px: int = 600
-    marker_files: tuple[str, ...] = (MARKER_FILE,)
-    batch_size: int = 32
-    threads: int = 0
-    review_threshold: float | None = None
-    min_wbc: int = 100
-    max_review_share: float = 0.10
-    reference: ReferenceIntervals = field(default=None)  # type: ignore[assignment]
-    hl7: bool = False  # also write <id>.hl7 (ORU^R01 v2.5.1) beside the other reports
-    hl7_sending_facility: str = "LAB"
-    hl7_receiving_application: str = "LIS"
+    """The resolved settings (``load_settings``).  Their defaults are defined once, in
+    ``data/default_config.toml``; their types and ranges in ``_ConfigFile``."""
+
+    max_pixels: int
+    min_side_px: int
+    field_min_px: int
+    marker_files: tuple[str, ...]
+    batch_size: int
+    threads: int
+    review_threshold: float | None
+    min_wbc: int
+    max_review_share: float
+    reference: ReferenceIntervals
+    hl7: bool  # also write <id>.hl7 (ORU^R01 v2.5.1) beside the other reports
+    hl7_sending_facility: str
+    hl7_receiving_application: str
     source: str = "defaults"
 
     def outputs(self) -> dict[str, Any]:
@@ -228,6 +230,33 @@ class _ConfigFile(_Section):
     outputs: _Outputs
 
 
+def _default_toml() -> dict[str, Any]:
+    with (resources.files("wbcproc") / "data" / "default_config.toml").open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of a configuration file, for editors and the docs: types and ranges from
+    ``_ConfigFile``, defaults from ``data/default_config.toml``, every key optional (a user's file is merged
+    over the defaults key by key).  Shipped as ``data/config.schema.json`` (``python -m wbcproc.config``)."""
+    schema = _ConfigFile.model_json_schema()
+    schema.pop("required", None)
+    schema["title"] = "wbc configuration"
+    schema["description"] = (
+        "A wbc configuration file (TOML; `wbc ... --config FILE` or $WBC_CONFIG), merged key by key over the defaults."
+    )
+    for section, values in _default_toml().items():
+        ref = schema["properties"][section].pop("$ref").rsplit("/", 1)[1]
+        definition = schema["$defs"].pop(ref)
+        definition.pop("required", None)
+        definition["title"] = f"[{section}]"
+        for key, value in values.items():
+            definition["properties"][key]["default"] = value
+        schema["properties"][section] = definition
+    schema.pop("$defs", None)
+    return schema
+
+
 _EXPECTED = {
     "int_type": "an integer",
     "float_type": "a number",
@@ -255,9 +284,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """Defaults merged with ``path`` (or ``$WBC_CONFIG`` when ``path`` is None)."""
     if path is None and os.environ.get("WBC_CONFIG"):
         path = os.environ["WBC_CONFIG"]
-    default_ref = resources.files("wbcproc") / "data" / "default_config.toml"
-    with default_ref.open("rb") as fh:
-        merged = tomllib.load(fh)
+    merged = _default_toml()
     source = "defaults"
     base_dir = Path.cwd()
     if path is not None:
@@ -289,3 +316,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
         hl7_receiving_application=outp.hl7_receiving_application,
         source=source,
     )
+
+
+if __name__ == "__main__":
+    print(json.dumps(config_schema(), indent=2))
