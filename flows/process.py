@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 
 from wbcproc.classes import DISPLAY_NAMES
 from wbcproc.config import Settings, load_settings
-from wbcproc.discovery import SampleFolderError, SampleInventory, scan_sample
+from wbcproc.discovery import SampleFolderError, SampleInventory, require_images, scan_sample
 from wbcproc.flags import flag_label
 from wbcproc.model import load_classifier
 from wbcproc.pipeline import Classified, classify_candidates, summarise
@@ -35,7 +35,7 @@ def _retry_io(task, task_run, state) -> bool:
 
 @task(name="validate", retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
 def validate(folder: str, settings: Settings) -> SampleInventory:
-    inv = scan_sample(folder, settings)
+    inv = require_images(scan_sample(folder, settings))
     get_run_logger().info(
         "%s: %d candidate images, %d rejected, %d ignored",
         inv.sample_id,

@@ -271,3 +271,19 @@ def test_the_shipped_config_schema_is_generated_and_refuses_what_the_loader_refu
                 "[flags]\nmin_wbcs = 200\n"):  # fmt: skip
         assert not validator.is_valid(tomllib.loads(bad)), bad
     assert schema["properties"]["flags"]["properties"]["min_wbc"]["default"] == 100
+
+
+def test_a_folder_without_images_is_refused_and_the_others_are_processed(tmp_path, sample, tiny_model):
+    """A mistyped or empty folder is not a sample with no white cells: one line, no report (no FHIR
+    DiagnosticReport for the LIS), exit 1; the real sample beside it is processed as usual."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("slide 12 scanned twice")
+    out = tmp_path / "out"
+    r = run("process", str(tmp_path / "empty"), str(tmp_path / "notes"), str(sample), "--out", str(out),
+            "--model", str(tiny_model))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert f"sample folder {str(tmp_path / 'empty')!r} is empty: no report written" in r.stderr
+    assert "holds no image (bmp jpeg jpg png tif tiff), only notes.txt: no report written" in r.stderr
+    assert not list(out.glob("empty*")) and not list(out.glob("notes*"))
+    assert (out / f"{sample.name}.json").exists() and (out / f"{sample.name}.fhir.json").exists()

@@ -319,3 +319,18 @@ def scan_sample(folder: str | Path, settings: Settings) -> SampleInventory:
             got = _entry(path, raw_name, settings)
         {Candidate: inv.candidates, Rejected: inv.rejected, Ignored: inv.ignored}[type(got)].append(got)  # type: ignore[attr-defined]
     return inv
+
+
+def require_images(inv: SampleInventory) -> SampleInventory:
+    """``inv``, or SampleFolderError when the folder holds no image at all (empty, or only files of other
+    types): a mistyped folder must not become a report of a sample with no white cells.  A folder whose
+    images were all rejected (unreadable, too large) still gets its report: it says why each was rejected."""
+    if inv.candidates or any(r.code != "extension" for r in inv.rejected):
+        return inv
+    where = f"sample folder {str(inv.folder)!r}"
+    if not inv.n_entries:
+        raise SampleFolderError(f"{where} is empty: no report written")
+    kinds = " ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+    others = sorted(x.file for x in [*inv.rejected, *inv.ignored])
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    raise SampleFolderError(f"{where} holds no image ({kinds}), only {shown}: no report written")

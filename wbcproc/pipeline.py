@@ -24,7 +24,7 @@ from wbcproc import __version__
 from wbcproc.aggregate import CellResult, Differential, differential
 from wbcproc.config import Settings, load_settings
 from wbcproc.correction import correct
-from wbcproc.discovery import Candidate, Rejected, SampleInventory, scan_sample
+from wbcproc.discovery import Candidate, Rejected, SampleInventory, require_images, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
 from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
@@ -572,7 +572,7 @@ def run_sample(
     """Scan, classify, summarise and write all reports for one folder; returns the result and the paths."""
     from wbcproc.report import write_reports
 
-    inventory = scan_sample(folder, settings)
+    inventory = require_images(scan_sample(folder, settings))
     classified = classify_candidates(
         inventory.candidates, classifier, settings, image_type=inventory.metadata.image_type
     )
