@@ -91,13 +91,14 @@ def start_server(home: Path, host: str, port: int, timeout: float = 120.0) -> su
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_SERVER_API_HOST"] = host
     env["PREFECT_SERVER_API_PORT"] = str(port)
-    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     reap_stale_server(home)
-    if not port_free(host, port):
+    if not port_free(host, port):  # before anything is written: a refused start leaves no folder behind
         raise RuntimeError(
             f"port {port} on {host} is already in use (another wbc serve or Prefect server?): stop it, or start "
             f"this one with --port (e.g. --port {port + 1})"
         )
+    home.mkdir(parents=True, exist_ok=True)
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     logf = open(home / "prefect-server.log", "ab")  # noqa: SIM115 - the child keeps it open
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
@@ -283,7 +284,6 @@ async def ensure_pool(name: str) -> None:
 
 def serve(opts: ServeOptions) -> int:
     home = Path(opts.home or app_home())
-    home.mkdir(parents=True, exist_ok=True)
     servers: list[subprocess.Popen] = []
     if not os.environ.get("PREFECT_API_URL"):
         log.info("starting Prefect server on http://%s:%d (home %s)", opts.host, opts.port, home)
@@ -293,11 +293,14 @@ def serve(opts: ServeOptions) -> int:
             # basic auth on the embedded server: our own clients (runner, watcher, runs) use the same string
             os.environ["PREFECT_API_AUTH_STRING"] = os.environ["PREFECT_SERVER_API_AUTH_STRING"]
         os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    home.mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(_serve_async(opts, home, servers))
     finally:
         for server in servers:
             stop_process_group(server)
+        if servers:  # stopped: nothing for the next start to reap
+            (home / SERVER_PID_FILE).unlink(missing_ok=True)
         _kill_children()
 
 

@@ -5,6 +5,7 @@ sharing only the inbox/report folders and the server's URL, as separate machines
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from pg import Postgres
-from procs import free_port, wait_until
+from procs import free_port, stop, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -104,12 +105,9 @@ class Cluster:
             if p is not None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
         for p in [*self.workers.values(), self.watcher, self.server]:
-            if p is None:
-                continue
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            if p is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):  # a straggler is killed, not reported
+                    stop(p, 30, group_signal=True)
         self.pg.cleanup()
 
 

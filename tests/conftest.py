@@ -2,8 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import procs
 import pytest
 from helpers import copy_cells, make_tiny_model
+
+
+def pytest_keyboard_interrupt(excinfo) -> None:
+    """Ctrl-C: the servers still running are given seconds, not minutes, to stop (``procs.stop``)."""
+    procs.INTERRUPTED = True
 
 
 @pytest.fixture(scope="session")

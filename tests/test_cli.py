@@ -211,6 +211,7 @@ def test_first_contact_papercuts_each_get_a_one_line_cause_and_an_exit_code(tmp_
                 "--model", str(tiny_model), env={"WBC_HOME": str(tmp_path / "home")})  # fmt: skip
     assert r.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in r.stderr
     assert f"--port {port + 1}" in r.stderr and "Traceback" not in r.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name in ("home", "i", "o")]  # nothing left behind
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,9 @@ from helpers import (
     libreoffice_uno,
     review_plan,
 )
-from procs import free_port, wait_until
+from procs import free_port, stop, wait_until
+
+from flows.serve import SERVER_PID_FILE
 
 WBC = str(Path(sys.executable).parent / "wbc")
 pytestmark = pytest.mark.slow
@@ -71,8 +74,7 @@ class Serve:
             return json.loads(r.read())
 
     def stop(self) -> None:
-        os.kill(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(90)  # systemd's default stop timeout: a service that hangs past it is killed
+        stop(self.proc, 90)  # systemd's default stop timeout: a service that hangs past it is killed
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,8 @@ def served(tmp_path_factory, tiny_model):
     yield s
     if s.proc and s.proc.poll() is None:
         s.stop()
+        assert s.proc.returncode == 0, s.text()[-2000:]
+        assert not (s.home / SERVER_PID_FILE).exists(), "a clean stop leaves no server pid for the next start"
 
 
 def test_slow_copy_is_never_processed_early(served):
@@ -271,10 +275,8 @@ def test_two_workers_share_20_folders(tmp_path, tiny_model):
         for _, w in workers:
             os.killpg(w.pid, signal.SIGTERM)
         for _, w in workers:
-            try:
-                w.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(w.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # a straggling worker is killed, not reported
+                stop(w, 30, group_signal=True)
         if s.proc.poll() is None:
             s.stop()
 
