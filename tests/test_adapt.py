@@ -254,6 +254,7 @@ def test_a_refused_adaptation_writes_nothing(tmp_path, monkeypatch):
     assert not (out / "model.onnx").exists() and not (out / "model.json").exists()
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_head_only_is_the_seconds_fast_refit(tmp_path):
     said: list[str] = []
     res = adapt([CELLS], tmp_path / "out", min_per_class=2, holdout=0.0, stage=False, log=said.append)

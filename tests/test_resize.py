@@ -85,6 +85,7 @@ def test_large_shrinks_are_exact():
         assert np.array_equal(resize(img, *size), _reference(img, *size)), size
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_resize_on_cells_is_exact_and_close_to_opencv():
     for img in _cells():
         h, w = img.shape[:2]

@@ -245,6 +245,7 @@ def test_retrain_flow_promotes_only_when_better(prefect_server, tmp_path, labell
         reg.promote("nope", reason="x")
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_budgeted_search_writes_its_table(tmp_path, labelled_set):
     from training.run import prepare_data, search
 
@@ -284,6 +285,7 @@ def test_budgeted_search_writes_its_table(tmp_path, labelled_set):
         assert meta["spec"]["framing"] is not None, cache.name
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_int8_quantisation_gives_a_working_model(tmp_path, trained_run):
     from training.dataset import load_cache
     from training.export import ort_logits, quantize_int8
@@ -296,6 +298,7 @@ def test_int8_quantisation_gives_a_working_model(tmp_path, trained_run):
     assert q.stat().st_size < (out / "model.onnx").stat().st_size / 2  # int8 weights
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_gpu_round_trip_cache_to_shards_to_onnx(tmp_path, trained_run):
     """The GPU recipe: train from the packed cache only, bring weights back as fp16 shards (< 16 MiB
     each), rebuild + export + parity on the CPU."""
@@ -365,6 +368,7 @@ def data_val_labels(cache) -> list[int]:
     return list(load_cache(cache).subset("val").labels)
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_device_script_runs_without_opencv(tmp_path, trained_run):
     """training.scripts.gpu_train needs only torch/torchvision/numpy: run it with OpenCV made unimportable."""
     out, _ = trained_run
@@ -426,6 +430,7 @@ def test_robust_augmentation_changes_colour_and_resolution_within_range():
     assert torch.allclose(augment(x, plain, torch.Generator().manual_seed(1)), x)
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_time_budget_plans_fewer_epochs(tmp_path, labelled_set):
     from training.loop import train_model
 
