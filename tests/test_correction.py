@@ -154,3 +154,23 @@ def test_a_withheld_left_shift_is_named_and_its_cells_are_marked_for_verificatio
     assert (
         withheld_flags(diff, ref, None, interval_flags(diff, ref)) == []
     )  # no correction, nothing withheld: the raw rule flags it
+
+
+def test_preliminary_and_final_flags_are_decided_by_one_function():
+    """``decide_flags`` orders the domain guard's flag first, the interval flags next, the sample flags last;
+    with the model's confusion it withholds the leak-explained left shift (its IG cells still drive review),
+    on the verified counts (no correction) the same two IG cells raise the flag itself."""
+    from wbcproc.flags import decide_flags, sample_flag
+
+    ref = load_settings().reference
+    counts = _counts(59, 2)
+    diff = differential([c for c, k in counts.items() for _ in range(k)])
+    domain = sample_flag("DOMAIN_SHIFT", "images unlike the training data")
+    low = sample_flag("LOW_WBC_COUNT", "fewer white cells than asked")
+    prelim = decide_flags(diff, ref, correct(diff.counts, leaky_confusion(0.02)), sample=[low], first=[domain])
+    assert prelim.flags[0] is domain and prelim.flags[-1] is low
+    assert "LEFT_SHIFT" not in {f["code"] for f in prelim.flags}
+    assert [w["cell"] for w in prelim.withheld] == ["ig"] and "ig" in prelim.drivers
+    final = decide_flags(diff, ref, sample=[low])
+    assert final.withheld == [] and "LEFT_SHIFT" in {f["code"] for f in final.flags} and "ig" in final.drivers
+    assert final.flags[-1] is low

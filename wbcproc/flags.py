@@ -19,6 +19,8 @@ needs, in addition, more erythroblast calls than misclassification alone explain
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from wbcproc.aggregate import Differential
@@ -76,6 +78,32 @@ def sample_flag(code: str, message: str, value: float | None = None) -> dict[str
 def flag_label(f: dict[str, Any]) -> str:
     """HIGH / LOW with the grade, e.g. "HIGH (possible)": how the Summary sheet and the UI artifact show a flag."""
     return f["direction"].upper() + (f" ({f['grade']})" if f.get("grade") else "")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A differential's flags in report order, the flags the correction withheld, and the classes behind them."""
+
+    flags: list[dict[str, Any]]
+    withheld: list[dict[str, Any]]
+    drivers: set[str]
+
+
+def decide_flags(
+    diff: Differential,
+    ref: ReferenceIntervals,
+    corrected: Corrected | None = None,
+    *,
+    sample: Sequence[dict[str, Any]] = (),
+    first: Sequence[dict[str, Any]] = (),
+) -> Decision:
+    """The one place a report's flags are decided, for the preliminary report (the model's differential,
+    ``corrected`` for its measured confusion) and the final one (the verified differential: nothing to correct,
+    so nothing withheld).  Order: ``first`` (the domain guard's), the interval flags, then the ``sample``
+    flags; the same order in every report format."""
+    flags = [*first, *interval_flags(diff, ref, corrected), *sample]
+    withheld = withheld_flags(diff, ref, corrected, flags)
+    return Decision(flags, withheld, flag_drivers(flags, withheld))
 
 
 def flag_drivers(flags: list[dict[str, Any]], withheld: list[dict[str, Any]] = ()) -> set[str]:

@@ -27,7 +27,7 @@ from wbcproc.correction import correct
 from wbcproc.discovery import Candidate, Rejected, SampleInventory, require_images, scan_sample
 from wbcproc.domain import assess, cell_features
 from wbcproc.fields import crop_cell, locate
-from wbcproc.flags import flag_drivers, interval_flags, sample_flag, sample_flags, withheld_flags
+from wbcproc.flags import decide_flags, sample_flag, sample_flags
 from wbcproc.framing import FrameInfo, sample_framing, uses_sample_ruler
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.method import method_text
@@ -468,19 +468,21 @@ def summarise(
     rejected.sort(key=lambda r: r.file)
     confusion = classifier.info.sidecar.confusion_val
     corrected = correct(diff.counts, confusion.counts) if confusion is not None else None
-    flags = interval_flags(diff, settings.reference, corrected)
-    flags += sample_flags(
-        diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors, age_group=meta.age_group
-    )
     domain = assess(
         np.array(classified.domain_features),
         classifier.info.sidecar.domain,
         np.array([1.0 - c.confidence for c in classified.cells]),
     )
-    if domain is not None and domain["shifted"]:
-        flags.insert(0, _domain_shift_flag(domain))
-    withheld = withheld_flags(diff, settings.reference, corrected, flags)
-    drivers = flag_drivers(flags, withheld)
+    decision = decide_flags(
+        diff,
+        settings.reference,
+        corrected,
+        sample=sample_flags(
+            diff, settings, n_rejected=len(rejected), metadata_errors=meta.errors, age_group=meta.age_group
+        ),
+        first=[_domain_shift_flag(domain)] if domain is not None and domain["shifted"] else [],
+    )
+    drivers = decision.drivers
     info = classifier.info
     threshold = settings.review_threshold if settings.review_threshold is not None else info.review_threshold
     return {
@@ -495,9 +497,9 @@ def summarise(
         "cells_classified": diff.n_cells,
         "cells_for_review": diff.n_review,
         "review_threshold": threshold,
-        "flags": flags,
+        "flags": decision.flags,
         "corrected": _corrected_block(corrected, confusion),
-        "withheld_flags": withheld,
+        "withheld_flags": decision.withheld,
         "flag_drivers": sorted(drivers),
         "flag_performance": info.sidecar.flag_performance,
         "cells": [c.as_dict() | {"flag_driver": c.label in drivers} for c in classified.cells],

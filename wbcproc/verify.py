@@ -48,7 +48,7 @@ from wbcproc.audit import LOG_NAME, append, read_entries
 from wbcproc.bounded import TooLarge, check_workbook_size
 from wbcproc.classes import CLASSES
 from wbcproc.config import ReferenceIntervals
-from wbcproc.flags import flag_drivers, interval_flags, wbc_count_flags
+from wbcproc.flags import decide_flags, wbc_count_flags
 from wbcproc.method import method_text
 from wbcproc.report import hl7_bytes
 from wbcproc.report.excel import VERIFIED_BY, workbook_bytes
@@ -287,10 +287,10 @@ def final_result(base: dict[str, Any], verified: dict[str, str], *, by: str, at:
     ref = ReferenceIntervals.from_dict(r["config"]["reference_intervals"])
     wbc_count = (r.get("metadata") or {}).get("wbc_count")
     diff = differential((c["class"] for c in cells), (False for _ in cells), wbc_count)
-    flags = [f for f in base["flags"] if f["cell"] is None and f["code"] not in _RECOMPUTED_SAMPLE_FLAGS]
-    flags = interval_flags(diff, ref) + flags
-    flags += wbc_count_flags(diff.wbc_total, r["config"].get("min_wbc", 100))
-    drivers = flag_drivers(flags)
+    carried = [f for f in base["flags"] if f["cell"] is None and f["code"] not in _RECOMPUTED_SAMPLE_FLAGS]
+    sample = carried + wbc_count_flags(diff.wbc_total, r["config"].get("min_wbc", 100))
+    decision = decide_flags(diff, ref, sample=sample)
+    drivers = decision.drivers
     r.update(
         {
             "status": "final",
@@ -301,9 +301,9 @@ def final_result(base: dict[str, Any], verified: dict[str, str], *, by: str, at:
             "preliminary": {"report_id": prelim_id},
             **diff.report_fields(),
             "cells_for_review": 0,
-            "flags": flags,
+            "flags": decision.flags,
             "corrected": None,
-            "withheld_flags": [],
+            "withheld_flags": decision.withheld,
             "flag_drivers": sorted(drivers),
             "cells": [c | {"flag_driver": c["class"] in drivers} for c in cells],
             "method": method_text(base["model"], base.get("routing"), final=True),
