@@ -575,8 +575,9 @@ def train(
     typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))
 
 
-@app.command()
-def reviewed(
+@app.command("export-reviewed")
+@app.command("reviewed", hidden=True, help="Old name of export-reviewed (still accepted).")
+def export_reviewed_cmd(
     workbooks: Annotated[
         list[Path], typer.Argument(help="Report workbooks (.xlsx) with the 'Reviewed class' filled in.")
     ],
@@ -616,7 +617,7 @@ def verify(
         Path | None, typer.Option("--sample", help="The sample folder: copies the verified cells to --lab-data.")
     ] = None,
     lab_data: Annotated[
-        Path | None, typer.Option("--lab-data", help="Laboratory data root for adaptation (wbc reviewed format).")
+        Path | None, typer.Option("--lab-data", help="Laboratory data root for adaptation (wbc export-reviewed format).")
     ] = None,
 ) -> None:
     """Verify and sign: the reviewed classes become the final report (<id>.final.*), with an audit entry."""
@@ -677,7 +678,7 @@ def audit_check(
 def adapt(
     data: Annotated[
         list[Path],
-        typer.Option("--data", help="The laboratory's reviewed cells: `wbc reviewed` output or class folders."),
+        typer.Option("--data", help="The laboratory's reviewed cells: `wbc export-reviewed` output or class folders."),
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder for the adapted model.onnx + sidecar.")],
     model: Annotated[Path | None, typer.Option(help="Model to adapt (default: the model in use).")] = None,

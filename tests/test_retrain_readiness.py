@@ -22,7 +22,7 @@ def test_retrain_without_a_data_folder_completes_with_nothing_to_do(tmp_path, pr
     assert out["skipped"] is True and out["promoted"] is False and out["version"] is None
     assert (
         "does not exist" in out["reason"]
-        and f"wbc reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}" in out["reason"]
+        and f"wbc export-reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}" in out["reason"]
     )
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
 
@@ -32,7 +32,7 @@ def test_empty_class_folders_are_nothing_to_learn_from(tmp_path):
     for c in ("neutrophil", "ig"):
         (root / "cells" / c).mkdir(parents=True)
     reason = nothing_to_do([str(root)], str(tmp_path / "runs"), only_if_new=True)
-    assert reason is not None and reason.startswith("no reviewed cells in") and "wbc reviewed" in reason
+    assert reason is not None and reason.startswith("no reviewed cells in") and "wbc export-reviewed" in reason
 
 
 def test_only_new_cells_start_a_scheduled_retrain(tmp_path):

@@ -53,7 +53,7 @@ def test_reviewed_cells_become_a_lab_data_root(tmp_path, tiny_model):
     assert len(reviewed_classes(out / "LAB-7.xlsx")) == 5
 
     lab = tmp_path / "lab-root"
-    r = _run("reviewed", str(out / "LAB-7.xlsx"), "--sample", str(sample), "--out", str(lab))
+    r = _run("export-reviewed", str(out / "LAB-7.xlsx"), "--sample", str(sample), "--out", str(lab))
     assert r.returncode == 0, r.stderr
     assert sum(json.loads(r.stdout)["written"].values()) == 4
     assert "Smudge cell" in r.stderr and "not one of" in r.stderr  # skipped, with the reason
@@ -83,3 +83,12 @@ def test_lab_root_is_gathered_as_two_sources_with_framing_kept(tmp_path):
     g = gather([lab])
     assert sorted((it.label, it.framed) for it in g.items) == [("lymphocyte", False), ("neutrophil", True)]
     assert not g.skipped
+
+
+def test_the_old_command_name_still_works_but_is_not_listed():
+    """``wbc reviewed`` (the name before ``export-reviewed``) keeps scripts working; ``--help`` lists one verb."""
+    listed = _run("--help")
+    assert listed.returncode == 0 and "export-reviewed" in listed.stdout
+    assert not [line for line in listed.stdout.splitlines() if line.strip("│ ").startswith("reviewed ")]
+    old = _run("reviewed", "--help")
+    assert old.returncode == 0 and "--sample" in old.stdout

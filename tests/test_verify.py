@@ -95,7 +95,7 @@ def test_three_corrections_make_a_final_report_with_a_checked_audit_chain(tmp_pa
         "final"
     }
 
-    # the verified cells went to the lab data folder in `wbc reviewed` format
+    # the verified cells went to the lab data folder in `wbc export-reviewed` format
     written = sorted(p.parent.name for p in (lab / "cells").rglob("*") if p.is_file())
     assert sorted(plan.values()) == written
 

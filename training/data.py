@@ -64,7 +64,7 @@ def split_of(sha256: str, val_fraction: float = 0.10, test_fraction: float = 0.1
 
 def expand_roots(roots: list[str | Path]) -> list[Path]:
     """A root holding class folders is itself; one holding none but sub-folders that do (a lab root written
-    by ``wbc reviewed``: ``cells/`` and ``field-crops/``) stands for those sub-folders."""
+    by ``wbc export-reviewed``: ``cells/`` and ``field-crops/``) stands for those sub-folders."""
     out: list[Path] = []
     for root in map(Path, roots):
         if root.is_dir() and not any((root / c).is_dir() for c in CLASSES):

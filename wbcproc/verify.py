@@ -24,7 +24,7 @@ What this module guarantees:
   when, each changed cell (model class -> verified class) and the sha256 of the preliminary JSON, the
   workbook read and the final JSON/workbook/FHIR.  The final workbook carries the trail on an *Audit* sheet.
 - **The verified cells feed adaptation**: the cells with a reviewed class are copied into the
-  laboratory's data folder in ``wbc reviewed``'s format, where the retrain flow finds them.
+  laboratory's data folder in ``wbc export-reviewed``'s format, where the retrain flow finds them.
 
 Write order: final workbook and FHIR (each atomic), then the audit entry, then the final JSON last - its
 presence means the final set is complete (as for preliminary reports).
