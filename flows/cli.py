@@ -617,7 +617,8 @@ def verify(
         Path | None, typer.Option("--sample", help="The sample folder: copies the verified cells to --lab-data.")
     ] = None,
     lab_data: Annotated[
-        Path | None, typer.Option("--lab-data", help="Laboratory data root for adaptation (wbc export-reviewed format).")
+        Path | None,
+        typer.Option("--lab-data", help="Laboratory data root for adaptation (wbc export-reviewed format)."),
     ] = None,
 ) -> None:
     """Verify and sign: the reviewed classes become the final report (<id>.final.*), with an audit entry."""

@@ -30,7 +30,8 @@ class RetrainBusyError(RuntimeError):
 
 LAST_RUN = "last-retrain.json"
 HOW_TO_ADD_CELLS = (
-    "reviewed cells go there with `wbc export-reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}` (docs/adapting.md)"
+    "reviewed cells go there with "
+    "`wbc export-reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}` (docs/adapting.md)"
 )
 
 
