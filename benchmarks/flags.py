@@ -1,5 +1,5 @@
 """Flags as a screening test: how often each flag is raised on samples whose true value is normal, and how
-often it is found when the value is abnormal (issue: flags a physician can trust).
+often it is found when the value is abnormal.
 
     python benchmarks/flags.py --model models/model.onnx --data ../shared/data/pbc --split test \\
         --sizes 100 200 400 --normal 2000 --per-severity 300
@@ -12,8 +12,8 @@ often it is found when the value is abnormal (issue: flags a physician can trust
    basophils, monocytes high; lymphocytes high/low; neutrophils high/low; NRBC per 100 WBC), plus a few
    platelets.  A patient's cells are drawn from the classified pool of each *true* class (with
    replacement); the sample's true values are those of the drawn cells.
-3. The called labels go through the product's flag code twice: ``raw`` (the count as called, the rule
-   before this change: any value beyond its limit) and the shipped rule (``wbcproc.flags.interval_flags``
+3. The called labels go through the product's flag code twice: ``raw`` (the count as called, the plain rule:
+   any value beyond its limit) and the shipped rule (``wbcproc.flags.interval_flags``
    with the differential corrected for the model's confusion, graded definite/possible).
 Printed per sample size: for each flag, the false-positive rate among samples whose true value is inside
 the interval, and the sensitivity by true value; and the mean absolute error of the reported percentages,

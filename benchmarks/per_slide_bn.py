@@ -1,4 +1,4 @@
-"""Per-slide adaptation without labels (issue 13 §3): re-estimate BatchNorm statistics from each slide's own
+"""Per-slide adaptation without labels: re-estimate BatchNorm statistics from each slide's own
 cells (AdaBN; optionally blended with the training statistics, Schneider et al. 2020) - does it help other
 laboratories, and does it hurt in-domain samples with skewed mixes?
 

@@ -1,4 +1,4 @@
-"""How low-confidence cells should count in the preliminary differential (issue: verify and sign, §2).
+"""How low-confidence cells should count in the preliminary differential.
 
     python benchmarks/uncertain.py --data ../shared/data/pbc --split test --patients 2000 --sizes 100 200
 

@@ -187,7 +187,7 @@ def test_installed_wheel_finds_packaged_model(tmp_path, tiny_model):
 
 
 def test_first_contact_papercuts_each_get_a_one_line_cause_and_an_exit_code(tmp_path, tiny_model):
-    """Tried as a new user would (issue: a codebase the next engineer can live in, item 7)."""
+    """Tried as a new user would."""
     import socket
 
     r = run("--help")

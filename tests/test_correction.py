@@ -54,7 +54,7 @@ def test_left_shift_is_graded_after_the_leak_is_taken_out(ig_calls, grade):
         f = shift[0]
         assert f["kind"] == "percent" and f["corrected_value"] < f["value"] and 0.5 <= f["probability"] <= 1
         assert grade in f["message"] and "corrected for the model's confusion" in f["message"]
-    # the raw rule (no confusion matrix) flags anything above 1 %: the false left shift the issue measured
+    # the raw rule (no confusion matrix) flags anything above 1 %: a false left shift on a normal slide
     raw = [f for f in interval_flags(diff, ref) if f["code"] == "LEFT_SHIFT"]
     assert bool(raw) == (ig_calls >= 2)
 

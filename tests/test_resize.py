@@ -1,4 +1,4 @@
-"""Resizing and the distance transform give the same numbers on every CPU (issue: same answer on every CPU).
+"""Resizing and the distance transform give the same numbers on every CPU.
 
 OpenCV's ``INTER_AREA`` and its 5x5 distance transform round differently on ARM and x86 (measured under
 ``qemu-aarch64``; see ``wbcproc.resize``).  These tests pin the replacements to their definitions - integer

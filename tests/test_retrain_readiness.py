@@ -1,5 +1,5 @@
 """The weekly retrain on a fresh install: nothing to learn from is a Completed run that says why, not a
-failure every week (issue: a new laboratory in an afternoon, section 2)."""
+failure every week."""
 
 from __future__ import annotations
 

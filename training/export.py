@@ -91,7 +91,7 @@ def quantize_int8(fp32_path: str | Path, calib: CachedSet, out_path: str | Path,
     Weights are quantised to 7 bits (``reduce_range``: -64..64) so that the model gives the same answer
     on every CPU.  With u8 activations and s8 weights, x86 CPUs without VNNI (AVX2, AVX-512 before
     Cascade Lake) multiply with VPMADDUBSW, which adds two u8*s8 products into a *saturating* int16:
-    255*127*2 overflows it and the result depends on the CPU (issue: same answer on every CPU; 1.3 % of
+    255*127*2 overflows it and the result depends on the CPU (1.3 % of
     PBC test cells changed class on an AVX2 EPYC with 8-bit weights).  255*64*2 = 32,640 fits, so with
     7-bit weights every kernel - AVX2, AVX-512, VNNI, AMX, ARM dot products - computes the same exact
     integer sums.  ``wbcproc.model.int8_report`` checks the bound on the file that is loaded.

@@ -1,4 +1,4 @@
-"""The float reference a shipped int8 model is checked against on every CPU (issue: same answer on every CPU).
+"""The float reference a shipped int8 model is checked against on every CPU.
 
 Instead of a second (94 MB) float model, the repository keeps the *logits* of the test fixture cells:
 computed once, at export, by the float ONNX model (``model.fp32.onnx`` of the ``wbc train --quantize``

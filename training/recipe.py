@@ -61,7 +61,7 @@ class TrainConfig:
     colour_jitter: float = 0.15
     hue_jitter: float = 0.05
     blur_prob: float = 0.1
-    # cross-laboratory robustness (issue: other labs); 0 switches each off
+    # cross-laboratory robustness; 0 switches each off
     channel_gain: float = 0.0  # per-channel gain +-: residual white-balance error
     stain_jitter: float = 0.0  # per-channel optical-density scale +-: stain intensity and hue
     gamma_jitter: float = 0.0  # log-uniform gamma in [1/(1+g), 1+g]: camera response
@@ -107,7 +107,7 @@ STAIN_AUGMENTATION: dict[str, float] = {
 }
 
 # stain, on half the images: the other half keep the training laboratory's colours (basic colour and hue
-# jitter), so the in-domain colour cues the stain preset blurs are still learnt (issue 13 §4)
+# jitter), so the in-domain colour cues the stain preset blurs are still learnt
 MIXED_AUGMENTATION: dict[str, float] = {
     **STAIN_AUGMENTATION,
     "colour_jitter": 0.15,

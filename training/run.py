@@ -148,9 +148,8 @@ def search(opts: RunOptions, base, g: Gathered, log=print) -> tuple[Any, list[di
     rows: list[dict[str, Any]] = []
     caches: dict[int, CachedSet] = {}
     # Every trial cache is made as the final one is: the same white balance and framing (the slide
-    # background prepare_data measured, read back from its cache) and the same JPEG quality.  Before, trial
-    # caches had neither and overwrote the main cache of the same size, so the final model trained without
-    # them (issue: a new laboratory in an afternoon, "known bug").
+    # background prepare_data measured, read back from its cache) and the same JPEG quality, and none overwrites
+    # the main cache of the same size, so the final model trains with both.
     main = load_cache(Path(opts.out) / f"cache-{opts.image_size}.npz")
     caches[opts.image_size] = main
     norm = main.spec.colour_normalisation

@@ -4,7 +4,7 @@ Why: fine-tuning the shipped weights with stain augmentation (``--augment mixed`
 ``--init <shards> --init-head``) makes the model better on other laboratories' colours but costs some
 in-domain accuracy.  Because the fine-tune starts from the shipped weights, both sit in one basin of the
 loss, and the straight line between them keeps most of the robustness for a fraction of the in-domain
-cost (issue 13 §4; measured in docs/training.md).  ``alpha`` 0 is the parent, 1 the fine-tune.
+cost (measured in docs/training.md).  ``alpha`` 0 is the parent, 1 the fine-tune.
 
 The choice of ``alpha`` is made on the training laboratory's *validation* cells only (never on the test
 split or on an unseen laboratory): :func:`choose_alpha` takes the largest mixing weight whose validation

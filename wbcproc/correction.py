@@ -3,7 +3,7 @@
 Why: a flag compares a percentage with a narrow interval (immature granulocytes 0-1 %).  The model calls
 about 1.4 % of neutrophils IG (band vs metamyelocyte), so a normal 100-cell sample with 60 neutrophils
 shows one or two "IG" cells about half the time and the raw count crosses 1 % - a false left shift on
-every other slide (issue: flags a physician can trust).  The leak is measured: the model's confusion
+every other slide.  The leak is measured: the model's confusion
 matrix on its validation cells, P(called j | truly i), is in the sidecar (``confusion_val``).
 
 Method (adjusted classify-and-count by maximum likelihood): the called counts are a multinomial draw

@@ -4,8 +4,7 @@ Why this module exists: ONNX Runtime multiplies u8 activations by s8 weights.  C
 (AVX-512 VNNI, AVX-VNNI), AMX or ARM dot products accumulate the products in 32 bits: exact.  x86 CPUs
 without them (AVX2, SSE4.1, AVX-512 before Cascade Lake) use VPMADDUBSW, which adds *two* u8*s8 products
 into a saturating int16: 255*127*2 = 64,770 does not fit, so a model with full 8-bit weights gives other
-logits - and 1.3 % other classes on PBC test cells - on an AVX2 server than on a VNNI one (issue: same
-answer on every CPU).  Two remedies, both used:
+logits - and 1.3 % other classes on PBC test cells - on an AVX2 server than on a VNNI one.  Two remedies, both used:
 
 1. Models exported by ``wbc train --quantize`` keep weights within -64..64 (7 bits, ``reduce_range``):
    255*64*2 = 32,640 fits in int16, so every kernel computes the same exact integer sums.  The sidecar

@@ -7,7 +7,7 @@ images at four of five scales - one level apart, here and there.  That alone wou
 red-cell ruler thresholds a shrunken copy, a flipped pixel moves a distance-transform peak, and the crop
 around the cell follows the ruler: 3 of the 24 fixture cells were cut 0.3-1.1 % larger or smaller on ARM
 and the logits moved by up to 0.10 - while the int8 network itself gave bit-identical logits on both
-(issue: the same answer on every CPU).  ``wbcproc.fields.chamfer_peaks`` does the same for the distance
+(the same answer on every CPU).  ``wbcproc.fields.chamfer_peaks`` does the same for the distance
 transform.
 
 Here the result is defined exactly - shrinking averages the pixels by the area each covers (what

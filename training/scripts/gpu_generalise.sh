@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Choose a recipe by how it does on a laboratory it has never seen, then train the shipped model with it
-# (issue: other labs).  One device call, two phases:
+# Choose a recipe by how it does on a laboratory it has never seen, then train the shipped model with it.
+# One device call, two phases:
 #
 #   bash training/scripts/gpu_generalise.sh CACHE OUT BUDGET1_S BUDGET2_S EVAL_NAME=EVAL_CACHE...
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Recipes judged on a laboratory they have never seen, and trained for shipping, in one device call
-# (issue: other labs).  Each recipe in $VARIANTS (default "robust:bn stain:bn", AUGMENT:NORM) runs twice,
+# Recipes judged on a laboratory they have never seen, and trained for shipping, in one device call.
+# Each recipe in $VARIANTS (default "robust:bn stain:bn", AUGMENT:NORM) runs twice,
 # all at once on the GPU with the same time budget:
 #   unseen  BCCD left out of training and validation (PBC only): every BCCD cell is another lab's
 #   full    all training data (PBC + BCCD training crops): the candidate to ship
