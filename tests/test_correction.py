@@ -83,15 +83,38 @@ def test_flag_drivers_are_marked_and_listed_first(tmp_path, sample, tiny_model):
 
     paths = process_sample(sample, tmp_path / "out", model=tiny_model)
     r = json.loads(paths["json"].read_text())
+    from wbcproc.flags import ONE_BY_ONE
+
     high = {f["cell"] for f in r["flags"] if f["direction"] == "high" and f["kind"] in ("percent", "nrbc")}
-    assert high, "the random tiny model should raise at least one high flag on the fixture sample"
-    assert set(r["flag_drivers"]) == high
+    high |= {w["cell"] for w in r["withheld_flags"] if w["direction"] == "high"}
+    assert high & ONE_BY_ONE, "the random tiny model should raise a high flag on a rare class on the fixture"
+    assert set(r["flag_drivers"]) == high & ONE_BY_ONE
     drivers = [c["file"] for c in r["cells"] if c["flag_driver"]]
-    assert drivers and all(c["flag_driver"] == (c["class"] in high) for c in r["cells"])
-    ws = load_workbook(paths["xlsx"])["Cells"]
+    assert drivers and all(c["flag_driver"] == (c["class"] in high & ONE_BY_ONE) for c in r["cells"])
+    low = [c["file"] for c in r["cells"] if c["review"] and not c["flag_driver"]]
+    assert r["cells_for_review"] == len(drivers) + len(low)
+    wb = load_workbook(paths["xlsx"])
+    ws = wb["Cells"]
     rows = [(ws.cell(row=i, column=1).value, ws.cell(row=i, column=7).value) for i in range(2, ws.max_row + 1)]
     assert [f for f, _ in rows[: len(drivers)]] == drivers
     assert all(mark == "REVIEW (flag)" for _, mark in rows[: len(drivers)])
+    assert [f for f, _ in rows[len(drivers) : len(drivers) + len(low)]] == low  # low-confidence cells next
+    assert sum(1 for _, mark in rows if mark) == r["cells_for_review"]
+    summary = {row[0].value: row[1].value for row in wb["Summary"].iter_rows(min_row=1, max_col=2)}
+    assert summary["Marked for review"].startswith(f"{r['cells_for_review']} ({len(drivers)} behind a flag, ")
+
+
+def test_a_high_share_of_a_common_class_is_not_reviewed_cell_by_cell():
+    """An 83 % neutrophil slide: NEUTROPHIL_PCT_HIGH is raised but no neutrophil becomes a flag driver (the
+    class is checked as a whole); a left shift on the same slide makes its 3 IG cells drivers."""
+    from wbcproc.flags import decide_flags
+
+    ref = load_settings().reference
+    labels = ["neutrophil"] * 83 + ["lymphocyte"] * 10 + ["monocyte"] * 4 + ["ig"] * 3
+    decision = decide_flags(differential(labels), ref)
+    raised = {(f["cell"], f["direction"]) for f in decision.flags}
+    assert ("neutrophil", "high") in raised and ("ig", "high") in raised
+    assert decision.drivers == {"ig"}
 
 
 def test_clopper_pearson_upper_bound_matches_known_values():

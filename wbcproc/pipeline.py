@@ -495,7 +495,8 @@ def summarise(
         "processed_at": (processed_at or datetime.now(UTC)).isoformat(timespec="seconds"),
         **diff.report_fields(),
         "cells_classified": diff.n_cells,
-        "cells_for_review": diff.n_review,
+        # the cells marked on the Cells sheet: below the review threshold, or behind a flag (flag drivers)
+        "cells_for_review": sum(1 for c in classified.cells if c.review or c.label in drivers),
         "review_threshold": threshold,
         "flags": decision.flags,
         "corrected": _corrected_block(corrected, confusion),

@@ -32,6 +32,16 @@ BOLD = Font(bold=True)
 VERIFIED_BY = "Verified by"  # the Summary sheet label whose value cell carries the verifier's name
 
 
+def _marked_text(r: dict[str, Any]) -> str:
+    """The Summary's count of cells to review: the same cells the Cells sheet marks REVIEW."""
+    behind = sum(1 for c in r["cells"] if c.get("flag_driver"))
+    low = sum(1 for c in r["cells"] if c["review"] and not c.get("flag_driver"))
+    n = r["cells_for_review"]
+    if r.get("status") == "final":
+        return f"{n} (verified)"
+    return f"{n} ({behind} behind a flag, {low} with confidence < {r['review_threshold']:.2f})"
+
+
 def put(ws: Worksheet, row: int, col: int, value: Any, *, bold: bool = False) -> Cell:
     """Write a value; strings always as text, never as a formula."""
     cell = ws.cell(row=row, column=col)
@@ -86,7 +96,7 @@ def _identity(ws: Worksheet, r: dict[str, Any]) -> int:
         ("Model", f"{r['model']['name']} {r['model']['version']} (sha256 {r['model']['sha256'][:12]})"),
         ("WBC counted", r["wbc_total"]),
         ("Cells classified", r["cells_classified"]),
-        ("Marked for review", f"{r['cells_for_review']} (confidence < {r['review_threshold']:.2f})"),
+        ("Marked for review", _marked_text(r)),
         ("Reference intervals", f"{ref['name']} v{ref['version']}"),
     ]
     if r.get("routing"):  # a routed laboratory model: which of its two models read this slide, and why
@@ -218,8 +228,9 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
     dv.error = "Choose one of the canonical classes"
     dv.prompt = "Correct the class here if the model was wrong"
     ws.add_data_validation(dv)
-    # the cells behind a raised flag first (e.g. the IG cells of a left shift): verification starts there
-    ordered = sorted(r["cells"], key=lambda c: not c.get("flag_driver", False))
+    # the cells behind a raised flag first (e.g. the IG cells of a left shift): verification starts there;
+    # the low-confidence cells next, then the rest
+    ordered = sorted(r["cells"], key=lambda c: (not c.get("flag_driver", False), not c["review"]))
     for i, c in enumerate(ordered, start=2):
         put(ws, i, 1, c["file"])
         put(ws, i, 3, c["class"])
