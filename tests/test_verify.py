@@ -86,6 +86,12 @@ def test_three_corrections_make_a_final_report_with_a_checked_audit_chain(tmp_pa
     assert changed == {c["file"] for c in prelim["cells"][:3]}
     audit = wb["Audit"]
     assert {audit.cell(row=r, column=4).value for r in range(2, 5)} == changed
+    # every cell keeps its thumbnail, the same picture as in the preliminary workbook, on its own row
+    from wbcproc.report.excel import read_thumbnails
+
+    before, after = read_thumbnails(xlsx), read_thumbnails(done.paths["xlsx"])
+    assert len(after) == len(prelim["cells"]) and after == before
+    assert not [n for n in done.notes if "thumbnails" in n]
 
     # FHIR: final, the verifier as performer
     bundle = json.loads(done.paths["fhir"].read_text())
@@ -253,3 +259,13 @@ def test_a_workbook_edited_and_saved_in_libreoffice_verifies(tmp_path, sample, t
     assert final["counts"] == expected_counts(prelim, plan) and len(final["changes"]) == 3
     assert final["verified_by"] == "Dr A. Example"
     assert check(out / "audit.jsonl").ok
+
+
+def test_a_missing_preliminary_workbook_costs_the_thumbnails_not_the_final_report(tmp_path, sample, tiny_model):
+    out = tmp_path / "out"
+    xlsx, prelim = _report(sample, out, tiny_model)
+    edited = edit_workbook(xlsx, tmp_path / "edited.xlsx", review_plan(prelim))
+    xlsx.unlink()  # e.g. the preliminary workbook was moved away by hand
+    done = verify(edited, out)
+    assert done.paths["xlsx"].is_file() and json.loads(done.paths["json"].read_text())["status"] == "final"
+    assert "the final workbook has no cell thumbnails: S-001.xlsx is not in the report folder" in done.notes

@@ -378,8 +378,11 @@ def verify(
     }
     result["hashes"] = dict(hashes)
     result["audit"] = [*trail, {**event, "at": at}]
-    entry = _write_final(result, paths, log, event, hashes, now)
+    thumbnails, why_none = _thumbnails(prelim_path.with_name(prelim_path.name[: -len(".json")] + ".xlsx"))
+    entry = _write_final(result, paths, log, event, hashes, now, thumbnails)
     done = Verified(paths=paths, result=result, version=version, changes=result["changes"], audit_entry=entry)
+    if why_none:
+        done.notes.append(f"the final workbook has no cell thumbnails: {why_none}")
     if sample_dir is None and sample_roots:
         sample_dir = find_sample_dir(base, list(sample_roots))
     if lab_data is not None and sample_dir is not None and verified:
@@ -398,12 +401,13 @@ def _write_final(
     event: dict[str, Any],
     hashes: dict[str, str],
     now: datetime | None,
+    thumbnails: dict[str, bytes],
 ) -> dict[str, Any]:
     """Workbook, FHIR and HL7 (each atomic), then the audit entry with their hashes, then the JSON last;
     the files already written are removed if the audit entry cannot be.  Returns the audit entry."""
     final_json = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     fhir = (json.dumps(fhir_bundle(result), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    blobs = {"xlsx": workbook_bytes(result, {}, {}), "fhir": fhir}
+    blobs = {"xlsx": workbook_bytes(result, thumbnails, {}), "fhir": fhir}
     hl7 = hl7_bytes(result)
     if hl7 is None:
         del paths["hl7"]
@@ -420,6 +424,21 @@ def _write_final(
         raise
     atomic_write_bytes(paths["json"], final_json)
     return entry
+
+
+def _thumbnails(prelim_xlsx: Path) -> tuple[dict[str, bytes], str | None]:
+    """The preliminary workbook's cell thumbnails for the final one, or none and why (the final report is
+    still written: the thumbnails are a convenience, the images are in the sample folder)."""
+    from wbcproc.report.excel import read_thumbnails
+
+    try:
+        check_workbook_size(prelim_xlsx)
+        found = read_thumbnails(prelim_xlsx)
+    except FileNotFoundError:
+        return {}, f"{prelim_xlsx.name} is not in the report folder"
+    except (TooLarge, OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        return {}, f"{prelim_xlsx.name} cannot be read ({exc})"
+    return found, None if found else f"{prelim_xlsx.name} holds none"
 
 
 def _holds(folder: Path, report: dict[str, Any]) -> bool:

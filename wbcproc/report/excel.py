@@ -7,6 +7,7 @@ would otherwise store a value starting with '=' as a formula (``=2+5.jpg``), and
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
@@ -456,3 +457,24 @@ def batch_summary_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
     wb.save(buf)
     return buf.getvalue()
+
+
+def read_thumbnails(path: Path) -> dict[str, bytes]:
+    """The cell thumbnails of a report workbook this module wrote, by file name (column A of the row each
+    image is anchored to), so that a final workbook shows the same cells as its preliminary one.  The caller
+    bounds the file first (``wbcproc.bounded``)."""
+    from openpyxl import load_workbook
+
+    wb = load_workbook(path, read_only=False)
+    if "Cells" not in wb.sheetnames:
+        return {}
+    ws = wb["Cells"]
+    out: dict[str, bytes] = {}
+    for img in ws._images:  # openpyxl keeps a loaded sheet's pictures here, each with its anchor cell
+        anchor = getattr(img.anchor, "_from", None)
+        if anchor is None:
+            continue
+        name = ws.cell(row=anchor.row + 1, column=1).value
+        if isinstance(name, str) and name:
+            out[name] = img._data()
+    return out
