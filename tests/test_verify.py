@@ -34,6 +34,36 @@ def _report(sample: Path, out: Path, model: Path) -> tuple[Path, dict]:
     return paths["xlsx"], json.loads(paths["json"].read_text())
 
 
+def _check_final_workbook(done, prelim: dict, plan: dict[str, str], xlsx: Path) -> None:
+    """Status, signature, the verified class beside the model's, what verification did, the Audit sheet and
+    every thumbnail of the preliminary workbook."""
+    wb = load_workbook(done.paths["xlsx"])
+    summary = {
+        wb["Summary"].cell(row=r, column=1).value: wb["Summary"].cell(row=r, column=2).value for r in range(1, 20)
+    }
+    assert summary["Status"].startswith("FINAL - verified by Dr A. Example")
+    assert summary["Verified by"] == "Dr A. Example"
+    cells = wb["Cells"]
+    assert cells.cell(row=1, column=9).value == "Model class"
+    changed = {cells.cell(row=r, column=1).value for r in range(2, cells.max_row + 1)
+               if cells.cell(row=r, column=3).value != cells.cell(row=r, column=9).value}  # fmt: skip
+    assert changed == {c["file"] for c in prelim["cells"][:3]}
+    marks = {cells.cell(row=r, column=1).value: cells.cell(row=r, column=7).value for r in range(2, cells.max_row + 1)}
+    assert {f for f, m in marks.items() if m == "changed"} == changed
+    assert {f for f, m in marks.items() if m == "confirmed"} == set(plan) - changed
+    assert (
+        cells.cell(row=1, column=4).value == "Model confidence" and cells.cell(row=1, column=7).value == "Verification"
+    )
+    audit = wb["Audit"]
+    assert {audit.cell(row=r, column=4).value for r in range(2, 5)} == changed
+    # every cell keeps its thumbnail, the same picture as in the preliminary workbook, on its own row
+    from wbcproc.report.excel import read_thumbnails
+
+    before, after = read_thumbnails(xlsx), read_thumbnails(done.paths["xlsx"])
+    assert len(after) == len(prelim["cells"]) and after == before
+    assert not [n for n in done.notes if "thumbnails" in n]
+
+
 def test_three_corrections_make_a_final_report_with_a_checked_audit_chain(tmp_path, sample, tiny_model):
     out = tmp_path / "out"
     xlsx, prelim = _report(sample, out, tiny_model)
@@ -72,26 +102,7 @@ def test_three_corrections_make_a_final_report_with_a_checked_audit_chain(tmp_pa
     assert entry["hashes"]["final_json"] == hashlib.sha256(done.paths["json"].read_bytes()).hexdigest()
     assert entry["hashes"]["final_xlsx"] == hashlib.sha256(done.paths["xlsx"].read_bytes()).hexdigest()
 
-    # the final workbook: status, signature, the verified class beside the model's, the Audit sheet
-    wb = load_workbook(done.paths["xlsx"])
-    summary = {
-        wb["Summary"].cell(row=r, column=1).value: wb["Summary"].cell(row=r, column=2).value for r in range(1, 20)
-    }
-    assert summary["Status"].startswith("FINAL - verified by Dr A. Example")
-    assert summary["Verified by"] == "Dr A. Example"
-    cells = wb["Cells"]
-    assert cells.cell(row=1, column=9).value == "Model class"
-    changed = {cells.cell(row=r, column=1).value for r in range(2, cells.max_row + 1)
-               if cells.cell(row=r, column=3).value != cells.cell(row=r, column=9).value}  # fmt: skip
-    assert changed == {c["file"] for c in prelim["cells"][:3]}
-    audit = wb["Audit"]
-    assert {audit.cell(row=r, column=4).value for r in range(2, 5)} == changed
-    # every cell keeps its thumbnail, the same picture as in the preliminary workbook, on its own row
-    from wbcproc.report.excel import read_thumbnails
-
-    before, after = read_thumbnails(xlsx), read_thumbnails(done.paths["xlsx"])
-    assert len(after) == len(prelim["cells"]) and after == before
-    assert not [n for n in done.notes if "thumbnails" in n]
+    _check_final_workbook(done, prelim, plan, xlsx)
 
     # FHIR: final, the verifier as performer
     bundle = json.loads(done.paths["fhir"].read_text())

@@ -220,7 +220,9 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
 def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> None:
     final = r.get("status") == "final"
     names = ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review", "Reviewed class"]
-    names = [*names, "Model class"] if final else names
+    if final:  # Class is the verified class; confidence and runner-up stay the model's, and say so
+        names = ["File", "Image", "Class", "Model confidence", "Model runner-up", "Runner-up conf.", "Verification",
+                 "Reviewed class", "Model class"]  # fmt: skip
     # what decoding did to the image (padding filled, 16-bit or CMYK converted...): the reviewer sees why a
     # thumbnail looks as it does
     _header(ws, 1, [*names, "Image notes"])
@@ -238,9 +240,9 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
         put(ws, i, 4, c["confidence"]).number_format = "0.000"
         put(ws, i, 5, c["runner_up"])
         put(ws, i, 6, c["runner_up_confidence"]).number_format = "0.000"
-        mark = "REVIEW (flag)" if c.get("flag_driver") else "REVIEW" if c["review"] else ""
+        mark = _review_mark(c, final)
         put(ws, i, 7, mark)
-        if mark:
+        if mark and not final:
             ws.cell(row=i, column=7).fill = FILL_WARN
         dv.add(f"H{i}")
         if final:  # Class is the verified class; the model's call beside it, changed rows highlighted
@@ -457,6 +459,15 @@ def batch_summary_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
     wb.save(buf)
     return buf.getvalue()
+
+
+def _review_mark(c: dict[str, Any], final: bool) -> str:
+    """The Review column: what a reviewer must look at (preliminary), or what verification did (final)."""
+    if final:
+        if c.get("model_class", c["class"]) != c["class"]:
+            return "changed"
+        return "confirmed" if c.get("reviewed") else ""
+    return "REVIEW (flag)" if c.get("flag_driver") else "REVIEW" if c["review"] else ""
 
 
 def read_thumbnails(path: Path) -> dict[str, bytes]:
