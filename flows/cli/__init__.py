@@ -1,0 +1,51 @@
+"""The ``wbc`` command line.
+
+Prefect is imported only by the commands that run flows, so ``wbc classify`` and ``wbc info`` start in
+well under a second.  ``wbc process`` runs the ``process-sample`` flow when a Prefect server is configured
+(``PREFECT_API_URL``) or ``--prefect`` is given, and otherwise calls the same pipeline functions
+directly: Prefect's server-less mode starts a temporary server per process (measured in the README),
+has no UI, and so only adds seconds to the common command-line path.
+"""
+
+from __future__ import annotations
+
+import typer
+
+# each module registers its commands on ``app`` when imported; the order here is the order of ``wbc --help``
+# isort: off
+from flows.cli import samples  # noqa: F401
+from flows.cli import service  # noqa: F401
+from flows.cli import learning  # noqa: F401
+from flows.cli import review  # noqa: F401
+from flows.cli import registry  # noqa: F401
+
+# isort: on
+from flows.cli._app import app
+from flows.cli.learning import train
+
+__all__ = ["app", "command", "main", "train"]
+
+
+def _plain_metavars(cmd) -> None:
+    """Argument names in capitals in the usage line (``wbc process [OPTIONS] {FOLDERS}...``: typer writes
+    required arguments in braces) rather than the lower-case parameter names."""
+    for p in cmd.params:
+        if p.param_type_name == "argument":
+            p.metavar = p.name.upper()
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_metavars(sub)
+
+
+def command():
+    """The click command behind ``wbc`` (for ``main`` and tests of the help text)."""
+    cmd = typer.main.get_command(app)
+    _plain_metavars(cmd)
+    return cmd
+
+
+def main() -> None:
+    command()()
+
+
+if __name__ == "__main__":
+    main()

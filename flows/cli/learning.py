@@ -1,0 +1,219 @@
+"""``wbc train``, ``adapt`` and ``evaluate``: fitting and scoring models (the ``[train]`` extra for the first two)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli._app import _fail, app
+from training.recipe import SHIPPED as RECIPE  # standard library only: no torch at start-up
+from wbcproc import defaults
+
+# ``wbc train``'s options, one line each (their defaults are the shipped recipe's)
+_TrainData = Annotated[list[Path] | None, typer.Option("--data", help="Root of class folders; repeat for more roots.")]
+_Cache = Annotated[Path | None, typer.Option(help="Train from this packed cache instead of --data.")]
+_ShardsOnly = Annotated[bool, typer.Option("--shards-only", help="Write fp16 weight shards and stop (GPU side).")]
+_FromShards = Annotated[
+    Path | None, typer.Option("--from-shards", help="Skip training: evaluate/export these shards (CPU side).")
+]
+_PackOnly = Annotated[
+    bool, typer.Option("--pack-only", help="Only gather, split and write the cache (to carry to a GPU).")
+]
+_CacheQuality = Annotated[
+    int, typer.Option("--cache-quality", min=50, max=100, help="JPEG quality of the cache (85: ~46 MiB at 128 px).")
+]
+_Init = Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict or a shard folder.")]
+_InitHead = Annotated[
+    bool, typer.Option("--init-head", help="Keep --init PATH's 8-class head too: continue that model (a warm start).")
+]
+_Augment = Annotated[
+    str,
+    typer.Option(
+        help="robust (other labs' stains/cameras) | stain (robust + other stains) | mixed (stain on half the images) | basic"
+    ),
+]
+_Norm = Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")]
+_Normalise = Annotated[
+    bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
+]
+_TimeBudget = Annotated[float, typer.Option("--time-budget", min=0.0, help="Seconds; fewer epochs if needed.")]
+
+
+def _train_config(augment: str, device: str, norm: str, **fields: Any):
+    """The training recipe from ``wbc train``'s options; a bad value exits 2 with one line naming it."""
+    from training.recipe import TrainConfig, augmentation
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
+    if norm not in ("bn", "ibn"):
+        raise _fail(f"--norm {norm!r}: expected bn or ibn", 2)
+    try:
+        preset = augmentation(augment)
+    except ValueError as exc:
+        raise _fail(f"--augment: {exc}", 2) from None
+    try:
+        return TrainConfig(**preset, device=device, norm=norm, **fields)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _pack(opts) -> None:
+    """``wbc train --pack-only``: gather, split and write the cache; print where it is and its size."""
+    from training.run import prepare_data
+
+    g, cache_path, failed = prepare_data(opts, log=lambda m: typer.echo(m, err=True))
+    size = cache_path.stat().st_size
+    typer.echo(json.dumps({"cache": str(cache_path), "images": len(g.items) - len(failed), "bytes": size}))
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    data: _TrainData = None,
+    cache: _Cache = None,
+    shards_only: _ShardsOnly = False,
+    from_shards: _FromShards = None,
+    pack_only: _PackOnly = False,
+    cache_quality: _CacheQuality = RECIPE["cache_quality"],
+    epochs: Annotated[int, typer.Option(min=0)] = RECIPE["epochs"],
+    image_size: Annotated[int, typer.Option("--image-size", min=16, max=512)] = RECIPE["image_size"],
+    init: _Init = RECIPE["init"],
+    init_head: _InitHead = False,
+    freeze_stages: Annotated[int, typer.Option("--freeze-stages", min=0, max=5)] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = RECIPE["batch_size"],
+    lr: Annotated[float, typer.Option(min=0.0)] = RECIPE["lr"],
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = RECIPE["optimizer"],
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", min=0.0, max=0.5)] = RECIPE["label_smoothing"],
+    seed: int = 0,
+    patience: Annotated[int, typer.Option(min=1)] = RECIPE["patience"],
+    resize: Annotated[str, typer.Option(help="stretch | shorter_side_crop | letterbox")] = "stretch",
+    version: Annotated[str | None, typer.Option(help="Model version (default: UTC timestamp).")] = None,
+    search: Annotated[int, typer.Option("--search", min=0, help="Random-search trials before training.")] = 0,
+    search_epochs: Annotated[int, typer.Option("--search-epochs", min=1)] = 3,
+    quantize: Annotated[bool, typer.Option("--quantize", help="Try static int8; kept only within 0.2 points.")] = False,
+    normalise: _Normalise = True,
+    augment: _Augment = RECIPE["augment"],
+    norm: _Norm = RECIPE["norm"],
+    time_budget: _TimeBudget = 0.0,
+) -> None:
+    """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train])."""
+    try:
+        from training.run import RunOptions, run_training
+    except ImportError as exc:
+        raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
+    cfg = _train_config(
+        augment, device, norm, time_budget_s=time_budget, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, label_smoothing=label_smoothing, freeze_stages=freeze_stages, init=init,
+        init_head=init_head, seed=seed, patience=patience,
+    )  # fmt: skip
+    if not data and cache is None:
+        raise _fail("give --data (class folders) or --cache (a packed cache)", 2)
+    opts = RunOptions(
+        data=[str(d) for d in (data or [])], out=str(out), image_size=image_size, resize=resize, version=version,
+        quantize=quantize, search_trials=search, search_epochs=search_epochs, normalise=normalise,
+        cache_quality=cache_quality,
+    )  # fmt: skip
+    if pack_only:
+        return _pack(opts)
+    try:
+        res = run_training(
+            opts, cfg, log=lambda m: typer.echo(m, err=True), cache=None if cache is None else str(cache),
+            shards_only=shards_only, from_shards=None if from_shards is None else str(from_shards),
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))
+
+
+@app.command()
+def adapt(
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="The laboratory's reviewed cells: `wbc export-reviewed` output or class folders."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the adapted model.onnx + sidecar.")],
+    model: Annotated[Path | None, typer.Option(help="Model to adapt (default: the model in use).")] = None,
+    min_per_class: Annotated[
+        int, typer.Option("--min-per-class", min=1, help="Refuse a reviewed class with fewer fitted cells.")
+    ] = defaults.MIN_PER_CLASS,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            "--holdout",
+            min=0.0,
+            max=0.5,
+            help=f"Share of the lab's cells held out to check it; >= {defaults.LAB_GUARD_MIN_CELLS} held-out cells "
+            f"scored >= {defaults.LAB_GUARD_MIN_ACCURACY} validate the lab, so its samples lose DOMAIN_SHIFT.",
+        ),
+    ] = defaults.HOLDOUT_FRACTION,
+    version: Annotated[str | None, typer.Option(help="Version (default: parent version + lab timestamp).")] = None,
+    stage: Annotated[
+        bool,
+        typer.Option(
+            "--stage/--head-only",
+            help="Fine-tune the last ResNet stage and the head (two to three minutes for 200 cells), or refit the head alone (seconds).",
+        ),
+    ] = True,
+    route: Annotated[
+        bool,
+        typer.Option(
+            "--route/--single-model",
+            help="Where the lab's slides look unlike the original laboratory's, ship the parent beside the adapted "
+            "model and let each slide be read by the model whose laboratory it looks like (docs/adapting.md); or "
+            "always one model.",
+        ),
+    ] = True,
+) -> None:
+    """Adapt the model to your laboratory from its reviewed cells, on the CPU, in minutes
+    (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`."""
+    try:
+        from training.adapt import AdaptError
+        from training.adapt import adapt as run_adapt
+    except ImportError as exc:
+        raise _fail(f"wbc adapt needs the [train] extra ({exc.name} is missing): pip install 'wbc[train]'") from None
+    from wbcproc.model import ModelError
+
+    try:
+        res = run_adapt(
+            [str(d) for d in data],
+            out,
+            model,
+            min_per_class=min_per_class,
+            holdout=holdout,
+            version=version,
+            stage=stage,
+            route=route,
+            log=lambda m: typer.echo(m, err=True),
+        )
+    except (AdaptError, ModelError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(res))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model .onnx with its sidecar.")],
+    data: Annotated[list[Path], typer.Option("--data", help="Root of class folders (repeatable).")],
+    split: Annotated[str, typer.Option(help="all | train | val | test (by content hash, as in training).")] = "all",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Score any model on a labelled folder tree (accuracy, per-class F1, macro-F1, confusion)."""
+    from training.evaluate import evaluate_model
+    from wbcproc.model import ModelError
+
+    if split not in ("all", "train", "val", "test"):
+        raise _fail(f"--split {split!r}: expected all, train, val or test", 2)
+    try:
+        m = evaluate_model(model, [str(d) for d in data], split=split)
+    except (ModelError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    typer.echo(f"n={m['n']} accuracy={m['accuracy']:.4f} macro-F1={m['macro_f1']:.4f} rejected={len(m['rejected'])}")
+    for c, v in m["per_class"].items():
+        typer.echo(f"  {c:<13} P={v['precision']:.3f} R={v['recall']:.3f} F1={v['f1']:.3f} n={v['support']}")

@@ -1,0 +1,108 @@
+"""``wbc export-reviewed``, ``verify`` and ``audit``: from a reviewed workbook to a signed final report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli._app import _fail, app, audit_app
+from wbcproc import defaults
+
+
+@app.command("export-reviewed")
+@app.command("reviewed", hidden=True, help="Old name of export-reviewed (still accepted).")
+def export_reviewed_cmd(
+    workbooks: Annotated[
+        list[Path], typer.Argument(help="Report workbooks (.xlsx) with the 'Reviewed class' filled in.")
+    ],
+    sample: Annotated[
+        list[Path], typer.Option("--sample", help="The sample folder of each workbook, in the same order.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Lab data root to add the reviewed cells to.")],
+) -> None:
+    """Turn reviewed cells into training data: LAB_ROOT for `wbc train --data` / the retrain flow."""
+    from wbcproc.reviewed import export_reviewed
+
+    if len(workbooks) != len(sample):
+        raise _fail(f"give one --sample per workbook: {len(workbooks)} workbooks, {len(sample)} --sample", 2)
+    total: dict[str, int] = {}
+    for wb, folder in zip(workbooks, sample, strict=True):
+        try:
+            res = export_reviewed(wb, folder, out)
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        for k, v in res.written.items():
+            total[k] = total.get(k, 0) + v
+        for name, reason in res.skipped:
+            typer.echo(f"skipped {wb.name}: {name}: {reason}", err=True)
+    typer.echo(json.dumps({"out": str(out), "written": total}))
+
+
+@app.command()
+def verify(
+    workbook: Annotated[Path, typer.Argument(help="The report workbook with 'Reviewed class' filled in and saved.")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Verifier's name (else the Summary sheet's 'Verified by' cell).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder of the preliminary report (default: the workbook's folder).")
+    ] = None,
+    sample: Annotated[
+        Path | None, typer.Option("--sample", help="The sample folder: copies the verified cells to --lab-data.")
+    ] = None,
+    lab_data: Annotated[
+        Path | None,
+        typer.Option("--lab-data", help="Laboratory data root for adaptation (wbc export-reviewed format)."),
+    ] = None,
+) -> None:
+    """Verify and sign: the reviewed classes become the final report (<id>.final.*), with an audit entry."""
+    from wbcproc.audit import AuditError
+    from wbcproc.verify import VerificationRejected
+    from wbcproc.verify import verify as run_verify
+
+    if sample is not None and lab_data is None:
+        from wbcproc.paths import app_home
+
+        lab_data = app_home() / defaults.TRAINING_DATA
+    try:
+        done = run_verify(workbook, out or workbook.parent, by=by, sample_dir=sample, lab_data=lab_data)
+    except (VerificationRejected, AuditError) as exc:
+        raise _fail(str(exc)) from None
+    for note in done.notes:
+        typer.echo(note, err=True)
+    if done.exported is not None:
+        for name, reason in done.exported.skipped:
+            typer.echo(f"not copied to the lab data: {name}: {reason}", err=True)
+    typer.echo(
+        json.dumps(
+            {
+                "final": {k: str(v) for k, v in done.paths.items()},
+                "version": done.version,
+                "verified_by": done.result["verified_by"],
+                "changes": len(done.changes),
+                "audit_seq": done.audit_entry["seq"],
+                "lab_data": None
+                if done.exported is None
+                else {"root": str(lab_data), "written": done.exported.written},
+            }
+        )
+    )
+
+
+@audit_app.command("check")
+def audit_check(
+    path: Annotated[Path, typer.Argument(help="audit.jsonl, or the report folder holding it.")],
+) -> None:
+    """Check the hash chain of the audit log: exit 1 and name each break."""
+    from wbcproc.audit import LOG_NAME, check
+
+    log_path = path / LOG_NAME if path.is_dir() else path
+    rep = check(log_path)
+    if not rep.ok:
+        for p in rep.problems:
+            typer.echo(f"{log_path}: {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{log_path}: {rep.entries} entries, chain intact")
