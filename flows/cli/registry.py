@@ -29,7 +29,7 @@ def models_list() -> None:
 
 
 @models_app.command("show")
-def models_show(version: str) -> None:
+def models_show(version: Annotated[str, typer.Argument(help="A registered version (see wbc models list).")]) -> None:
     """Print a version's sidecar."""
     from wbcproc.registry import Registry, RegistryError
 
@@ -40,7 +40,9 @@ def models_show(version: str) -> None:
 
 
 @models_app.command("register")
-def models_register(run_dir: Path) -> None:
+def models_register(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder of wbc train or wbc adapt (model.onnx + sidecar).")],
+) -> None:
     """Copy a training run's model into the registry (does not make it current)."""
     from wbcproc.model import ModelError
     from wbcproc.registry import Registry, RegistryError
@@ -53,7 +55,8 @@ def models_register(run_dir: Path) -> None:
 
 @models_app.command("promote")
 def models_promote(
-    version: str, reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "manual"
+    version: Annotated[str, typer.Argument(help="A registered version (see wbc models list).")],
+    reason: Annotated[str, typer.Option(help="Why (kept in history).")] = "manual",
 ) -> None:
     """Make a registered version current (refused if it fails its checks)."""
     from wbcproc.registry import Registry, RegistryError

@@ -17,7 +17,7 @@ from wbcproc import defaults
 def serve(
     inbox: Annotated[Path, typer.Option(help="Watched folder: one sub-folder per sample.")],
     out: Annotated[Path, typer.Option(help="Where reports are written.")],
-    port: Annotated[int, typer.Option(min=1, max=65535)] = defaults.PORT,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the Prefect server and UI.")] = defaults.PORT,
     host: Annotated[str, typer.Option(help="Address of the embedded server (loopback by default).")] = defaults.HOST,
     home: Annotated[Path | None, typer.Option(help="App home (SQLite, ledger, runs); default $WBC_HOME.")] = None,
     config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
@@ -31,7 +31,9 @@ def serve(
     ] = defaults.MARKER_FILE,
     polling: Annotated[bool, typer.Option("--polling", help="Poll the inbox (SMB/NFS shares).")] = False,
     keep: Annotated[bool, typer.Option("--keep", help="Leave processed folders in the inbox.")] = False,
-    concurrency: Annotated[int, typer.Option(min=1)] = defaults.CONCURRENCY,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Samples processed at a time on this machine.")
+    ] = defaults.CONCURRENCY,
     retrain_cron: Annotated[
         str, typer.Option("--retrain-cron", help="Cron of the retrain deployment.")
     ] = defaults.RETRAIN_CRON,
