@@ -31,7 +31,7 @@ class RetrainBusyError(RuntimeError):
 LAST_RUN = "last-retrain.json"
 HOW_TO_ADD_CELLS = (
     "reviewed cells go there with "
-    "`wbc export-reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}` (docs/adapting.md)"
+    "`wbc export-reviewed REPORT.xlsx... --sample SAMPLE_DIR... --lab-data {root}` (docs/adapting.md)"
 )
 
 

@@ -362,7 +362,7 @@ def _say_what_retrain_lacks(cron: str, train_data: list[str]) -> None:
         log.warning("weekly retrain (%s): %s; until then its runs end with 'nothing to do'", cron, missing)
     elif not any(Path(d).is_dir() for d in train_data):
         log.info(
-            "weekly retrain (%s) learns from %s, which does not exist yet: `wbc export-reviewed ... --out %s` puts reviewed "
+            "weekly retrain (%s) learns from %s, which does not exist yet: `wbc export-reviewed ... --lab-data %s` puts reviewed "
             "cells there",
             cron,
             ", ".join(train_data),

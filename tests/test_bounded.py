@@ -96,7 +96,7 @@ def test_the_cli_and_the_inbox_give_the_one_line_reason(tmp_path, report):
     sheet, _xml = _sheet(xlsx)
     laughs = _rezip(xlsx, tmp_path / "laughs.xlsx", {sheet: b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "a">]>'})
     before = _tree(out)
-    res = CliRunner().invoke(app, ["verify", str(laughs), "--out", str(out), "--by", "Dr A"])
+    res = CliRunner().invoke(app, ["verify", str(laughs), "--reports", str(out), "--by", "Dr A"])
     assert res.exit_code != 0 and "DTD or XML entities" in res.output, res.output
     assert _tree(out) == before
     inbox = tmp_path / "reviewed"

@@ -22,7 +22,7 @@ def test_retrain_without_a_data_folder_completes_with_nothing_to_do(tmp_path, pr
     assert out["skipped"] is True and out["promoted"] is False and out["version"] is None
     assert (
         "does not exist" in out["reason"]
-        and f"wbc export-reviewed REPORT.xlsx... --sample SAMPLE_DIR... --out {root}" in out["reason"]
+        and f"wbc export-reviewed REPORT.xlsx... --sample SAMPLE_DIR... --lab-data {root}" in out["reason"]
     )
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
 

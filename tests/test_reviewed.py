@@ -53,7 +53,7 @@ def test_reviewed_cells_become_a_lab_data_root(tmp_path, tiny_model):
     assert len(reviewed_classes(out / "LAB-7.xlsx")) == 5
 
     lab = tmp_path / "lab-root"
-    r = _run("export-reviewed", str(out / "LAB-7.xlsx"), "--sample", str(sample), "--out", str(lab))
+    r = _run("export-reviewed", str(out / "LAB-7.xlsx"), "--sample", str(sample), "--lab-data", str(lab))
     assert r.returncode == 0, r.stderr
     assert sum(json.loads(r.stdout)["written"].values()) == 4
     assert "Smudge cell" in r.stderr and "not one of" in r.stderr  # skipped, with the reason
@@ -92,3 +92,26 @@ def test_the_old_command_name_still_works_but_is_not_listed():
     assert not [line for line in listed.stdout.splitlines() if line.strip("│ ").startswith("reviewed ")]
     old = _run("reviewed", "--help")
     assert old.returncode == 0 and "--sample" in old.stdout
+
+
+def test_one_option_name_per_meaning_and_the_old_names_still_run(tmp_path):
+    """The laboratory's data folder is --lab-data and a report folder --reports on every command; the names
+    of earlier releases are rewritten before parsing (scripts keep working) and are not in --help."""
+    from flows.cli import new_option_names
+
+    assert new_option_names(["export-reviewed", "a.xlsx", "--out", "L"]) == [
+        "export-reviewed",
+        "a.xlsx",
+        "--lab-data",
+        "L",
+    ]
+    assert new_option_names(["verify", "a.xlsx", "--out=R"]) == ["verify", "a.xlsx", "--reports=R"]
+    assert new_option_names(["adapt", "--data", "L", "--out", "RUN"]) == ["adapt", "--lab-data", "L", "--out", "RUN"]
+    assert new_option_names(["process", "S", "--out", "O"]) == ["process", "S", "--out", "O"]  # --out is right there
+    assert new_option_names(["verify", "--", "--out"]) == ["verify", "--", "--out"]
+    for cmd, old in (("verify", "--out"), ("export-reviewed", "--out"), ("adapt", "--data"), ("serve", "--train-data")):
+        shown = _run(cmd, "--help")
+        assert shown.returncode == 0 and old not in shown.stdout, (cmd, old)
+    missing = tmp_path / "missing.xlsx"
+    r = _run("verify", str(missing), "--out", str(tmp_path))  # the old name parses; the workbook is what fails
+    assert r.returncode == 1 and "No such option" not in r.stderr and "missing.xlsx" in r.stderr

@@ -226,7 +226,7 @@ def test_audit_check_finds_an_edited_entry(tmp_path, sample, tiny_model):
         [
             "verify",
             str(edit_workbook(xlsx, tmp_path / "a.xlsx", review_plan(prelim), None)),
-            "--out",
+            "--reports",
             str(out),
             "--by",
             "Dr C",

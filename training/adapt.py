@@ -33,7 +33,7 @@ class, their pooled features computed by that model file (its sha256 inside) and
 px JPEG from the training cache, 3.3 MB).  The validation part is the original-laboratory check: the
 adapted model must stay within ``MAX_ORIGINAL_DROP`` of the parent there.
 
-    wbc adapt --data LAB_ROOT... --out RUN_DIR [--model models/model.onnx] [--head-only]
+    wbc adapt --lab-data LAB_ROOT... --out RUN_DIR [--model models/model.onnx] [--head-only]
     python -m training.scripts.make_replay --model models/model.onnx --cache runs/pack/cache-128.npz
 """
 

@@ -9,6 +9,8 @@ has no UI, and so only adds seconds to the common command-line path.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 # each module registers its commands on ``app`` when imported; the order here is the order of ``wbc --help``
@@ -43,8 +45,31 @@ def command():
     return cmd
 
 
+# Option names of earlier releases, still accepted so that scripts keep working, but not listed in --help:
+# one name per meaning (the laboratory's data folder is --lab-data everywhere, a report folder --reports).
+OLD_OPTIONS = {
+    "adapt": {"--data": "--lab-data"},
+    "export-reviewed": {"--out": "--lab-data"},
+    "reviewed": {"--out": "--lab-data"},
+    "serve": {"--train-data": "--lab-data"},
+    "verify": {"--out": "--reports"},
+}
+
+
+def new_option_names(argv: list[str]) -> list[str]:
+    """``argv`` with a command's old option names replaced by today's (``--out=X`` too; nothing after ``--``)."""
+    table = OLD_OPTIONS.get(argv[0], {}) if argv else {}
+    out = argv[:1]
+    for i, token in enumerate(argv[1:], start=1):
+        if token == "--":
+            return out + argv[i:]
+        name, eq, value = token.partition("=")
+        out.append(table[name] + eq + value if name in table else token)
+    return out
+
+
 def main() -> None:
-    command()()
+    command()(args=new_option_names(sys.argv[1:]), prog_name="wbc")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,9 @@ def train(
 def adapt(
     data: Annotated[
         list[Path],
-        typer.Option("--data", help="The laboratory's reviewed cells: `wbc export-reviewed` output or class folders."),
+        typer.Option(
+            "--lab-data", help="The laboratory's reviewed cells: `wbc export-reviewed` output or class folders."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder for the adapted model.onnx + sidecar.")],
     model: Annotated[Path | None, typer.Option(help="Model to adapt (default: the model in use).")] = None,

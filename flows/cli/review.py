@@ -21,7 +21,7 @@ def export_reviewed_cmd(
     sample: Annotated[
         list[Path], typer.Option("--sample", help="The sample folder of each workbook, in the same order.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Lab data root to add the reviewed cells to.")],
+    out: Annotated[Path, typer.Option("--lab-data", help="Laboratory data root to add the reviewed cells to.")],
 ) -> None:
     """Turn reviewed cells into training data: LAB_ROOT for `wbc train --data` / the retrain flow."""
     from wbcproc.reviewed import export_reviewed
@@ -48,7 +48,8 @@ def verify(
         str | None, typer.Option("--by", help="Verifier's name (else the Summary sheet's 'Verified by' cell).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder of the preliminary report (default: the workbook's folder).")
+        Path | None,
+        typer.Option("--reports", help="Folder of the preliminary report (default: the workbook's folder)."),
     ] = None,
     sample: Annotated[
         Path | None, typer.Option("--sample", help="The sample folder: copies the verified cells to --lab-data.")

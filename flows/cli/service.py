@@ -37,7 +37,14 @@ def serve(
     retrain_cron: Annotated[
         str, typer.Option("--retrain-cron", help="Cron of the retrain deployment.")
     ] = defaults.RETRAIN_CRON,
-    train_data: Annotated[list[Path] | None, typer.Option("--train-data", help="Data roots for retraining.")] = None,
+    train_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--lab-data",
+            help="Data roots the weekly retrain learns from: the laboratory's data folder (default: "
+            "$WBC_HOME/training-data), plus the original training set for a full retrain.",
+        ),
+    ] = None,
     pool: Annotated[
         str | None,
         typer.Option(help="Put runs on this process work pool for `wbc worker`s instead of running them here."),
