@@ -1,6 +1,6 @@
 """Decode one cell image to 8-bit BGR with an explicit policy for odd encodings.
 
-Policy (documented in the README, tested in tests/test_imageio.py):
+Policy (documented in docs/reports.md, tested in tests/test_imageio.py):
 
 * 16-bit colour: scaled to 8 bits (value / 257), noted.
 * Alpha: composited onto white (the background of a stained smear), noted.

@@ -3,7 +3,7 @@
 Prefect is imported only by the commands that run flows, so ``wbc classify`` and ``wbc info`` start in
 well under a second.  ``wbc process`` runs the ``process-sample`` flow when a Prefect server is configured
 (``PREFECT_API_URL``) or ``--prefect`` is given, and otherwise calls the same pipeline functions
-directly: Prefect's server-less mode starts a temporary server per process (measured in the README),
+directly: Prefect's server-less mode starts a temporary server per process (measured in docs/commands.md),
 has no UI, and so only adds seconds to the common command-line path.
 """
 
