@@ -1,6 +1,7 @@
 """Accuracy on a new laboratory's held-out cells against the number of its cells reviewed (``wbc adapt``).
 
     python benchmarks/adapt_curve.py --lab ../shared/data/lisc --model models/model.onnx --sizes 0 25 50 100 all
+    python benchmarks/adapt_curve.py --lab ../shared/data/lisc --sizes 25 50 --choose suggested --seed 1
 
 The laboratory's cells are split in two halves by content hash.  For each half in turn, ``n`` cells of
 it (stratified by class, seeded) are the "reviewed" cells given to ``training.adapt.adapt`` (nothing held
@@ -59,6 +60,21 @@ def pick(files: list[Path], n: int | None, rng: np.random.Generator) -> list[Pat
     return chosen
 
 
+def choose(how: str, files: list[Path], n: int | None, model: Path, seed: int) -> list[Path]:
+    """The cells of a half that the laboratory reviews (their class folder stands for the reviewer's class)."""
+    rng = np.random.default_rng(seed)
+    if n is None or n >= len(files):
+        return files
+    if how == "stratified":
+        return pick(files, n, rng)
+    if how == "uniform":
+        return [files[i] for i in rng.choice(len(files), n, replace=False)]
+    from training.suggest import suggest
+
+    framed = (files[0].parent.parent / FRAMED_MARKER).exists()
+    return [s.path for s in suggest(files, model, n, seed=seed, framed=framed)]
+
+
 def copy_as_lab(files: list[Path], root: Path) -> Path:
     """The files as class folders under ``root``, marked FRAMED when they are field crops (as in the lab)."""
     for f in files:
@@ -76,12 +92,22 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["0", "25", "50", "100", "all"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--head-only", action="store_true", help="refit the head alone (wbc adapt --head-only)")
+    ap.add_argument(
+        "--choose",
+        choices=("stratified", "uniform", "suggested"),
+        default="stratified",
+        help="which cells are reviewed: random, spread over the true classes (a laboratory cannot do this before "
+        "reviewing); random; or training.suggest's pick from the unlabelled half",
+    )
     args = ap.parse_args()
     print(machine())
     model = resolve_model_path(args.model)
     parts = halves(args.lab)
     how = "head alone" if args.head_only else "last stage + head"
-    print(f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}; adapted: {how}")
+    print(
+        f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}; adapted: {how}; "
+        f"reviewed cells chosen: {args.choose}, seed {args.seed}"
+    )
     print(
         "| reviewed cells | accuracy on the other half | macro-F1 | seconds (adapt) | original check before -> after "
         "| kept (per half: stage learning rate, or head alone) |"
@@ -96,7 +122,7 @@ def main() -> None:
                 if n == 0:
                     m = evaluate_model(model, [str(test)])
                 else:
-                    chosen = pick(parts[h], n, np.random.default_rng(args.seed))
+                    chosen = choose(args.choose, parts[h], n, model, args.seed)
                     lab = copy_as_lab(chosen, Path(tmp) / "lab")
                     t0 = time.time()
                     try:

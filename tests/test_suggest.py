@@ -1,0 +1,51 @@
+"""Which unreviewed cells a laboratory should review first (``training.suggest``): balanced over the predicted
+classes, one typical cell per group of look-alikes, the uncertain ones first - on synthetic network outputs
+where the right answer is known, and end to end on real fixture cells through a real ONNX model."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import CELLS, fixture_images
+
+from training.suggest import Suggestion, rank, suggest
+
+
+def _outputs(groups: list[tuple[int, int, float]], views: int = 8, dims: int = 16, seed: int = 0):
+    """Network outputs for groups of look-alike cells: (predicted class, cells, confidence logit)."""
+    rng = np.random.default_rng(seed)
+    logits, feats, truth = [], [], []
+    for g, (cls, n, strength) in enumerate(groups):
+        centre = rng.normal(size=dims) * 5
+        for _ in range(n):
+            lg = np.zeros(8)
+            lg[cls] = strength
+            logits.append(lg + rng.normal(scale=0.1, size=(views, 8)))
+            feats.append(centre + rng.normal(scale=0.3, size=(views, dims)))
+            truth.append(g)
+    return np.stack(logits, 1), np.stack(feats, 1), np.array(truth)
+
+
+def test_every_group_of_look_alikes_gets_a_review_and_the_classes_share_the_budget():
+    # class 0: two groups (40 and 30 cells); class 1: one group of 20; class 2: 3 cells, rarely called
+    logits, feats, group = _outputs([(0, 40, 6.0), (0, 30, 6.0), (1, 20, 1.0), (2, 3, 4.0)])
+    chosen = rank(logits, feats, temperature=1.0, n=6)
+    assert len(chosen) == len(set(chosen)) == 6
+    assert set(group[chosen]) == {0, 1, 2, 3}  # both look-alike groups of class 0, and both other classes
+    assert sum(group[chosen] == 3) == 2 and sum(np.isin(group[chosen], [0, 1])) == 2  # 2 per predicted class
+    assert group[chosen[0]] == 2  # class 1's cells are the uncertain ones (weak logits): listed first
+
+
+def test_a_class_with_fewer_candidates_passes_its_share_on():
+    logits, feats, group = _outputs([(0, 50, 6.0), (1, 1, 6.0)])
+    chosen = rank(logits, feats, temperature=1.0, n=5)
+    assert len(chosen) == 5 and sum(group[chosen] == 1) == 1
+
+
+def test_suggest_reads_real_cells_through_the_model(tiny_model):
+    files = fixture_images()
+    got = suggest(files, tiny_model, 6)
+    assert len(got) == 6 and all(isinstance(s, Suggestion) for s in got)
+    assert len({s.path for s in got}) == 6 and all(s.path in files for s in got)
+    assert all(0.0 <= s.uncertainty <= 1.0 and 0.0 < s.confidence <= 1.0 for s in got)
+    assert [s.uncertainty for s in got] == sorted((s.uncertainty for s in got), reverse=True)
+    assert suggest([CELLS / "missing.jpg"], tiny_model, 3) == []  # nothing readable, nothing suggested

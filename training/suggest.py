@@ -1,0 +1,157 @@
+"""Which of a laboratory's unreviewed cells to review first, so that ``wbc adapt`` learns most from few.
+
+A laboratory that adapts the model reviews cells by hand; which cells it reviews decides how much each
+review is worth.  Random cells repeat the common look of the commonest class; the cells chosen here cover
+the laboratory's cells as the network sees them, class by class:
+
+1. every candidate is prepared as inference prepares it and read by the deployed int8 network in its 8
+   rotations/flips: the mean calibrated probabilities give the predicted class, their entropy the
+   uncertainty, the mean pooled features (L2-normalised) the cell's place in the network's embedding;
+2. the budget is shared across the predicted classes as evenly as the candidates allow (balance: a class
+   the model calls rarely still gets reviewed cells - its calls are the ones most likely wrong);
+3. within a predicted class, k-means on the embedding splits the candidates into as many groups as that
+   class has picks, and each group gives its most *typical* cell (densest among its neighbours), nudged
+   towards uncertain ones: typical cells teach the look of a group, outliers (debris, cut cells) teach
+   little from a handful of reviews.
+
+Pure NumPy on the network's outputs (``rank``), plus the reading of image files (``suggest``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wbcproc.classes import CLASSES
+from wbcproc.stats import softmax
+
+UNCERTAINTY_WEIGHT = 0.5  # how far uncertainty moves the pick within a group (0: the most typical cell)
+NEIGHBOURS = 10  # typicality: inverse mean distance to this many nearest candidates
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    path: Path
+    predicted: str
+    confidence: float  # mean calibrated top probability over the 8 views
+    uncertainty: float  # entropy of the mean probabilities, 0..1 (divided by log 8)
+    typicality: float  # 0..1 within the candidates of its predicted class
+
+
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20) -> np.ndarray:
+    """Cluster labels of ``x`` (k-means++ seeding, Lloyd iterations)."""
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
+        centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
+    c = np.array(centres)
+    labels = np.zeros(len(x), dtype=int)
+    for _ in range(iters):
+        labels = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+        new = np.array([x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(k)])
+        if np.allclose(new, c):
+            break
+        c = new
+    return labels
+
+
+def _typicality(x: np.ndarray) -> np.ndarray:
+    d = np.sqrt(((x[:, None, :] - x[None]) ** 2).sum(-1))
+    k = min(NEIGHBOURS, len(x) - 1)
+    if k < 1:
+        return np.ones(len(x))
+    near = np.sort(d, axis=1)[:, 1 : k + 1].mean(1)
+    t = 1.0 / (near + 1e-6)
+    return t / t.max()
+
+
+def _quota(counts: dict[int, int], n: int) -> dict[int, int]:
+    """``n`` picks over the predicted classes: equal shares, a class with fewer candidates passing its rest on."""
+    quota = dict.fromkeys(counts, 0)
+    left = n
+    while left > 0:
+        open_ = [c for c in counts if quota[c] < counts[c]]
+        if not open_:
+            break
+        for c in sorted(open_, key=lambda c: (quota[c], -counts[c])):
+            if left == 0:
+                break
+            quota[c] += 1
+            left -= 1
+    return quota
+
+
+@dataclass(frozen=True)
+class _Read:
+    probs: np.ndarray  # (cells, classes): mean calibrated probabilities over the views
+    emb: np.ndarray  # (cells, dims): mean pooled features, L2-normalised
+    unc: np.ndarray  # (cells,): entropy of probs / log(classes)
+    pred: np.ndarray  # (cells,): predicted class index
+    typ: np.ndarray  # (cells,): typicality among the candidates of the same predicted class
+
+
+def _read(view_logits: np.ndarray, view_features: np.ndarray, temperature: float) -> _Read:
+    v, c, k = view_logits.shape
+    probs = softmax(view_logits.reshape(v * c, k) / temperature).reshape(v, c, k).mean(0)
+    emb = view_features.mean(0)
+    emb = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12)
+    unc = -(probs * np.log(probs + 1e-12)).sum(1) / np.log(k)
+    pred = probs.argmax(1)
+    typ = np.zeros(c)
+    for cls in np.unique(pred):
+        idx = np.flatnonzero(pred == cls)
+        typ[idx] = _typicality(emb[idx])
+    return _Read(probs, emb, unc, pred, typ)
+
+
+def rank(view_logits: np.ndarray, view_features: np.ndarray, temperature: float, n: int, seed: int = 0) -> list[int]:
+    """Indices of the ``n`` candidates to review, the most uncertain of them first (a reviewer may stop early).
+
+    ``view_logits``: (views, cells, classes); ``view_features``: (views, cells, dims) - the network's outputs
+    for each rotation/flip of each candidate.
+    """
+    r = _read(view_logits, view_features, temperature)
+    rng = np.random.default_rng(seed)
+    quota = _quota({int(c): int((r.pred == c).sum()) for c in np.unique(r.pred)}, n)
+    picks: list[int] = []
+    for c, q in quota.items():
+        if q == 0:
+            continue
+        idx = np.flatnonzero(r.pred == c)
+        groups = _kmeans(r.emb[idx], q, rng) if q < len(idx) else np.arange(len(idx))
+        for g in np.unique(groups):
+            members = idx[groups == g]
+            picks.append(int(members[(r.typ[members] + UNCERTAINTY_WEIGHT * r.unc[members]).argmax()]))
+    return sorted(picks, key=lambda i: -r.unc[i])[:n]
+
+
+def suggest(
+    paths: Sequence[Path], model_path: Path, n: int, *, seed: int = 0, framed: bool = False
+) -> list[Suggestion]:
+    """The ``n`` cells among the image files ``paths`` to review first, for adapting the model at ``model_path``."""
+    from training.adapt import VIEWS, Features, dihedral, prepare_items
+    from training.data import Item
+    from wbcproc.preprocess import to_input
+    from wbcproc.sidecar import read_sidecar
+
+    info = read_sidecar(model_path)
+    spec = info.preprocess
+    items = [Item(Path(p), CLASSES[0], "", "train", framed) for p in paths]  # the label is not used
+    imgs, kept, _rejected = prepare_items(items, spec)
+    if not kept:
+        return []
+    extractor = Features(model_path)
+    outs = [extractor(to_input(view, spec)) for view in dihedral(imgs)[:VIEWS]]
+    logits = np.stack([o[0] for o in outs])
+    feats = np.stack([o[1] for o in outs])
+    temperature = info.temperature or 1.0
+    r = _read(logits, feats, temperature)
+    return [
+        Suggestion(
+            kept[i].path, info.classes[int(r.pred[i])], float(r.probs[i].max()), float(r.unc[i]), float(r.typ[i])
+        )
+        for i in rank(logits, feats, temperature, n, seed)
+    ]
