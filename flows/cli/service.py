@@ -12,6 +12,20 @@ import typer
 from flows.cli._app import _fail, _load_settings, app
 from wbcproc import defaults
 
+# two of ``wbc serve``'s options, named once here to keep the command readable
+_LabData = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--lab-data",
+        help="Data roots the weekly retrain learns from: the laboratory's data folder (default: "
+        "$WBC_HOME/training-data), plus the original training set for a full retrain.",
+    ),
+]
+_Pool = Annotated[
+    str | None,
+    typer.Option(help="Put runs on this process work pool for `wbc worker`s instead of running them here."),
+]
+
 
 @app.command()
 def serve(
@@ -37,18 +51,8 @@ def serve(
     retrain_cron: Annotated[
         str, typer.Option("--retrain-cron", help="Cron of the retrain deployment.")
     ] = defaults.RETRAIN_CRON,
-    train_data: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--lab-data",
-            help="Data roots the weekly retrain learns from: the laboratory's data folder (default: "
-            "$WBC_HOME/training-data), plus the original training set for a full retrain.",
-        ),
-    ] = None,
-    pool: Annotated[
-        str | None,
-        typer.Option(help="Put runs on this process work pool for `wbc worker`s instead of running them here."),
-    ] = None,
+    train_data: _LabData = None,
+    pool: _Pool = None,
 ) -> None:
     """Run the Prefect server + UI, the deployments and the inbox watcher until SIGTERM/SIGINT."""
     import logging
