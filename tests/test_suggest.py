@@ -49,3 +49,43 @@ def test_suggest_reads_real_cells_through_the_model(tiny_model):
     assert all(0.0 <= s.uncertainty <= 1.0 and 0.0 < s.confidence <= 1.0 for s in got)
     assert [s.uncertainty for s in got] == sorted((s.uncertainty for s in got), reverse=True)
     assert suggest([CELLS / "missing.jpg"], tiny_model, 3) == []  # nothing readable, nothing suggested
+
+
+def test_wbc_adapt_suggest_writes_cells_for_a_person_to_sort(tmp_path, tiny_model):
+    """``wbc adapt --suggest N``: the chosen cells are copied into to-sort/ beside empty class folders; only the
+    ones a person moves into a class folder become laboratory data (never the model's call)."""
+    import csv
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import copy_cells
+
+    from training.data import gather
+
+    archive = tmp_path / "archive"
+    copy_cells(archive / "S-1", 12)
+    copy_cells(archive / "S-2")
+    shutil.copy(CELLS.parent / "fields" / "BloodImage_00003.jpg", archive / "S-2" / "field.jpg")  # not a cell
+    out = tmp_path / "to-review"
+    wbc = str(Path(sys.executable).with_name("wbc"))
+    r = subprocess.run(
+        [wbc, "adapt", "--suggest", "5", "--samples", str(archive), "--out", str(out), "--model", str(tiny_model)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    n_cells = 12 + len(fixture_images())
+    assert f"5 of {n_cells} cells suggested" in r.stderr  # the field image is not a candidate
+    rows = list(csv.DictReader((out / "suggested.csv").open(encoding="utf-8")))
+    assert [int(row["rank"]) for row in rows] == [1, 2, 3, 4, 5]
+    copies = sorted((out / "to-sort").iterdir())
+    assert len(copies) == 5 and all((out / row["copy"]).is_file() for row in rows)
+    assert "wbc adapt --lab-data" in (out / "README.txt").read_text(encoding="utf-8")
+    assert gather([out]).items == []  # nothing sorted yet: no laboratory data
+    shutil.move(copies[0], out / "lymphocyte" / copies[0].name)  # a person sorts one cell
+    assert [(it.path.parent.name, it.path.name) for it in gather([out]).items] == [("lymphocyte", copies[0].name)]
+    bad = subprocess.run([wbc, "adapt", "--suggest", "5", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--suggest needs --samples" in bad.stderr
+    none = subprocess.run([wbc, "adapt", "--out", str(out)], capture_output=True, text=True)
+    assert none.returncode == 2 and "give --lab-data DIR" in none.stderr

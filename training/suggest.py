@@ -155,3 +155,61 @@ def suggest(
         )
         for i in rank(logits, feats, temperature, n, seed)
     ]
+
+
+def candidates(folders: Sequence[Path]) -> list[Path]:
+    """The single-cell images of sample folders (or of folders of them, such as the service's archive): the
+    files whose header passes ``wbc process``'s checks and that are smaller than a field image."""
+    from wbcproc.config import load_settings
+    from wbcproc.discovery import IMAGE_EXTENSIONS, Candidate, check_image_header
+
+    settings = load_settings()
+    out: list[Path] = []
+    for folder in folders:
+        for p in sorted(Path(folder).rglob("*")):
+            if (
+                any(part.startswith(".") for part in p.relative_to(folder).parts)
+                or p.suffix.lower() not in IMAGE_EXTENSIONS
+            ):
+                continue
+            if not p.is_file() or p.is_symlink():
+                continue
+            c = check_image_header(p, p.name, settings)
+            if isinstance(c, Candidate) and max(c.width, c.height) < settings.field_min_px:
+                out.append(p)
+    return out
+
+
+SORT_HERE = "to-sort"
+HOW_TO = """Cells suggested for review ({n}, the most useful first), for adapting the model to this laboratory.
+
+to-sort/ holds a copy of each; its name starts with its rank and the model's call. Look at each cell and
+move it into the folder of its true class (neutrophil/, lymphocyte/, ...); leave in to-sort/ any you cannot
+call. Only the cells you moved are used - never the model's call:
+
+    wbc adapt --lab-data {root} --out RUN_DIR
+
+suggested.csv lists each cell's source file, the model's call, its confidence and why it was chosen.
+"""
+
+
+def write_suggestions(found: Sequence[Suggestion], out: Path) -> Path:
+    """``out/suggested.csv``, the cells copied into ``out/to-sort/``, an empty folder per class and a README:
+    a laboratory data root that holds only what a person sorted."""
+    import csv
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SORT_HERE).mkdir(exist_ok=True)
+    for cls in CLASSES:
+        (out / cls).mkdir(exist_ok=True)
+    with (out / "suggested.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "copy", "source", "model_class", "confidence", "uncertainty", "typicality"])
+        for rank_, s in enumerate(found, start=1):
+            name = f"{rank_:03d}_{s.predicted}_{s.path.name}"
+            shutil.copy2(s.path, out / SORT_HERE / name)
+            w.writerow([rank_, f"{SORT_HERE}/{name}", str(s.path), s.predicted, f"{s.confidence:.3f}",
+                        f"{s.uncertainty:.3f}", f"{s.typicality:.3f}"])  # fmt: skip
+    (out / "README.txt").write_text(HOW_TO.format(n=len(found), root=out), encoding="utf-8")
+    return out / "suggested.csv"

@@ -139,49 +139,77 @@ def train(
     typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))
 
 
+# ``wbc adapt``'s longer options, named once here
+_Holdout = Annotated[
+    float,
+    typer.Option(
+        "--holdout",
+        min=0.0,
+        max=0.5,
+        help=f"Share of the lab's cells held out to check it; >= {defaults.LAB_GUARD_MIN_CELLS} held-out cells "
+        f"scored >= {defaults.LAB_GUARD_MIN_ACCURACY} validate the lab, so its samples lose DOMAIN_SHIFT.",
+    ),
+]
+_Stage = Annotated[
+    bool,
+    typer.Option(
+        "--stage/--head-only",
+        help="Fine-tune the last ResNet stage and the head (4 min for 25 cells, about 17 for 200 on a 2-core AVX2 "
+        "CPU), or refit the head alone (seconds).",
+    ),
+]
+_Route = Annotated[
+    bool,
+    typer.Option(
+        "--route/--single-model",
+        help="Where the lab's slides look unlike the original laboratory's, ship the parent beside the adapted "
+        "model and let each slide be read by the model whose laboratory it looks like (docs/adapting.md); or "
+        "always one model.",
+    ),
+]
+_Suggest = Annotated[
+    int | None,
+    typer.Option(
+        "--suggest",
+        min=1,
+        help="Adapt nothing: pick the N unreviewed cells of --samples worth reviewing first and write them to "
+        "--out, to be sorted into class folders by a person (docs/adapting.md).",
+    ),
+]
+_Samples = Annotated[
+    list[Path] | None,
+    typer.Option("--samples", help="With --suggest: sample folders, or a folder of them (e.g. inbox/archive)."),
+]
+
+
 @app.command()
 def adapt(
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the adapted model.onnx + sidecar.")],
     data: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Option(
             "--lab-data", help="The laboratory's reviewed cells: `wbc export-reviewed` output or class folders."
         ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Run folder for the adapted model.onnx + sidecar.")],
+    ] = None,
     model: Annotated[Path | None, typer.Option(help="Model to adapt (default: the model in use).")] = None,
     min_per_class: Annotated[
         int, typer.Option("--min-per-class", min=1, help="Refuse a reviewed class with fewer fitted cells.")
     ] = defaults.MIN_PER_CLASS,
-    holdout: Annotated[
-        float,
-        typer.Option(
-            "--holdout",
-            min=0.0,
-            max=0.5,
-            help=f"Share of the lab's cells held out to check it; >= {defaults.LAB_GUARD_MIN_CELLS} held-out cells "
-            f"scored >= {defaults.LAB_GUARD_MIN_ACCURACY} validate the lab, so its samples lose DOMAIN_SHIFT.",
-        ),
-    ] = defaults.HOLDOUT_FRACTION,
+    holdout: _Holdout = defaults.HOLDOUT_FRACTION,
     version: Annotated[str | None, typer.Option(help="Version (default: parent version + lab timestamp).")] = None,
-    stage: Annotated[
-        bool,
-        typer.Option(
-            "--stage/--head-only",
-            help="Fine-tune the last ResNet stage and the head (4 min for 25 cells, about 17 for 200 on a 2-core AVX2 CPU), or refit the head alone (seconds).",
-        ),
-    ] = True,
-    route: Annotated[
-        bool,
-        typer.Option(
-            "--route/--single-model",
-            help="Where the lab's slides look unlike the original laboratory's, ship the parent beside the adapted "
-            "model and let each slide be read by the model whose laboratory it looks like (docs/adapting.md); or "
-            "always one model.",
-        ),
-    ] = True,
+    stage: _Stage = True,
+    route: _Route = True,
+    suggest: _Suggest = None,
+    samples: _Samples = None,
 ) -> None:
     """Adapt the model to your laboratory from its reviewed cells, on the CPU, in minutes
-    (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`."""
+    (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`.
+    With --suggest N: first choose which cells to review."""
+    if suggest is not None:
+        _suggest(suggest, samples, out, model)
+        return
+    if not data:
+        raise _fail("give --lab-data DIR (the laboratory's reviewed cells), or --suggest N --samples DIR", 2)
     try:
         from training.adapt import AdaptError
         from training.adapt import adapt as run_adapt
@@ -204,6 +232,29 @@ def adapt(
     except (AdaptError, ModelError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(res))
+
+
+def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None) -> None:
+    """``wbc adapt --suggest N``: the cells to review first, copied to ``out`` for a person to sort."""
+    from training.suggest import candidates, suggest, write_suggestions
+    from wbcproc.model import ModelError
+    from wbcproc.resolve import resolve_model_path
+
+    if not samples:
+        raise _fail("--suggest needs --samples DIR (sample folders, or a folder of them)", 2)
+    missing = [str(s) for s in samples if not s.is_dir()]
+    if missing:
+        raise _fail(f"--samples: not a folder: {', '.join(missing)}", 2)
+    files = candidates(samples)
+    if not files:
+        raise _fail(f"no single-cell images in {', '.join(str(s) for s in samples)}: nothing to suggest")
+    try:
+        found = suggest(files, resolve_model_path(model), n)
+    except (ModelError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    csv_path = write_suggestions(found, out)
+    typer.echo(f"{len(found)} of {len(files)} cells suggested; sort them as {out / 'README.txt'} says", err=True)
+    typer.echo(json.dumps({"suggested": len(found), "candidates": len(files), "list": str(csv_path)}))
 
 
 @app.command()
