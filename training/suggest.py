@@ -2,17 +2,20 @@
 
 A laboratory that adapts the model reviews cells by hand; which cells it reviews decides how much each
 review is worth.  Random cells repeat the common look of the commonest class; the cells chosen here cover
-the laboratory's cells as the network sees them, class by class:
+the laboratory's cells as the network sees them:
 
 1. every candidate is prepared as inference prepares it and read by the deployed int8 network in its 8
-   rotations/flips: the mean calibrated probabilities give the predicted class, their entropy the
-   uncertainty, the mean pooled features (L2-normalised) the cell's place in the network's embedding;
-2. the budget is shared across the predicted classes as evenly as the candidates allow (balance: a class
-   the model calls rarely still gets reviewed cells - its calls are the ones most likely wrong);
-3. within a predicted class, k-means on the embedding splits the candidates into as many groups as that
-   class has picks, and each group gives its most *typical* cell (densest among its neighbours), nudged
-   towards uncertain ones: typical cells teach the look of a group, outliers (debris, cut cells) teach
-   little from a handful of reviews.
+   rotations/flips: the mean calibrated probabilities give the model's call, their entropy the uncertainty,
+   the mean pooled features (L2-normalised) the cell's place in the network's embedding;
+2. k-means on the embedding splits the candidates into as many groups of look-alikes as there are cells to
+   review, so every kind of cell the laboratory has gets a review in proportion to how common it is;
+3. each group gives its most *typical* cell (densest among its neighbours), nudged towards an uncertain
+   one: typical cells teach the look of a group, outliers (debris, cut cells) teach little from a handful
+   of reviews.  The picks are listed most uncertain first.
+
+Sharing the picks across the model's *calls* instead (a quota per predicted class) was measured and
+dropped: on a far laboratory the calls are wrong often enough that a whole true class can go unreviewed
+(LISC, one half: no eosinophil among 25 picks; docs/adapting.md).
 
 Pure NumPy on the network's outputs (``rank``), plus the reading of image files (``suggest``).
 """
@@ -28,7 +31,7 @@ import numpy as np
 from wbcproc.classes import CLASSES
 from wbcproc.stats import softmax
 
-UNCERTAINTY_WEIGHT = 0.5  # how far uncertainty moves the pick within a group (0: the most typical cell)
+UNCERTAINTY_WEIGHT = 0.25  # how far uncertainty moves the pick within a group (0: the most typical cell)
 NEIGHBOURS = 10  # typicality: inverse mean distance to this many nearest candidates
 
 
@@ -68,22 +71,6 @@ def _typicality(x: np.ndarray) -> np.ndarray:
     return t / t.max()
 
 
-def _quota(counts: dict[int, int], n: int) -> dict[int, int]:
-    """``n`` picks over the predicted classes: equal shares, a class with fewer candidates passing its rest on."""
-    quota = dict.fromkeys(counts, 0)
-    left = n
-    while left > 0:
-        open_ = [c for c in counts if quota[c] < counts[c]]
-        if not open_:
-            break
-        for c in sorted(open_, key=lambda c: (quota[c], -counts[c])):
-            if left == 0:
-                break
-            quota[c] += 1
-            left -= 1
-    return quota
-
-
 @dataclass(frozen=True)
 class _Read:
     probs: np.ndarray  # (cells, classes): mean calibrated probabilities over the views
@@ -111,20 +98,18 @@ def rank(view_logits: np.ndarray, view_features: np.ndarray, temperature: float,
     """Indices of the ``n`` candidates to review, the most uncertain of them first (a reviewer may stop early).
 
     ``view_logits``: (views, cells, classes); ``view_features``: (views, cells, dims) - the network's outputs
-    for each rotation/flip of each candidate.
+    for each rotation/flip of each candidate.  k-means splits the candidates into ``n`` groups of look-alikes
+    in the network's embedding; each group gives its most typical cell, nudged towards an uncertain one.
     """
     r = _read(view_logits, view_features, temperature)
-    rng = np.random.default_rng(seed)
-    quota = _quota({int(c): int((r.pred == c).sum()) for c in np.unique(r.pred)}, n)
-    picks: list[int] = []
-    for c, q in quota.items():
-        if q == 0:
-            continue
-        idx = np.flatnonzero(r.pred == c)
-        groups = _kmeans(r.emb[idx], q, rng) if q < len(idx) else np.arange(len(idx))
-        for g in np.unique(groups):
-            members = idx[groups == g]
-            picks.append(int(members[(r.typ[members] + UNCERTAINTY_WEIGHT * r.unc[members]).argmax()]))
+    if n >= len(r.pred):
+        return sorted(range(len(r.pred)), key=lambda i: -r.unc[i])
+    typ = _typicality(r.emb)
+    groups = _kmeans(r.emb, n, np.random.default_rng(seed))
+    picks = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        picks.append(int(members[(typ[members] + UNCERTAINTY_WEIGHT * r.unc[members]).argmax()]))
     return sorted(picks, key=lambda i: -r.unc[i])[:n]
 
 
