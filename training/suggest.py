@@ -41,19 +41,25 @@ class Suggestion:
     predicted: str
     confidence: float  # mean calibrated top probability over the 8 views
     uncertainty: float  # entropy of the mean probabilities, 0..1 (divided by log 8)
-    typicality: float  # 0..1 within the candidates of its predicted class
+    typicality: float  # 0..1 among the candidates (1: the densest neighbourhood)
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared distances between the rows of ``x`` and of ``c`` by matrix products: thousands of archive
+    cells x 2,048 features never build an (n, k, dims) array."""
+    return np.maximum((x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * (x @ c.T), 0.0)
 
 
 def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20) -> np.ndarray:
     """Cluster labels of ``x`` (k-means++ seeding, Lloyd iterations)."""
     centres = [x[rng.integers(len(x))]]
     for _ in range(1, k):
-        d = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
+        d = _sq_dist(x, np.array(centres)).min(1)
         centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
     c = np.array(centres)
     labels = np.zeros(len(x), dtype=int)
     for _ in range(iters):
-        labels = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+        labels = _sq_dist(x, c).argmin(1)
         new = np.array([x[labels == j].mean(0) if (labels == j).any() else c[j] for j in range(k)])
         if np.allclose(new, c):
             break
@@ -62,7 +68,7 @@ def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20) ->
 
 
 def _typicality(x: np.ndarray) -> np.ndarray:
-    d = np.sqrt(((x[:, None, :] - x[None]) ** 2).sum(-1))
+    d = np.sqrt(_sq_dist(x, x))
     k = min(NEIGHBOURS, len(x) - 1)
     if k < 1:
         return np.ones(len(x))
@@ -77,7 +83,7 @@ class _Read:
     emb: np.ndarray  # (cells, dims): mean pooled features, L2-normalised
     unc: np.ndarray  # (cells,): entropy of probs / log(classes)
     pred: np.ndarray  # (cells,): predicted class index
-    typ: np.ndarray  # (cells,): typicality among the candidates of the same predicted class
+    typ: np.ndarray  # (cells,): typicality among all candidates
 
 
 def _read(view_logits: np.ndarray, view_features: np.ndarray, temperature: float) -> _Read:
@@ -86,12 +92,7 @@ def _read(view_logits: np.ndarray, view_features: np.ndarray, temperature: float
     emb = view_features.mean(0)
     emb = emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12)
     unc = -(probs * np.log(probs + 1e-12)).sum(1) / np.log(k)
-    pred = probs.argmax(1)
-    typ = np.zeros(c)
-    for cls in np.unique(pred):
-        idx = np.flatnonzero(pred == cls)
-        typ[idx] = _typicality(emb[idx])
-    return _Read(probs, emb, unc, pred, typ)
+    return _Read(probs, emb, unc, probs.argmax(1), _typicality(emb))
 
 
 def rank(view_logits: np.ndarray, view_features: np.ndarray, temperature: float, n: int, seed: int = 0) -> list[int]:
@@ -101,15 +102,17 @@ def rank(view_logits: np.ndarray, view_features: np.ndarray, temperature: float,
     for each rotation/flip of each candidate.  k-means splits the candidates into ``n`` groups of look-alikes
     in the network's embedding; each group gives its most typical cell, nudged towards an uncertain one.
     """
-    r = _read(view_logits, view_features, temperature)
+    return _rank(_read(view_logits, view_features, temperature), n, seed)
+
+
+def _rank(r: _Read, n: int, seed: int) -> list[int]:
     if n >= len(r.pred):
         return sorted(range(len(r.pred)), key=lambda i: -r.unc[i])
-    typ = _typicality(r.emb)
     groups = _kmeans(r.emb, n, np.random.default_rng(seed))
     picks = []
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
-        picks.append(int(members[(typ[members] + UNCERTAINTY_WEIGHT * r.unc[members]).argmax()]))
+        picks.append(int(members[(r.typ[members] + UNCERTAINTY_WEIGHT * r.unc[members]).argmax()]))
     return sorted(picks, key=lambda i: -r.unc[i])[:n]
 
 
@@ -138,7 +141,7 @@ def suggest(
         Suggestion(
             kept[i].path, info.classes[int(r.pred[i])], float(r.probs[i].max()), float(r.unc[i]), float(r.typ[i])
         )
-        for i in rank(logits, feats, temperature, n, seed)
+        for i in _rank(r, n, seed)
     ]
 
 
