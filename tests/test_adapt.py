@@ -172,7 +172,7 @@ def test_adapting_again_replaces_the_laboratory_and_unvalidates_the_others():
     unc = {"thresholds": {"10": 0.1}}
     parent = {**look, "labs": [{**look, "name": "lab-a", "validated": True, "uncertainty": unc},
                                {**look, "name": "lab-b", "validated": True, "uncertainty": unc}]}  # fmt: skip
-    got = _with_lab_domain(parent, lab_reference(feats, np.arange(30) < 24, [Path("somewhere/lab-b")]), unc)
+    got = _with_lab_domain(parent, lab_reference(feats, [Path("somewhere/lab-b")]), unc)
     assert [(lab["name"], lab["validated"]) for lab in got["labs"]] == [("lab-a", False), ("lab-b", True)]
     assert "uncertainty" not in got["labs"][0] and "earlier model" in got["labs"][0]["not_validated_because"]
     assert parent["labs"][0]["validated"] is True  # the parent's sidecar content is not changed in place

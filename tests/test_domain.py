@@ -139,3 +139,25 @@ def test_an_unsure_model_on_familiar_looking_images_raises_the_flag(tmp_path):
     flag = r["flags"][0]
     assert flag["code"] == "DOMAIN_SHIFT" and "mean model uncertainty" in flag["message"]
     assert "stain/camera/framing distance" not in flag["message"]
+
+
+def test_a_look_known_from_a_few_cells_passes_that_looks_unseen_cells():
+    """A laboratory's look fitted on its few reviewed cells must accept that laboratory's next slides:
+    calibrated on the same cells' own distances, the threshold sits below what unseen cells of the look
+    score, and a routed laboratory model would read none of the laboratory's slides."""
+    from wbcproc.domain import distances, fit_reference_loo
+
+    rng = np.random.default_rng(1)
+    mix = rng.normal(size=(8, 8))
+    feats = rng.normal(size=(15 + 3000, 8)) @ mix + 50.0  # correlated features, like colour statistics
+    reviewed, unseen = feats[:15], feats[15:]
+
+    def share_passed(ref: dict) -> float:
+        d = distances(unseen, ref)
+        return float(np.mean([np.median(rng.choice(d, 30)) <= ref["threshold"] for _ in range(400)]))
+
+    in_sample = fit_reference(reviewed, reviewed)
+    assert share_passed(in_sample) < 0.5  # the trap: the reviewed cells' own distances are too short
+    loo = fit_reference_loo(reviewed)
+    assert loo["calibration"]["distances"] == "leave-one-out" and loo["calibration"]["with_replacement"]
+    assert share_passed(loo) >= 0.95

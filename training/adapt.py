@@ -428,17 +428,15 @@ def _lab_uncertainty(judged: _Judged, lab: _Lab, metrics: dict, log) -> dict[str
     return fit_uncertainty(cell_uncertainty(judged.hold_logits, judged.temperature), source=source, bootstrap=True)
 
 
-def lab_reference(lab_feats: np.ndarray, is_fit: np.ndarray, data) -> dict[str, Any] | None:
-    """The laboratory's colour/framing reference for the domain guard, from its cells' features (fitted on
-    the fitted cells, calibrated on the held-out ones where there are enough); None with under 10 cells."""
-    from wbcproc.domain import fit_reference
+def lab_reference(lab_feats: np.ndarray, data) -> dict[str, Any] | None:
+    """The laboratory's colour/framing reference for the domain guard, from all its reviewed cells' features,
+    the threshold calibrated on leave-one-out distances (:func:`wbcproc.domain.fit_reference_loo`), so that
+    the laboratory's unseen cells are judged as its reviewed ones would be; None with under 10 cells."""
+    from wbcproc.domain import fit_reference_loo
 
     if len(lab_feats) < 10:
         return None
-    lab_ref = fit_reference(
-        lab_feats[is_fit] if is_fit.sum() >= 5 else lab_feats,
-        lab_feats[~is_fit] if (~is_fit).sum() >= 5 else lab_feats,
-    )
+    lab_ref = fit_reference_loo(lab_feats)
     lab_ref["name"] = ", ".join(Path(d).name for d in data)
     return lab_ref
 
@@ -686,22 +684,28 @@ def _best_draft(
     return judge(), why_not
 
 
-def _separation(lab_feats: np.ndarray, check_feats: np.ndarray, domain: dict, routing: dict) -> dict[str, Any]:
+def _separation(lab_feats: np.ndarray, check_feats: np.ndarray, domain: dict, lab_ref: dict) -> dict[str, Any]:
     """How reliably the routing rule tells the two laboratories apart: the share of random samples of
     ``ROUTE_SAMPLE_CELLS`` of the laboratory's cells routed to its model, and of the original laboratory's
-    check cells routed to the parent."""
-    from wbcproc.routing import LAB, PARENT, choose
+    check cells routed to the parent.  The laboratory's cells are measured by their leave-one-out distances
+    to its look (as its next slide's unseen cells will be), and samples are drawn with replacement."""
+    from wbcproc.domain import distances, leave_one_out_distances
+    from wbcproc.routing import LAB, PARENT, decide
 
     rng = np.random.default_rng(0)
 
-    def share(feats: np.ndarray, want: str) -> float:
-        n = min(ROUTE_SAMPLE_CELLS, len(feats))
-        picks = (feats[rng.choice(len(feats), n, replace=False)] for _ in range(ROUTE_DRAWS))
-        return round(float(np.mean([choose(f, domain, routing)["model"] == want for f in picks])), 4)
+    def share(to_lab: np.ndarray, to_orig: np.ndarray, want: str) -> float:
+        hits = 0
+        for _ in range(ROUTE_DRAWS):
+            i = rng.choice(len(to_lab), ROUTE_SAMPLE_CELLS, replace=True)
+            lab_ratio = float(np.median(to_lab[i])) / float(lab_ref["threshold"])
+            orig_ratio = float(np.median(to_orig[i])) / float(domain["threshold"])
+            hits += decide(lab_ratio, orig_ratio, lab_ref["name"])["model"] == want
+        return round(hits / ROUTE_DRAWS, 4)
 
     return {
-        "lab_samples_to_lab": share(lab_feats, LAB),
-        "original_samples_to_parent": share(check_feats, PARENT),
+        "lab_samples_to_lab": share(leave_one_out_distances(lab_feats), distances(lab_feats, domain), LAB),
+        "original_samples_to_parent": share(distances(check_feats, lab_ref), distances(check_feats, domain), PARENT),
         "sample_cells": ROUTE_SAMPLE_CELLS,
         "draws": ROUTE_DRAWS,
     }
@@ -717,7 +721,7 @@ def _routing_plan(lab: _Lab, domain: dict | None, lab_ref: dict | None, metrics,
         metrics["routing"] = {"routed": False, "why_not": "no laboratory look or no original check cells to compare"}
         return None
     routing = {"lab": lab_ref["name"]}
-    sep = _separation(lab.lab_feats, lab.check_feats, {**domain, "labs": [lab_ref]}, routing)
+    sep = _separation(lab.lab_feats, lab.check_feats, domain, lab_ref)
     routed = min(sep["lab_samples_to_lab"], sep["original_samples_to_parent"]) >= ROUTE_MIN_SEPARATION
     why_not = None if routed else f"the laboratories' looks are not told apart in {ROUTE_MIN_SEPARATION:.0%} of samples"
     metrics["routing"] = {"routed": routed, "why_not": why_not, "separation": sep}
@@ -819,7 +823,7 @@ def adapt(
     out = Path(out)
     metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
     lab = _lab(imgs, labels, is_fit, counts, extractor, replay, spec)
-    lab_ref = lab_reference(lab.lab_feats, is_fit, data)
+    lab_ref = lab_reference(lab.lab_feats, data)
     plan = _routing_plan(lab, parent.sidecar.domain, lab_ref, metrics, log) if route else None
     max_drop = MAX_ORIGINAL_DROP if plan is None else ROUTED_MAX_ORIGINAL_DROP
     with tempfile.TemporaryDirectory(prefix="wbc-adapt-") as tmp:

@@ -52,6 +52,39 @@ def cell_features(prepared: np.ndarray, colour_order: str = "RGB") -> np.ndarray
     return np.array([*lab.mean(0), *lab.std(0), np.percentile(lab[:, 0], 90), nucleus], np.float64)
 
 
+def _reference(train: np.ndarray) -> dict[str, Any]:
+    mean = train.mean(0)
+    cov = np.cov(train, rowvar=False)
+    cov += np.eye(len(mean)) * (1e-3 * np.trace(cov) / len(mean) + 1e-9)  # ridge: never singular
+    return {"features": list(FEATURES), "mean": mean.tolist(), "cov_inv": np.linalg.inv(cov).tolist()}
+
+
+def _calibrated(
+    ref: dict[str, Any], d: np.ndarray, *, calib_n: int, draws: int, safety: float, seed: int, how: str
+) -> dict[str, Any]:
+    """``ref`` with its threshold: the 99.5th percentile of the median distance of random samples of
+    ``calib_n`` in-domain cells (drawn with replacement where fewer than twice that many are at hand: drawing
+    all of them without replacement would give the same median every time), times ``safety``."""
+    rng = np.random.default_rng(seed)
+    n = min(calib_n, len(d))
+    replace = len(d) < 2 * calib_n
+    stats = [float(np.median(rng.choice(d, n, replace=replace))) for _ in range(draws)] if n else [0.0]
+    return {
+        **ref,
+        "threshold": float(np.percentile(stats, 99.5) * safety),
+        "calibration": {
+            "held_out_cells": len(d),
+            "distances": how,
+            "sample_size": n,
+            "with_replacement": replace,
+            "draws": draws,
+            "quantile": 0.995,
+            "safety": safety,
+            "median_in_domain": float(np.median(d)) if len(d) else None,
+        },
+    }
+
+
 def fit_reference(
     train: np.ndarray,
     held_out: np.ndarray,
@@ -62,27 +95,32 @@ def fit_reference(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Reference statistics from training features and a threshold calibrated on held-out features."""
-    mean = train.mean(0)
-    cov = np.cov(train, rowvar=False)
-    cov += np.eye(len(mean)) * (1e-3 * np.trace(cov) / len(mean) + 1e-9)  # ridge: never singular
-    cov_inv = np.linalg.inv(cov)
-    ref = {"features": list(FEATURES), "mean": mean.tolist(), "cov_inv": cov_inv.tolist()}
+    ref = _reference(train)
     d = distances(held_out, ref)
-    rng = np.random.default_rng(seed)
-    n = min(calib_n, len(d))
-    stats = [float(np.median(rng.choice(d, n, replace=False))) for _ in range(draws)] if n else [0.0]
-    ref.update(
-        threshold=float(np.percentile(stats, 99.5) * safety),
-        calibration={
-            "held_out_cells": len(d),
-            "sample_size": n,
-            "draws": draws,
-            "quantile": 0.995,
-            "safety": safety,
-            "median_in_domain": float(np.median(d)) if len(d) else None,
-        },
-    )
-    return ref
+    return _calibrated(ref, d, calib_n=calib_n, draws=draws, safety=safety, seed=seed, how="held-out cells")
+
+
+def leave_one_out_distances(feats: np.ndarray) -> np.ndarray:
+    """Each cell's distance to the reference fitted on all the other cells: how far an unseen cell of the
+    same look lands (a cell's distance to a reference fitted with it is shorter, the more so the fewer cells)."""
+    keep = np.ones(len(feats), bool)
+    out = np.empty(len(feats))
+    for i in range(len(feats)):
+        keep[i] = False
+        out[i] = distances(feats[i], _reference(feats[keep]))[0]
+        keep[i] = True
+    return out
+
+
+def fit_reference_loo(
+    feats: np.ndarray, *, calib_n: int = 30, draws: int = 2000, safety: float = 1.25, seed: int = 0
+) -> dict[str, Any]:
+    """Reference statistics from all of ``feats``, the threshold calibrated on their leave-one-out distances:
+    for a look known from a few dozen cells (a laboratory's reviewed cells), where holding some out would
+    leave too few to fit or to calibrate."""
+    ref = _reference(feats)
+    d = leave_one_out_distances(feats)
+    return _calibrated(ref, d, calib_n=calib_n, draws=draws, safety=safety, seed=seed, how="leave-one-out")
 
 
 UNCERTAINTY_SIZES = (10, 20, 30, 50, 100, 200)

@@ -46,8 +46,12 @@ def choose(features: np.ndarray, sidecar_domain: dict[str, Any] | None, routing:
         return {"model": PARENT, "why": why, "lab_ratio": None, "original_ratio": None}
     lab_ratio = float(np.median(distances(feats, lab))) / float(lab["threshold"])
     orig_ratio = float(np.median(distances(feats, sidecar_domain))) / float(sidecar_domain["threshold"])
+    return decide(lab_ratio, orig_ratio, lab.get("name"))
+
+
+def decide(lab_ratio: float, orig_ratio: float, name: str | None) -> dict[str, Any]:
+    """The rule itself, on a slide's median distances in units of each reference's threshold."""
     out = {"lab_ratio": round(lab_ratio, 3), "original_ratio": round(orig_ratio, 3)}
-    name = lab.get("name")
     if lab_ratio <= 1.0 < orig_ratio:
         return {
             "model": LAB,
