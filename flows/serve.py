@@ -24,7 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wbcproc.defaults import CONCURRENCY, HOST, MARKER_FILE, PORT, QUIET_S, RETRAIN_CRON, SCAN_S, TRAINING_DATA
+from wbcproc.defaults import (
+    CONCURRENCY,
+    HOST,
+    MARKER_FILE,
+    PORT,
+    QUIET_S,
+    RETRAIN_CRON,
+    REVIEW_PORT,
+    SCAN_S,
+    TRAINING_DATA,
+)
 from wbcproc.paths import app_home
 
 log = logging.getLogger("wbc.serve")
@@ -50,6 +60,8 @@ class ServeOptions:
     retrain_cron: str = RETRAIN_CRON
     train_data: list[str] = field(default_factory=list)
     pool: str | None = None  # work pool: runs are executed by `wbc worker`s (any machine), not in-process
+    review_port: int | None = REVIEW_PORT  # the review app beside the UI (None: not started)
+    accounts: Path | None = None  # the review app's accounts file (default: <home>/accounts.json)
 
 
 def _auth_header() -> dict[str, str]:
@@ -469,6 +481,35 @@ async def _stop_runner(runner: Any, runner_task: asyncio.Task) -> None:
         runner_task.cancel()
 
 
+def _start_review(opts: ServeOptions, home: Path, out: Path, inbox: Path, lab_data: str | None):
+    """The review app (``wbcproc.review``) on its own port beside the Prefect UI, in a thread; None, with a
+    log line saying why, where it cannot start (no account yet, port taken) - the service runs without it."""
+    import threading
+
+    import uvicorn
+
+    from wbcproc.review.accounts import ACCOUNTS_FILE, AccountError
+    from wbcproc.review.app import ReviewConfig, create_app
+
+    if opts.review_port is None:
+        return None
+    cfg = ReviewConfig(
+        reports=out, accounts=opts.accounts or home / ACCOUNTS_FILE, sample_roots=[inbox / "archive", inbox],
+        lab_data=Path(lab_data) if lab_data else None,
+    )  # fmt: skip
+    try:
+        web = create_app(cfg)
+    except AccountError as exc:
+        log.warning("review app not started: %s", exc)
+        return None
+    if not port_free(opts.host, opts.review_port):
+        log.error("review app not started: %s:%d is in use (--review-port)", opts.host, opts.review_port)
+        return None
+    server = uvicorn.Server(uvicorn.Config(web, host=opts.host, port=opts.review_port, log_level="warning"))
+    threading.Thread(target=server.run, name="wbc-review", daemon=True).start()
+    return server
+
+
 async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.Popen]) -> int:
     # Prefect is imported only now (in the helpers), after PREFECT_API_URL points at the server.
     from flows.verify import verify_report_flow
@@ -513,8 +554,12 @@ async def _serve_async(opts: ServeOptions, home: Path, servers: list[subprocess.
     await asyncio.sleep(0)
     await asyncio.to_thread(watcher.start)
     await asyncio.to_thread(reviewed.start)
-    print(f"wbc serve: UI http://{opts.host}:{opts.port}  inbox {inbox}  out {out}", flush=True)
+    review = _start_review(opts, home, out, inbox, train_data[0] if train_data else None)
+    shown = f"  review http://{opts.host}:{opts.review_port}" if review is not None else ""
+    print(f"wbc serve: UI http://{opts.host}:{opts.port}{shown}  inbox {inbox}  out {out}", flush=True)
     code = await _wait_for_stop(runner_task, stop)
+    if review is not None:
+        review.should_exit = True
     supervisor.cancel()
     await asyncio.to_thread(watcher.stop)
     await asyncio.to_thread(reviewed.stop)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -178,3 +182,28 @@ def libreoffice_edit(src: Path, dest: Path, plan: dict[str, str], name: str | No
     subprocess.run([py, str(script), str(src), str(dest), json.dumps(edits), str(profile)], check=True,
                    capture_output=True, timeout=240)  # fmt: skip
     return dest
+
+
+# --- the review app on a real loopback port (tests/test_review_app.py, tests/test_review_browser.py) -------
+
+
+@contextlib.contextmanager
+def served(app):
+    """``app`` served by uvicorn on a free loopback port, until the block ends."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the review app did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

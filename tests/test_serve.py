@@ -40,6 +40,7 @@ class Serve:
         self.model = model
         self.proc: subprocess.Popen | None = None
         self.env: dict[str, str] = {}  # kept across restarts
+        self.args = ("--quiet-seconds", "2", "--scan-seconds", "0.5", "--retrain-cron", "0 4 * * 1")  # and these
 
     def start(self, args: tuple[str, ...] | None = None, env: dict[str, str] | None = None) -> None:
         """Start `wbc serve` on this folder's inbox/out/home; wait until it says it is up."""
@@ -48,7 +49,7 @@ class Serve:
         full_env.update(self.env)
         full_env.update(env or {})
         if args is None:
-            args = ("--quiet-seconds", "2", "--scan-seconds", "0.5", "--retrain-cron", "0 4 * * 1")
+            args = self.args
         log_path = self.root / f"serve-{time.time_ns()}.log"
         self.log = open(log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -83,6 +84,11 @@ def served(tmp_path_factory, tiny_model):
     cfg = s.root / "wbc.toml"
     cfg.write_text("[outputs]\nhl7 = true\n")  # the LIS message too, as a lab with an HL7 interface runs it
     s.env["WBC_CONFIG"] = str(cfg)
+    from wbcproc.review.accounts import add_account
+
+    add_account(s.home / "accounts.json", "ana", "a long enough password", role="signer", display="Dr A. Example")
+    s.review_port = free_port()
+    s.args = (*s.args, "--review-port", str(s.review_port))
     s.start()
     yield s
     if s.proc and s.proc.poll() is None:
@@ -121,6 +127,20 @@ def test_marker_file_and_ui_run(served):
     assert runs and runs[0]["name"] == "MARK-1"
     arts = served.api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}})
     assert {a["type"] for a in arts} == {"table", "markdown"}
+
+
+def test_the_review_app_runs_beside_the_ui_and_lists_processed_samples(served):
+    import httpx
+
+    dest = served.inbox / "REVIEW-1"
+    copy_cells(dest, 4)
+    (dest / "READY").touch()
+    assert wait_until(lambda: (served.out / "REVIEW-1.json").exists(), 60)
+    assert f"review http://127.0.0.1:{served.review_port}" in served.text()
+    with httpx.Client(base_url=f"http://127.0.0.1:{served.review_port}", timeout=30) as web:
+        assert web.get("/").status_code == 303  # a login first
+        r = web.post("/login", data={"name": "ana", "password": "a long enough password"}, follow_redirects=True)
+        assert r.status_code == 200 and "REVIEW-1" in r.text and "Dr A. Example" in r.text
 
 
 def test_duplicate_and_changed_redrop(served):

@@ -347,19 +347,64 @@ def verify(
     problems = check_workbook(wbk, base, by)
     if problems:
         raise VerificationRejected(workbook, problems)
+    verified = {r.file: r.reviewed.lower() for r in wbk.rows if r.reviewed is not None}
+    return sign(
+        out, base_path, base, verified, signer=(by or wbk.verified_by).strip(), channel="workbook",
+        read={"workbook_read": wbk.sha256}, sample_dir=sample_dir, sample_roots=sample_roots, lab_data=lab_data,
+        now=now,
+    )  # fmt: skip
+
+
+def check_corrections(base: dict[str, Any], verified: dict[str, str], by: str | None) -> list[str]:
+    """Every reason ``verified`` (``{file: class}``, from the review app) cannot sign ``base`` (empty: it can):
+    the workbook's rules without the workbook - known cells, canonical classes, every marked cell given a class,
+    a name to sign with."""
+    cells = {c["file"]: c for c in base["cells"]}
+    problems = [f"cell {f!r} is not in the report" for f in verified if f not in cells]
+    problems += [
+        f"{v!r} for {f!r} is not a canonical class (one of {', '.join(CLASSES)})"
+        for f, v in verified.items()
+        if v not in CLASSES
+    ]
+    open_cells = [f for f, c in cells.items() if (c.get("review") or c.get("flag_driver")) and f not in verified]
+    if base.get("status") != "final" and open_cells:
+        problems.append(
+            f"{len(open_cells)} cell(s) marked REVIEW have no reviewed class (reclassify or confirm each): "
+            + ", ".join(open_cells[:10])
+            + (" ..." if len(open_cells) > 10 else "")
+        )
+    if not (by or "").strip():
+        problems.append("nothing is signed without a name")
+    return problems
+
+
+def sign(
+    out_dir: str | Path,
+    base_path: Path,
+    base: dict[str, Any],
+    verified: dict[str, str],
+    *,
+    signer: str,
+    channel: str,
+    read: dict[str, str],
+    account: str | None = None,
+    sample_dir: str | Path | None = None,
+    sample_roots: list[Path] = (),
+    lab_data: str | Path | None = None,
+    now: datetime | None = None,
+) -> Verified:
+    """The final report set of ``base`` (read from ``base_path``) with the ``verified`` classes, signed by
+    ``signer``: the one path every verification takes, from a workbook (``channel="workbook"``) or the review
+    app (``"browser"``, with the signing ``account``).  ``read``: hashes of what the corrections came from."""
+    out = Path(out_dir)
     prelim_path = base_path
     if base.get("status") == "final":
         prelim_path = out / base["preliminary"]["file"]
-    signer = (by or wbk.verified_by).strip()
     at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
-    verified = {r.file: r.reviewed.lower() for r in wbk.rows if r.reviewed is not None}
     version, paths = _final_paths(prelim_path)
     result = final_result(base, verified, by=signer, at=at, version=version)
     result["preliminary"] = {"report_id": result["preliminary"]["report_id"], "file": prelim_path.name}
-    hashes = {
-        "preliminary_json": sha256_file(prelim_path),
-        "workbook_read": wbk.sha256,
-    }
+    hashes = {"preliminary_json": sha256_file(prelim_path), **read}
     if base_path != prelim_path:
         hashes["previous_final_json"] = sha256_file(base_path)
     log = out / LOG_NAME
@@ -372,6 +417,8 @@ def verify(
         "final_version": version,
         "verified_by": signer,
         "verified_at": at,
+        "channel": channel,
+        **({"account": account} if account else {}),
         "model_sha256": result["model"]["sha256"],
         "changes": result["changes"],
         "reviewed_cells": len(verified),

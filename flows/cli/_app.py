@@ -22,6 +22,8 @@ models_app = typer.Typer(help="The model registry: list, show, register and prom
 app.add_typer(models_app, name="models")
 audit_app = typer.Typer(help="The verification audit trail (audit.jsonl).", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+accounts_app = typer.Typer(help="Accounts of the review app: who may review and who may sign.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
 
 
 def _version(value: bool) -> None:

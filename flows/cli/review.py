@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli._app import _fail, app, audit_app
+from flows.cli._app import _fail, accounts_app, app, audit_app
 from wbcproc import defaults
 
 
@@ -107,3 +107,94 @@ def audit_check(
             typer.echo(f"{log_path}: {p}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{log_path}: {rep.entries} entries, chain intact")
+
+
+_Accounts = Annotated[
+    Path | None, typer.Option("--accounts", help="The accounts file (default: $WBC_HOME/accounts.json).")
+]
+
+
+@app.command()
+def review(
+    reports: Annotated[
+        Path, typer.Option("--reports", help="The report folder (wbc process --out; served: <home>/reports).")
+    ],
+    samples: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--samples", help="Where the sample folders are (inbox, archive): verified cells go to --lab-data."
+        ),
+    ] = None,
+    lab_data: Annotated[
+        Path | None, typer.Option("--lab-data", help="Laboratory data root the verified cells are exported to.")
+    ] = None,
+    accounts: _Accounts = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = defaults.HOST,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the review app.")] = defaults.REVIEW_PORT,
+    idle_minutes: Annotated[
+        float, typer.Option("--idle-minutes", min=1.0, help="A session ends after this long without a request.")
+    ] = defaults.SESSION_IDLE_MIN,
+) -> None:
+    """Review and sign in the browser: the worklist, each slide's cells by class, drafts, signing."""
+    import uvicorn
+
+    from wbcproc.review.accounts import AccountError, default_accounts_file
+    from wbcproc.review.app import ReviewConfig, create_app
+
+    if not reports.is_dir():
+        raise _fail(f"--reports {str(reports)!r} is not a folder of reports", 2)
+    cfg = ReviewConfig(
+        reports=reports, accounts=accounts or default_accounts_file(), sample_roots=list(samples or []),
+        lab_data=lab_data, idle_minutes=idle_minutes,
+    )  # fmt: skip
+    try:
+        web = create_app(cfg)
+    except AccountError as exc:
+        raise _fail(str(exc), 2) from None
+    typer.echo(f"review app on http://{host}:{port}/ (reports {reports}; accounts {cfg.accounts})", err=True)
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+@accounts_app.command("add")
+def accounts_add(
+    name: Annotated[str, typer.Argument(help="Login name: lower-case letters, digits, '.', '_', '-'.")],
+    role: Annotated[str, typer.Option(help="reviewer (reclassify and save) or signer (also sign).")] = "reviewer",
+    display: Annotated[
+        str | None, typer.Option("--display", help="The name reports are signed with (default: NAME).")
+    ] = None,
+    accounts: _Accounts = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from the first line of standard input.")
+    ] = False,
+) -> None:
+    """Create an account (or replace its password and role); the password is asked for twice."""
+    import sys
+
+    from wbcproc.review.accounts import AccountError, add_account, default_accounts_file
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    path = accounts or default_accounts_file()
+    try:
+        acct = add_account(path, name, password, role=role, display=display)
+    except AccountError as exc:
+        raise _fail(str(exc), 2) from None
+    typer.echo(f"{path}: account {acct.name!r} ({', '.join(acct.roles)}), signs as {acct.display!r}")
+
+
+@accounts_app.command("list")
+def accounts_list(accounts: _Accounts = None) -> None:
+    """The accounts, their roles and the names they sign with (never a password or hash)."""
+    from wbcproc.review.accounts import AccountError, default_accounts_file, load_accounts
+
+    path = accounts or default_accounts_file()
+    try:
+        found = load_accounts(path)
+    except AccountError as exc:
+        raise _fail(str(exc), 2) from None
+    for a in found.values():
+        typer.echo(f"{a.name}\t{','.join(a.roles)}\t{a.display}")
+    if not found:
+        typer.echo(f"no accounts in {path}: wbc accounts add NAME --role signer", err=True)

@@ -27,6 +27,9 @@ _Pool = Annotated[
 ]
 
 
+_REVIEW_PORT_HELP = "Port of the review app (wbc review; needs an account: wbc accounts add); 0: not started."
+
+
 @app.command()
 def serve(
     inbox: Annotated[Path, typer.Option(help="Watched folder: one sub-folder per sample.")],
@@ -53,8 +56,9 @@ def serve(
     ] = defaults.RETRAIN_CRON,
     train_data: _LabData = None,
     pool: _Pool = None,
+    review_port: Annotated[int, typer.Option(min=0, max=65535, help=_REVIEW_PORT_HELP)] = defaults.REVIEW_PORT,
 ) -> None:
-    """Run the Prefect server + UI, the deployments and the inbox watcher until SIGTERM/SIGINT."""
+    """Run the Prefect server + UI, the review app, the deployments and the inbox watcher until SIGTERM/SIGINT."""
     import logging
 
     from flows.serve import ServeOptions
@@ -94,6 +98,7 @@ def serve(
         retrain_cron=retrain_cron,
         train_data=[str(d) for d in (train_data or [])],
         pool=pool,
+        review_port=review_port or None,
     )
     try:
         code = run_serve(opts)
