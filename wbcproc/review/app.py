@@ -132,9 +132,11 @@ class _Review:
         if s is None:
             return self.to_login(request)
         entries = slides.worklist(self.reports)
+        awaiting = [e for e in entries if e.awaiting]
+        self.thumbnails.warm([(e.path, r) for e in awaiting[:8] if (r := slides.read_report(e.path)) is not None])
         q = request.query_params.get("q", "").strip()
         done = [e for e in entries if not e.awaiting and q.lower() in e.sample_id.lower()]
-        return self.page(request, "worklist.html", s, awaiting=[e for e in entries if e.awaiting], verified=done, q=q)
+        return self.page(request, "worklist.html", s, awaiting=awaiting, verified=done, q=q)
 
     async def slide(self, request: Request) -> Response:
         s = self.current(request)
@@ -144,6 +146,7 @@ class _Review:
         if found is None:
             return Response("no such report", status_code=404)
         entry, report = found
+        self.thumbnails.warm([(entry.path, report)])
         others = [
             a
             for a in drafts.active_reviewers(drafts.load_draft(self.reports, report["report_id"]))

@@ -168,26 +168,53 @@ def slide(reports: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 class Thumbnails:
-    """The preliminary workbooks' cell thumbnails, by report and cell number, the latest few reports kept."""
+    """The preliminary workbooks' cell thumbnails, by report and cell number, the latest ``keep`` reports kept.
+
+    Reading a workbook's pictures takes most of a second for 400 cells, so the worklist warms the cache for
+    the reports awaiting verification (:meth:`warm`, in a background thread) before a reviewer opens one;
+    a report is read once however many requests ask for it at the same time."""
 
     def __init__(self, keep: int = 8) -> None:
         self._keep = keep
         self._by_report: OrderedDict[str, list[bytes | None]] = OrderedDict()
+        self._loading: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(self, report_path: Path, report: dict[str, Any], n: int) -> bytes | None:
+        pngs = self._pngs(report_path, report)
+        return pngs[n] if 0 <= n < len(pngs) else None
+
+    def warm(self, items: list[tuple[Path, dict[str, Any]]]) -> None:
+        """Read these reports' thumbnails in the background (the first ``keep``; those cached are skipped)."""
+        todo = [(p, r) for p, r in items[: self._keep] if r["report_id"] not in self._by_report]
+        if todo:
+            threading.Thread(target=lambda: [self._pngs(p, r) for p, r in todo], daemon=True).start()
+
+    def _pngs(self, report_path: Path, report: dict[str, Any]) -> list[bytes | None]:
         rid = report["report_id"]
         with self._lock:
-            pngs = self._by_report.get(rid)
-            if pngs is not None:
+            if rid in self._by_report:
                 self._by_report.move_to_end(rid)
-        if pngs is None:
+                return self._by_report[rid]
+            event = self._loading.get(rid)
+            mine = event is None
+            if mine:
+                event = self._loading[rid] = threading.Event()
+        if not mine:  # another request is reading this workbook: wait for it
+            event.wait(60)
+            with self._lock:
+                return self._by_report.get(rid, [])
+        try:
             pngs = self._load(report_path, report)
             with self._lock:
                 self._by_report[rid] = pngs
                 while len(self._by_report) > self._keep:
                     self._by_report.popitem(last=False)
-        return pngs[n] if 0 <= n < len(pngs) else None
+        finally:
+            with self._lock:
+                self._loading.pop(rid, None)
+            event.set()
+        return pngs
 
     @staticmethod
     def _load(report_path: Path, report: dict[str, Any]) -> list[bytes | None]:
