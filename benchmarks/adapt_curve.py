@@ -85,7 +85,15 @@ def copy_as_lab(files: list[Path], root: Path) -> Path:
     return root
 
 
-def main() -> None:
+def pseudo_note(record: dict) -> str:
+    """How many unreviewed cells were taken, how many with their true class (the benchmark knows it from the
+    folder; adapt never reads it), and whether the draft with them was kept."""
+    cells = record.get("cells", [])
+    right = sum(Path(c["file"]).parent.name == c["class"] for c in cells)
+    return f"{len(cells)} of {record.get('candidates', 0)} taken, {right} right; kept: {record.get('kept')} ({record.get('why')})"
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lab", required=True, type=Path, help="class folders of the new laboratory")
     ap.add_argument("--model", default=None)
@@ -99,7 +107,58 @@ def main() -> None:
         help="which cells are reviewed: random, spread over the true classes (a laboratory cannot do this before "
         "reviewing); random; or training.suggest's pick from the unlabelled half",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--unreviewed",
+        action="store_true",
+        help="the rest of the reviewed half joins as unreviewed cells (wbc adapt --samples): pseudo-labelled by a "
+        "first draft, used where that does not lose; prints how many were taken, how many of them right, kept or not",
+    )
+    ap.add_argument(
+        "--frozen-blocks",
+        type=int,
+        default=None,
+        help="the last stage's first blocks kept as the parent's (training.adapt_stage.FROZEN_BLOCKS)",
+    )
+    return ap
+
+
+def _half(args, parts: list[list[Path]], h: int, n: int | None, model: Path) -> dict:
+    """Adapt on ``n`` cells of half ``h`` and score the other half; what the row shows of it."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        test = copy_as_lab(parts[1 - h], Path(tmp) / "test")
+        if n == 0:
+            return {"m": evaluate_model(model, [str(test)])}
+        chosen = choose(args.choose, parts[h], n, model, args.seed)
+        lab = copy_as_lab(chosen, Path(tmp) / "lab")
+        rest = [f for f in parts[h] if f not in set(chosen)] if args.unreviewed else None
+        t0 = time.time()
+        try:
+            res = adapt(
+                [lab], Path(tmp) / "run", model, min_per_class=1, holdout=0.0,
+                stage=not args.head_only, unreviewed=rest, log=lambda *_: None,
+            )  # fmt: skip
+        except AdaptError as exc:  # a guard rail held: the laboratory keeps the parent model
+            out["refused"] = f"{'AB'[h]}: {exc}"
+            out["m"] = evaluate_model(model, [str(test)])
+            return out
+        out["seconds"] = time.time() - t0
+        out["kept"] = res["metrics"].get("stage_learning_rate")
+        chk = res["metrics"].get("original_check")
+        if chk:
+            out["check"] = (chk["parent"]["accuracy"], chk["adapted"]["accuracy"])
+        out["m"] = evaluate_model(Path(tmp) / "run" / "model.onnx", [str(test)])
+        if args.unreviewed:
+            out["note"] = f"{'AB'[h]}: {pseudo_note(res['metrics'].get('unreviewed', {}))}"
+    return out
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.frozen_blocks is not None:
+        import training.adapt_stage
+
+        training.adapt_stage.FROZEN_BLOCKS = args.frozen_blocks
     print(machine())
     model = resolve_model_path(args.model)
     parts = halves(args.lab)
@@ -107,6 +166,7 @@ def main() -> None:
     print(
         f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}; adapted: {how}; "
         f"reviewed cells chosen: {args.choose}, seed {args.seed}"
+        + ("" if args.frozen_blocks is None else f"; stage blocks kept as the parent's: {args.frozen_blocks}")
     )
     print(
         "| reviewed cells | accuracy on the other half | macro-F1 | seconds (adapt) | original check before -> after "
@@ -115,43 +175,25 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         n = None if size == "all" else int(size)
-        accs, f1s, secs, checks, refused, kept = [], [], [], [], [], []
-        for h in (0, 1):
-            with tempfile.TemporaryDirectory() as tmp:
-                test = copy_as_lab(parts[1 - h], Path(tmp) / "test")
-                if n == 0:
-                    m = evaluate_model(model, [str(test)])
-                else:
-                    chosen = choose(args.choose, parts[h], n, model, args.seed)
-                    lab = copy_as_lab(chosen, Path(tmp) / "lab")
-                    t0 = time.time()
-                    try:
-                        res = adapt(
-                            [lab], Path(tmp) / "run", model, min_per_class=1, holdout=0.0,
-                            stage=not args.head_only, log=lambda *_: None,
-                        )  # fmt: skip
-                    except AdaptError as exc:  # a guard rail held: the laboratory keeps the parent model
-                        refused.append(f"{'AB'[h]}: {exc}")
-                        m = evaluate_model(model, [str(test)])
-                    else:
-                        kept.append(res["metrics"].get("stage_learning_rate"))
-                        chk = res["metrics"].get("original_check")
-                        if chk:
-                            checks.append((chk["parent"]["accuracy"], chk["adapted"]["accuracy"]))
-                        m = evaluate_model(Path(tmp) / "run" / "model.onnx", [str(test)])
-                    secs.append(time.time() - t0)
-                accs.append(m["accuracy"])
-                f1s.append(m["macro_f1"])
+        rows = [_half(args, parts, h, n, model) for h in (0, 1)]
+        accs = [r["m"]["accuracy"] for r in rows]
+        secs = [r["seconds"] for r in rows if "seconds" in r]
+        checks = [r["check"] for r in rows if "check" in r]
+        kept = [r["kept"] for r in rows if "seconds" in r]
         shown = "all" if n is None else n
         sec = f"{np.mean(secs):.1f}" if secs else "-"
         chk = f"{np.mean([c[0] for c in checks]):.3f} -> {np.mean([c[1] for c in checks]):.3f}" if checks else "-"
         how = " / ".join("head" if k is None else f"stage {k:g}" for k in kept) if kept else "-"
+        f1 = np.mean([r["m"]["macro_f1"] for r in rows])
         print(
-            f"| {shown} | {np.mean(accs):.3f} ({accs[0]:.3f} / {accs[1]:.3f}) | {np.mean(f1s):.3f} | {sec} | {chk} | {how} |",
+            f"| {shown} | {np.mean(accs):.3f} ({accs[0]:.3f} / {accs[1]:.3f}) | {f1:.3f} | {sec} | {chk} | {how} |",
             flush=True,
         )
-        for r in refused:
-            print(f"|   | refused, parent kept ({r}) | | | | |", flush=True)
+        for r in rows:
+            if "refused" in r:
+                print(f"|   | refused, parent kept ({r['refused']}) | | | | |", flush=True)
+            if "note" in r:
+                print(f"|   | unreviewed cells, {r['note']} | | | | |", flush=True)
 
 
 if __name__ == "__main__":

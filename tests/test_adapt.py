@@ -372,3 +372,26 @@ def test_the_replay_stage_inputs_are_computed_once_per_model_file(tmp_path, monk
     kept.write_bytes(kept.read_bytes()[:100])  # torn
     assert np.array_equal(replay_stage_inputs(parent, stage, rep, info.preprocess, 1), first) and computed
     assert np.array_equal(np.load(kept), first)  # and written whole again
+
+
+def test_frozen_first_blocks_stay_the_parents_and_the_rest_learn():
+    """``fine_tune(frozen=1)``: the first block's weights are the parent's after training, the later blocks
+    and the head moved, and the forward from a later block's input equals the full forward."""
+    import onnx
+    import torch
+
+    from training.adapt_stage import fine_tune, read_stage, stage_module
+
+    stage = read_stage(onnx.load(str(resolve_model_path(None))))
+    head = load_graph(resolve_model_path(None)).head
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(0, 1, (16, 1024, 8, 8)), 0).astype(np.float16)
+    y = rng.integers(0, 8, 16).astype(np.int64)
+    parent = stage_module(stage)
+    net, w, _b = fine_tune(stage, head.weight, head.bias, x, y, None, None, epochs=2, lr=1e-3, batch=8, frozen=1)
+    same = [torch.equal(a, b) for a, b in zip(parent.blocks[0].parameters(), net.blocks[0].parameters(), strict=True)]
+    moved = [torch.equal(a, b) for a, b in zip(parent.blocks[2].parameters(), net.blocks[2].parameters(), strict=True)]
+    assert all(same) and not any(moved) and not np.allclose(w, head.weight)
+    with torch.no_grad():
+        t = torch.from_numpy(x[:4]).float()
+        assert torch.allclose(net(t), net(net.blocks[0](t), start=1), atol=1e-5)

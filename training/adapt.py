@@ -503,6 +503,7 @@ def _stage_drafts(
     stage 1.3-1.7 points on the original check, at 5e-5 0.4-0.8 points (0.84 on the laboratory against 0.68
     for the head alone); with the replay cells in 8 views and ~240 batches, 1e-4 kept it within 0.7 points
     (0.89)."""
+    from training import adapt_stage
     from training.adapt_stage import fine_tune, planned_epochs, read_stage, stage_inputs, write_stage
 
     stage = read_stage(onnx.load(str(parent_path)))
@@ -526,7 +527,7 @@ def _stage_drafts(
         )
         net, w, b = fine_tune(
             stage, extractor.head.weight, extractor.head.bias, lab_s, np.tile(labels, views).astype(np.int64),
-            rep_s, rep_y, epochs=epochs, lr=lr, threads=threads, log=log,
+            rep_s, rep_y, epochs=epochs, lr=lr, threads=threads, frozen=adapt_stage.FROZEN_BLOCKS, log=log,
         )  # fmt: skip
         staged = write_stage(stage, net, calib, draft.with_name("stage.onnx"))
         write_adapted(staged, Head(w, b), draft)
@@ -684,6 +685,73 @@ def _best_draft(
     return judge(), why_not
 
 
+def _with_unreviewed(
+    files: list[Path], lab: _Lab, first: tuple[_Judged, str | None], ctx: dict[str, Any], metrics: dict, log
+) -> tuple[_Judged, str | None]:
+    """A second draft from the parent on the reviewed + confidently pseudo-labelled unreviewed cells
+    (``training.pseudo``), kept in ``ctx["draft"]`` only where every guard rail holds, the stage is fine-tuned
+    whenever the first draft's was, and the held-out laboratory cells (where there are any) score at least as
+    well as without them; else the first draft stays.  ``metrics["unreviewed"]`` says what was taken and why
+    it was or was not kept."""
+    import dataclasses
+
+    from training.pseudo import pseudo_label
+
+    judged, why_not = first
+    parent_path, spec, draft = ctx["parent_path"], ctx["spec"], ctx["draft"]
+    reader = Features(draft, ctx["threads"], plan_from=parent_path)
+    log(f"reading {len(files)} unreviewed cells with the adapted draft (8 views each)")
+    found = pseudo_label(
+        files,
+        lambda items: prepare_items(items, spec),
+        lambda imgs: np.stack([reader(to_input(v, spec))[0] for v in dihedral(imgs)]),
+        judged.temperature,
+        lab.counts,
+        ctx["reviewed_sha256"],
+    )
+    record = metrics["unreviewed"] = found.record
+    if not len(found.labels):
+        record.update(kept=False, why="no unreviewed cell was called confidently by the adapted draft")
+        return first
+    log(f"{len(found.labels)} unreviewed cells taken with the draft's class {record['per_class']}: adapting again")
+    more = dataclasses.replace(
+        lab,
+        fit_imgs=np.concatenate([lab.fit_imgs, found.imgs]),
+        fit_labels=np.concatenate([lab.fit_labels, found.labels]),
+    )
+    second_draft = draft.parent / "with-unreviewed" / draft.name
+    second_draft.parent.mkdir()
+    m2 = {k: v for k, v in metrics.items() if k != "unreviewed"}
+    try:
+        second = _best_draft(
+            more, ctx["extractor"], ctx["replay"], spec, ctx["parent"], parent_path, second_draft, m2, why_not,
+            ctx["max_drop"], ctx["threads"], log,
+        )  # fmt: skip
+    except AdaptError as exc:
+        record.update(kept=False, why=f"the draft with them was refused: {exc}")
+        return first
+    before = metrics.get("lab_holdout", {}).get("adapted", {}).get("accuracy")
+    after = m2.get("lab_holdout", {}).get("adapted", {}).get("accuracy")
+    why = None
+    if second[1] is not None and why_not is None:
+        why = f"with them the last stage was not fine-tuned ({second[1]})"
+    elif before is not None and after is not None and after < before:
+        why = f"held-out laboratory cells {after:.3f} with them, {before:.3f} without"
+    if why:
+        record.update(kept=False, why=why)
+        log(f"the unreviewed cells are not used: {why}")
+        return first
+    shutil.move(str(second_draft), str(draft))
+    metrics.update({k: v for k, v in m2.items() if k != "unreviewed"})
+    record.update(
+        kept=True,
+        why="every guard rail held"
+        + ("" if before is None else f"; held-out laboratory cells {after:.3f} with them, {before:.3f} without"),
+    )
+    log(f"the unreviewed cells are used: {record['why']}")
+    return second
+
+
 def _separation(lab_feats: np.ndarray, check_feats: np.ndarray, domain: dict, lab_ref: dict) -> dict[str, Any]:
     """How reliably the routing rule tells the two laboratories apart: the share of random samples of
     ``ROUTE_SAMPLE_CELLS`` of the laboratory's cells routed to its model, and of the original laboratory's
@@ -756,6 +824,9 @@ def _write_parent(parent_path: Path, parent, out: Path, routing: dict[str, Any])
 def _record(parent, replay, kept, rejected, metrics, why_not, routing, t0) -> dict[str, Any]:
     """The sidecar's ``adaptation`` block: how, from what, on which cells, with what result."""
     method = STAGE_METHOD if why_not is None else HEAD_METHOD
+    taken = metrics.get("unreviewed", {})
+    if taken.get("kept"):
+        method += f"; with {taken['taken']} of the laboratory's unreviewed cells, pseudo-labelled by a first draft"
     if routing is not None:
         method += f"; routed with its parent {routing['parent_version']}: {routing['rule']}"
     return {
@@ -791,12 +862,15 @@ def adapt(
     threads: int = 0,
     stage: bool = True,
     route: bool = True,
+    unreviewed: list[Path] | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Adapt the model to the laboratory's cells - its last stage and head (``stage``, where PyTorch, the
     model's graph and its replay cells allow; else the head alone); write ``out/model.onnx`` + sidecar only
     if every guard rail holds, with the parent beside it where the laboratory's slides can be told from the
-    original laboratory's (``route``: :func:`_routing_plan`); returns the summary."""
+    original laboratory's (``route``: :func:`_routing_plan`); returns the summary.  ``unreviewed``: the
+    laboratory's unreviewed single-cell images, confidently pseudo-labelled by a first draft and used for a
+    second one where that does not lose (:func:`_with_unreviewed`)."""
     import tempfile
 
     from wbcproc.resolve import resolve_model_path
@@ -831,6 +905,11 @@ def adapt(
         judged, why_not = _best_draft(
             lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, max_drop, threads, log
         )
+        if unreviewed:
+            ctx = {"parent_path": parent_path, "spec": spec, "draft": draft, "threads": threads, "parent": parent,
+                   "extractor": extractor, "replay": replay, "max_drop": max_drop,
+                   "reviewed_sha256": {it.sha256 for it in kept}}  # fmt: skip
+            judged, why_not = _with_unreviewed(list(unreviewed), lab, (judged, why_not), ctx, metrics, log)
         out.mkdir(parents=True, exist_ok=True)
         onnx_out = out / "model.onnx"
         shutil.move(str(draft), str(onnx_out))

@@ -42,6 +42,8 @@ KD_T, KD_WEIGHT = 2.0, 1.0  # replay cells also keep the parent's softened outpu
 # the classes a laboratory did not review drift (5-class fixture lab: IG on the check 1.00 at 6 epochs,
 # 0.97 at 12, 0.93 at 20): at most 12.
 TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 240, 6, 12
+# the stage's first blocks kept as the parent's (fine_tune's ``frozen``): 0, every block learns
+FROZEN_BLOCKS = 0
 _CONV = re.compile(rf"^/{STAGE}/{STAGE}\.(\d+)/(conv1|conv2|conv3|downsample/downsample\.0)/Conv$")
 
 
@@ -167,8 +169,9 @@ def stage_module(stage: Stage):
             super().__init__()
             self.blocks = torch.nn.ModuleList([Block(b) for b in stage.blocks])
 
-        def forward(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
-            for blk in self.blocks:
+        def forward(self, x: torch.Tensor, taps: list | None = None, start: int = 0) -> torch.Tensor:
+            """``start``: ``x`` is the input of that block (the blocks before it are frozen)."""
+            for blk in self.blocks[start:]:
                 t = {} if taps is not None else None
                 x = blk(x, t)
                 if taps is not None:
@@ -208,12 +211,16 @@ def fine_tune(
     batch: int = 64,
     seed: int = 0,
     threads: int = 0,
+    frozen: int = 0,
     log=lambda *_: None,
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """AdamW on the stage and head; each batch of laboratory cells is joined by as many replay cells, which
     learn their labels and, as in Learning without Forgetting (Li & Hoiem 2017), the parent's own outputs
     (softened at temperature ``KD_T``, weight ``KD_WEIGHT``): on LISC this kept the original-laboratory
-    check within 0.8 points where labels alone lost up to 1.7.  ``epochs`` None: :func:`planned_epochs`."""
+    check within 0.8 points where labels alone lost up to 1.7.  ``epochs`` None: :func:`planned_epochs`.
+    ``frozen``: the stage's first blocks kept as the parent's; their outputs are computed once and only the
+    blocks after them learn (the first block, at twice the resolution and with the stride, is most of a
+    step's time on a CPU)."""
     import torch
     import torch.nn.functional as F
 
@@ -225,24 +232,20 @@ def fine_tune(
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(head_w))
         fc.bias.copy_(torch.from_numpy(head_b))
-    opt = torch.optim.AdamW([*net.parameters(), *fc.parameters()], lr=lr, weight_decay=0.01)
-    X, Y = torch.from_numpy(lab_x), torch.from_numpy(lab_y)
-    R = torch.from_numpy(replay_x) if replay_x is not None else None
+    learning = [p for blk in net.blocks[frozen:] for p in blk.parameters()]
+    opt = torch.optim.AdamW([*learning, *fc.parameters()], lr=lr, weight_decay=0.01)
+
+    X, Y = _ahead(net, lab_x, frozen, batch), torch.from_numpy(lab_y)
+    R = _ahead(net, replay_x, frozen, batch) if replay_x is not None else None
     RY = torch.from_numpy(replay_y) if replay_y is not None else None
     teacher = None
     if R is not None:
         with torch.no_grad():
-            teacher = torch.cat([fc(net(R[i : i + batch].float())) for i in range(0, len(R), batch)])
+            teacher = torch.cat([fc(net(R[i : i + batch].float(), start=frozen)) for i in range(0, len(R), batch)])
     epochs = epochs or planned_epochs(len(X), batch)
     started = time.monotonic()
     for epoch in range(epochs):
-        if epoch:  # progress: the epochs so far give the time left (each epoch is the same work)
-            spent = time.monotonic() - started
-            log(
-                f"epoch {epoch + 1}/{epochs}: {spent:.0f} s so far, about {spent / epoch * (epochs - epoch):.0f} s left"
-            )
-        else:
-            log(f"epoch 1/{epochs}")
+        _progress(log, epoch, epochs, started)
         perm = torch.randperm(len(X), generator=gen)
         for i in range(0, len(X), batch):
             j = perm[i : i + batch]
@@ -251,7 +254,7 @@ def fine_tune(
             if R is not None:
                 k = torch.randint(0, len(R), (len(j),), generator=gen)
                 xb, yb = torch.cat([xb, R[k].float()]), torch.cat([yb, RY[k]])
-            logits = fc(net(xb))
+            logits = fc(net(xb, start=frozen))
             loss = F.cross_entropy(logits, yb, label_smoothing=0.1)
             if k is not None:
                 soft = F.log_softmax(logits[len(j) :] / KD_T, 1)
@@ -262,6 +265,29 @@ def fine_tune(
             loss.backward()
             opt.step()
     return net, fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
+
+
+def _ahead(net, a: np.ndarray, frozen: int, batch: int):
+    """The inputs of the first learning block (float16, as the stage inputs are): ``a`` through the frozen ones."""
+    import torch
+
+    t = torch.from_numpy(a)
+    if not frozen:
+        return t
+    with torch.no_grad():
+        parts = [t[i : i + batch].float() for i in range(0, len(t), batch)]
+        for blk in net.blocks[:frozen]:
+            parts = [blk(p) for p in parts]
+    return torch.cat([p.half() for p in parts])
+
+
+def _progress(log, epoch: int, epochs: int, started: float) -> None:
+    """One line per epoch; the epochs so far give the time left (each epoch is the same work)."""
+    if not epoch:
+        log(f"epoch 1/{epochs}")
+        return
+    spent = time.monotonic() - started
+    log(f"epoch {epoch + 1}/{epochs}: {spent:.0f} s so far, about {spent / epoch * (epochs - epoch):.0f} s left")
 
 
 def _minmax_u8(lo: float, hi: float) -> tuple[np.float32, np.uint8]:

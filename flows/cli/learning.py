@@ -178,7 +178,12 @@ _Suggest = Annotated[
 ]
 _Samples = Annotated[
     list[Path] | None,
-    typer.Option("--samples", help="With --suggest: sample folders, or a folder of them (e.g. inbox/archive)."),
+    typer.Option(
+        "--samples",
+        help="Processed sample folders, or a folder of them (e.g. inbox/archive): with --lab-data their unreviewed "
+        "cells join the fit where the adapted model calls them confidently and that does not lose; with --suggest "
+        "the cells to choose from.",
+    ),
 ]
 
 
@@ -217,6 +222,7 @@ def adapt(
         raise _fail(f"wbc adapt needs the [train] extra ({exc.name} is missing): pip install 'wbc[train]'") from None
     from wbcproc.model import ModelError
 
+    unreviewed = _sample_cells(samples) if samples else None
     try:
         res = run_adapt(
             [str(d) for d in data],
@@ -227,6 +233,7 @@ def adapt(
             version=version,
             stage=stage,
             route=route,
+            unreviewed=unreviewed,
             log=lambda m: typer.echo(m, err=True),
         )
     except (AdaptError, ModelError, FileNotFoundError) as exc:
@@ -234,20 +241,28 @@ def adapt(
     typer.echo(json.dumps(res))
 
 
-def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None) -> None:
-    """``wbc adapt --suggest N``: the cells to review first, copied to ``out`` for a person to sort."""
-    from training.suggest import candidates, suggest, write_suggestions
-    from wbcproc.model import ModelError
-    from wbcproc.resolve import resolve_model_path
+def _sample_cells(samples: list[Path]) -> list[Path]:
+    """The single-cell images of ``--samples`` (the laboratory's unreviewed cells); refuses a missing folder or none."""
+    from training.suggest import candidates
 
-    if not samples:
-        raise _fail("--suggest needs --samples DIR (sample folders, or a folder of them)", 2)
     missing = [str(s) for s in samples if not s.is_dir()]
     if missing:
         raise _fail(f"--samples: not a folder: {', '.join(missing)}", 2)
     files = candidates(samples)
     if not files:
-        raise _fail(f"no single-cell images in {', '.join(str(s) for s in samples)}: nothing to suggest")
+        raise _fail(f"--samples: no single-cell images in {', '.join(str(s) for s in samples)}", 2)
+    return files
+
+
+def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None) -> None:
+    """``wbc adapt --suggest N``: the cells to review first, copied to ``out`` for a person to sort."""
+    from training.suggest import suggest, write_suggestions
+    from wbcproc.model import ModelError
+    from wbcproc.resolve import resolve_model_path
+
+    if not samples:
+        raise _fail("--suggest needs --samples DIR (sample folders, or a folder of them)", 2)
+    files = _sample_cells(samples)
     try:
         found = suggest(files, resolve_model_path(model), n)
     except (ModelError, FileNotFoundError) as exc:
