@@ -395,3 +395,26 @@ def test_frozen_first_blocks_stay_the_parents_and_the_rest_learn():
     with torch.no_grad():
         t = torch.from_numpy(x[:4]).float()
         assert torch.allclose(net(t), net(net.blocks[0](t), start=1), atol=1e-5)
+
+
+def test_the_replay_teacher_is_the_parents_own_outputs_and_is_kept(tmp_path, monkeypatch):
+    """The distillation targets are the parent's logits for the replay views (the rebuilt stage calls what the
+    int8 file calls) and are computed once per model file."""
+    import onnx
+
+    import training.adapt_stage as tas
+    from training.adapt import dihedral, load_replay, replay_images, replay_stage_inputs, replay_teacher
+    from wbcproc.preprocess import to_input
+
+    monkeypatch.setenv("WBC_CACHE", str(tmp_path / "cache"))
+    parent = resolve_model_path(None)
+    info = read_sidecar(parent)
+    stage = tas.read_stage(onnx.load(str(parent)))
+    rep = replay_images(load_replay(parent, info.sha256), "train")[:4]
+    rep_s = replay_stage_inputs(parent, stage, rep, info.preprocess, 1)
+    head = load_graph(parent).head
+    teacher = replay_teacher(parent, stage, head, rep_s)
+    int8 = Features(parent)(to_input(np.concatenate(dihedral(rep)), info.preprocess))[0]
+    assert teacher.shape == (32, 8) and (teacher.argmax(1) == int8.argmax(1)).all()
+    monkeypatch.setattr(tas, "parent_outputs", lambda *a, **k: pytest.fail("computed again"))
+    assert np.array_equal(replay_teacher(parent, stage, head, rep_s), teacher)

@@ -192,3 +192,25 @@ def test_browser_and_workbook_sign_the_same_final_report(tmp_path, reports, acco
     assert "Verified (version 1) by Dr A. Example" in client.get(f"/slides/{rid}").text
     png = client.get(f"/slides/{rid}/thumbs/0")
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG" and "immutable" in png.headers["cache-control"]
+
+
+def test_cells_suggested_for_adaptation_are_marked_in_their_slide(tmp_path, sample, reports, accounts, tiny_model):
+    """`wbc adapt --suggest` over the sample folders (the real ranking, tiny model, fixture cells) and `wbc review
+    --suggested` its list: exactly the suggested cells of the slide carry the mark, and the slide counts them."""
+    from training.suggest import candidates, suggest, write_suggestions
+
+    found = suggest(candidates([sample.parent]), tiny_model, 5)
+    csv_path = write_suggestions(found, tmp_path / "to-review")
+    rid = _report(reports)["report_id"]
+    with served(create_app(ReviewConfig(reports=reports, accounts=accounts, suggested=csv_path))) as url:
+        c = _client(url)
+        _login(c, "rob")
+        state = c.get(f"/slides/{rid}/state").json()
+    marked = {x["file"] for x in state["cells"] if x["adapt"]}
+    assert marked == {s.path.name for s in found} and state["for_adaptation"] == 5
+    (tmp_path / "big.csv").write_bytes(b"rank,copy,source\n" + b"1,a,b\n" * 1_000_000)  # 6 MB: not read
+    with served(create_app(ReviewConfig(reports=reports, accounts=accounts, suggested=tmp_path / "big.csv"))) as url:
+        c = _client(url)
+        _login(c, "rob")
+        state = c.get(f"/slides/{rid}/state").json()
+    assert state["for_adaptation"] == 0 and not any(x["adapt"] for x in state["cells"])

@@ -518,6 +518,7 @@ def _stage_drafts(
     # themselves (the hard half of a far laboratory: original check 0.979 -> 0.988, float stage, 12 epochs)
     rep_s = replay_stage_inputs(parent_path, stage, rep, spec, threads)
     rep_y = np.tile(replay["train_y"], VIEWS).astype(np.int64)
+    rep_t = replay_teacher(parent_path, stage, extractor.head, rep_s)
     calib = np.concatenate([lab_s[:: max(1, len(lab_s) // 512)], rep_s[: len(rep)]])
     epochs = planned_epochs(len(lab_s))
     for lr in STAGE_LEARNING_RATES:
@@ -527,7 +528,8 @@ def _stage_drafts(
         )
         net, w, b = fine_tune(
             stage, extractor.head.weight, extractor.head.bias, lab_s, np.tile(labels, views).astype(np.int64),
-            rep_s, rep_y, epochs=epochs, lr=lr, threads=threads, frozen=adapt_stage.FROZEN_BLOCKS, log=log,
+            rep_s, rep_y, epochs=epochs, lr=lr, threads=threads, frozen=adapt_stage.FROZEN_BLOCKS, teacher=rep_t,
+            log=log,
         )  # fmt: skip
         staged = write_stage(stage, net, calib, draft.with_name("stage.onnx"))
         write_adapted(staged, Head(w, b), draft)
@@ -538,30 +540,61 @@ def _stage_drafts(
 def replay_stage_inputs(parent_path: Path, stage, rep: np.ndarray, spec, threads: int) -> np.ndarray:
     """The replay cells' stage inputs in all 8 views: the same for every adaptation of one model file, and the
     longest fixed part of one (3,200 views through the int8 network: ~2 minutes on a 2-core AVX2-only CPU), so
-    kept in the cache folder (``wbcproc.paths.cache_home``, 420 MB a model) by the model's sha256 and the
-    ONNX Runtime version, and computed again whenever either differs or the file does not read back whole."""
+    kept in the cache folder (:func:`_cached`, 420 MB a model) by the model's sha256 and the ONNX Runtime
+    version."""
     import onnxruntime as ort
 
     from training.adapt_stage import stage_inputs
-    from wbcproc.paths import cache_home
+
+    return _cached(
+        "replay-stage-inputs",
+        _model_key(parent_path) + f"-ort{ort.__version__}-{len(rep)}x{VIEWS}",
+        lambda: stage_inputs(parent_path, stage, to_input(np.concatenate(dihedral(rep)), spec), threads),
+    )
+
+
+def replay_teacher(parent_path: Path, stage, head: Head, rep_s: np.ndarray) -> np.ndarray:
+    """The parent's logits for the replay views (the distillation targets): one forward pass of the stage over
+    3,200 views (~35 s on 2 cores with PyTorch's AVX2 kernels), the same for every draft of every adaptation
+    of one model file, so kept in the cache folder beside the stage inputs (100 KB)."""
+    import torch
+
+    from training.adapt_stage import parent_outputs
+
+    return _cached(
+        "replay-teacher",
+        _model_key(parent_path) + f"-torch{torch.__version__}-{len(rep_s)}",
+        lambda: parent_outputs(stage, head.weight, head.bias, rep_s),
+    )
+
+
+def _model_key(path: Path) -> str:
     from wbcproc.sidecar import sha256_file
 
-    key = f"{sha256_file(parent_path)[:24]}-ort{ort.__version__}-{len(rep)}x{VIEWS}"
-    path = cache_home() / "adapt" / f"replay-stage-inputs-{key}.npy"
+    return sha256_file(path)[:24]
+
+
+def _cached(name: str, key: str, compute) -> np.ndarray:
+    """``compute()``, kept in the cache folder (``wbcproc.paths.cache_home``) as ``adapt/<name>-<key>.npy`` and
+    computed again whenever the key differs or the file does not read back whole.  A read-only or full cache
+    folder costs time, never the adaptation."""
+    from wbcproc.paths import cache_home
+
+    path = cache_home() / "adapt" / f"{name}-{key}.npy"
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         pass  # absent or unreadable: computed again and written anew
-    rep_s = stage_inputs(parent_path, stage, to_input(np.concatenate(dihedral(rep)), spec), threads)
+    value = compute()
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as fh:
-            np.save(fh, rep_s)
+            np.save(fh, value)
         os.replace(tmp, path)
-    except OSError:  # a read-only or full cache folder costs time, never the adaptation
+    except OSError:
         tmp.unlink(missing_ok=True)
-    return rep_s
+    return value
 
 
 def _stage_unavailable(parent_path: Path, replay) -> str | None:

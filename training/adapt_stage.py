@@ -212,6 +212,7 @@ def fine_tune(
     seed: int = 0,
     threads: int = 0,
     frozen: int = 0,
+    teacher: np.ndarray | None = None,
     log=lambda *_: None,
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """AdamW on the stage and head; each batch of laboratory cells is joined by as many replay cells, which
@@ -220,7 +221,8 @@ def fine_tune(
     check within 0.8 points where labels alone lost up to 1.7.  ``epochs`` None: :func:`planned_epochs`.
     ``frozen``: the stage's first blocks kept as the parent's; their outputs are computed once and only the
     blocks after them learn (the first block, at twice the resolution and with the stride, is most of a
-    step's time on a CPU)."""
+    step's time on a CPU).  ``teacher``: the parent's logits for the replay cells (:func:`parent_outputs`),
+    computed here when not given."""
     import torch
     import torch.nn.functional as F
 
@@ -238,10 +240,9 @@ def fine_tune(
     X, Y = _ahead(net, lab_x, frozen, batch), torch.from_numpy(lab_y)
     R = _ahead(net, replay_x, frozen, batch) if replay_x is not None else None
     RY = torch.from_numpy(replay_y) if replay_y is not None else None
-    teacher = None
-    if R is not None:
-        with torch.no_grad():
-            teacher = torch.cat([fc(net(R[i : i + batch].float(), start=frozen)) for i in range(0, len(R), batch)])
+    if R is not None and teacher is None:
+        teacher = parent_outputs(stage, head_w, head_b, replay_x, batch)
+    teacher = torch.from_numpy(teacher) if teacher is not None else None
     epochs = epochs or planned_epochs(len(X), batch)
     started = time.monotonic()
     for epoch in range(epochs):
@@ -265,6 +266,17 @@ def fine_tune(
             loss.backward()
             opt.step()
     return net, fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
+
+
+def parent_outputs(stage: Stage, head_w: np.ndarray, head_b: np.ndarray, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The parent's logits (float32) from stage inputs ``x``, by the stage rebuilt from its int8 weights: what
+    the replay cells are distilled towards.  The same for every adaptation of one model file."""
+    import torch
+
+    net = stage_module(stage)
+    with torch.no_grad():
+        pooled = torch.cat([net(torch.from_numpy(x[i : i + batch]).float()) for i in range(0, len(x), batch)])
+    return (pooled.numpy() @ head_w.T + head_b).astype(np.float32)
 
 
 def _ahead(net, a: np.ndarray, frozen: int, batch: int):

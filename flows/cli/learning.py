@@ -154,7 +154,7 @@ _Stage = Annotated[
     bool,
     typer.Option(
         "--stage/--head-only",
-        help="Fine-tune the last ResNet stage and the head (4 min for 25 cells, about 17 for 200 on a 2-core AVX2 "
+        help="Fine-tune the last ResNet stage and the head (4 min for 25 cells, 7-17 for 200 on a 2-core AVX2 "
         "CPU), or refit the head alone (seconds).",
     ),
 ]

@@ -129,6 +129,13 @@ def review(
         Path | None, typer.Option("--lab-data", help="Laboratory data root the verified cells are exported to.")
     ] = None,
     accounts: _Accounts = None,
+    suggested: Annotated[
+        Path | None,
+        typer.Option(
+            "--suggested",
+            help="`wbc adapt --suggest`'s suggested.csv: its cells are marked (A) for review in their slides.",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = defaults.HOST,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the review app.")] = defaults.REVIEW_PORT,
     idle_minutes: Annotated[
@@ -143,9 +150,11 @@ def review(
 
     if not reports.is_dir():
         raise _fail(f"--reports {str(reports)!r} is not a folder of reports", 2)
+    if suggested is not None and not suggested.is_file():
+        raise _fail(f"--suggested {str(suggested)!r} is not a file (wbc adapt --suggest writes suggested.csv)", 2)
     cfg = ReviewConfig(
         reports=reports, accounts=accounts or default_accounts_file(), sample_roots=list(samples or []),
-        lab_data=lab_data, idle_minutes=idle_minutes,
+        lab_data=lab_data, idle_minutes=idle_minutes, suggested=suggested,
     )  # fmt: skip
     try:
         web = create_app(cfg)

@@ -11,6 +11,7 @@ verification does.  Every action is appended to ``<reports>/review-audit.jsonl``
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from wbcproc.audit import append
+from wbcproc.bounded import TooLarge
 from wbcproc.review import drafts, slides
 from wbcproc.review.accounts import AccountError, authenticate, load_accounts
 from wbcproc.review.sessions import Session, Sessions
 from wbcproc.verify import check_corrections, sign
+
+log = logging.getLogger("wbc.review")
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "wbc_review"
@@ -40,6 +44,7 @@ class ReviewConfig:
     accounts: Path  # the accounts file (``wbc accounts add``)
     sample_roots: list[Path] = field(default_factory=list)  # where sample folders are found (inbox, archive)
     lab_data: Path | None = None  # where verified cells are exported for ``wbc adapt``
+    suggested: Path | None = None  # ``wbc adapt --suggest``'s suggested.csv: those cells are marked for adaptation
     idle_minutes: float = 30.0  # a session ends after this long without a request
     secure_cookie: bool = False  # set the cookie's Secure attribute (behind HTTPS)
 
@@ -88,6 +93,14 @@ class _Review:
             self.audit(f"{role}_refused", s.account.name, request, path=request.url.path)
             return JSONResponse({"error": f"account {s.account.name!r} lacks the {role} role"}, status_code=403)
         return s
+
+    def suggested(self) -> dict[str, set[str]]:
+        """The cells chosen for review by ``wbc adapt --suggest`` (none when the list is absent or too large)."""
+        try:
+            return slides.load_suggested(self.config.suggested)
+        except (TooLarge, OSError, UnicodeDecodeError) as exc:
+            log.warning("suggestions not shown: %s", exc)
+            return {}
 
     def report_of(self, report_id: str) -> tuple[slides.Entry, dict[str, Any]] | None:
         entry = slides.find(self.reports, report_id)
@@ -157,7 +170,7 @@ class _Review:
         base = str(request.url_for("slide", report_id=report["report_id"])) + "/"
         return self.page(
             request, "slide.html", s, report=report, entry=entry, others=others, classes=slides.CLASSES,
-            state=slides.slide(self.reports, report), thumbs=base + "thumbs/", base=base,
+            state=slides.slide(self.reports, report, self.suggested()), thumbs=base + "thumbs/", base=base,
         )  # fmt: skip
 
     async def state(self, request: Request) -> Response:
@@ -167,7 +180,7 @@ class _Review:
             return JSONResponse(
                 {"error": "log in first" if s is None else "no such report"}, status_code=401 if s is None else 404
             )
-        return JSONResponse(slides.slide(self.reports, found[1]))
+        return JSONResponse(slides.slide(self.reports, found[1], self.suggested()))
 
     async def save(self, request: Request) -> Response:
         s = self.guarded(request)
@@ -184,12 +197,14 @@ class _Review:
             saved = drafts.save(self.reports, report["report_id"], changes, base_version, s.account.name, files)
         except drafts.DraftConflict as exc:
             self.audit("save_conflict", s.account.name, request, report_id=report["report_id"], cells=sorted(exc.cells))
-            return JSONResponse({"error": str(exc), "state": slides.slide(self.reports, report)}, status_code=409)
+            return JSONResponse(
+                {"error": str(exc), "state": slides.slide(self.reports, report, self.suggested())}, status_code=409
+            )
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         rid, version = report["report_id"], saved.draft["version"]
         self.audit("save", s.account.name, request, report_id=rid, version=version, changes=changes)
-        return JSONResponse({"state": slides.slide(self.reports, report), "merged": saved.merged})
+        return JSONResponse({"state": slides.slide(self.reports, report, self.suggested()), "merged": saved.merged})
 
     async def sign_slide(self, request: Request) -> Response:
         s = self.guarded(request, role="signer")

@@ -122,9 +122,59 @@ def find(reports: Path, report_id: str) -> Entry | None:
     return next((e for e in worklist(reports) if e.report_id == report_id), None)
 
 
-def gallery(report: dict[str, Any], reviewed: dict[str, str]) -> list[dict[str, Any]]:
+SUGGESTED_MAX_BYTES = 5 * 1024 * 1024  # a suggestions list of tens of thousands of cells
+
+
+def load_suggested(path: Path | None) -> dict[str, set[str]]:
+    """The cells ``wbc adapt --suggest`` chose for review (its ``suggested.csv``), as file names by sample
+    folder name; empty without the file.  Read again whenever the file changes."""
+    import csv
+
+    if path is None:
+        return {}
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    with _cache_lock:
+        hit = _suggested.get(path)
+    if hit and hit[0] == st.st_mtime:
+        return hit[1]
+    if st.st_size > SUGGESTED_MAX_BYTES:
+        raise TooLarge(f"{path}: {st.st_size} bytes, at most {SUGGESTED_MAX_BYTES} expected for a suggestions list")
+    by_folder: dict[str, set[str]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            src = Path(row.get("source") or "")
+            if src.name:
+                by_folder.setdefault(src.parent.name, set()).add(src.name)
+    with _cache_lock:
+        _suggested[path] = (st.st_mtime, by_folder)
+    return by_folder
+
+
+_suggested: dict[Path, tuple[float, dict[str, set[str]]]] = {}
+
+
+def suggested_in(report: dict[str, Any], suggested: dict[str, set[str]]) -> set[str]:
+    """The report's cells among the suggestions: by file name, in a sample folder named after the sample
+    (``S-1``, or ``S-1.2`` for a re-dropped one, as the archive names them)."""
+    from wbcproc.discovery import safe_stem
+
+    sid = safe_stem(str(report["sample_id"]))
+    names: set[str] = set()
+    for folder, files in suggested.items():
+        if folder == sid or folder.startswith(sid + "."):
+            names |= files
+    return {c["file"] for c in report["cells"] if c["file"] in names}
+
+
+def gallery(
+    report: dict[str, Any], reviewed: dict[str, str], for_adaptation: set[str] = frozenset()
+) -> list[dict[str, Any]]:
     """The cells in the report's order (flag drivers, then low confidence, then the rest, as the workbook
-    lists them), each with its number (its thumbnail's), the model's call and the reviewed class if any."""
+    lists them), each with its number (its thumbnail's), the model's call, the reviewed class if any and
+    whether ``wbc adapt --suggest`` chose it for review (``for_adaptation``)."""
     ordered = sorted(
         enumerate(report["cells"]), key=lambda ic: (not ic[1].get("flag_driver", False), not ic[1]["review"])
     )
@@ -138,6 +188,7 @@ def gallery(report: dict[str, Any], reviewed: dict[str, str]) -> list[dict[str, 
             "confidence": c["confidence"],
             "runner_up": c["runner_up"],
             "mark": "flag" if c.get("flag_driver") else "review" if c["review"] else "",
+            "adapt": c["file"] in for_adaptation,
         }
         for i, c in ordered
     ]
@@ -160,11 +211,13 @@ def preview(report: dict[str, Any], reviewed: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def slide(reports: Path, report: dict[str, Any]) -> dict[str, Any]:
+def slide(reports: Path, report: dict[str, Any], suggested: dict[str, set[str]] | None = None) -> dict[str, Any]:
+    """Everything the slide page shows; ``suggested``: :func:`load_suggested`'s cells to mark for adaptation."""
     draft = load_draft(reports, report["report_id"])
     reviewed = reviewed_classes(draft)
-    return {"draft_version": draft["version"], "cells": gallery(report, reviewed), "preview": preview(report, reviewed),
-            "classes": list(CLASSES)}  # fmt: skip
+    adapt = suggested_in(report, suggested) if suggested else set()
+    return {"draft_version": draft["version"], "cells": gallery(report, reviewed, adapt),
+            "preview": preview(report, reviewed), "classes": list(CLASSES), "for_adaptation": len(adapt)}  # fmt: skip
 
 
 class Thumbnails:

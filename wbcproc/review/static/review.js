@@ -32,7 +32,8 @@
     document.getElementById("summary").innerHTML =
       `<table class="diff" id="differential"><tr><th>class</th><th>count</th><th>%</th><th>95% CI</th><th>reference %</th></tr>${rows}</table>` +
       `<p>WBC counted: <b>${p.wbc_total}</b>. Flags: ${flags}${withheld ? ". Withheld until verified: " + withheld : ""}.</p>` +
-      `<p id="progress">Marked cells still to review: <b id="open">${p.open}</b>; changed by review: <b id="changed">${p.changed}</b>.</p>`;
+      `<p id="progress">Marked cells still to review: <b id="open">${p.open}</b>; changed by review: <b id="changed">${p.changed}</b>.` +
+      (state.for_adaptation ? ` Cells suggested for adapting the model (A): <b id="for-adaptation">${state.for_adaptation}</b> - give each its true class.` : "") + `</p>`;
   }
 
   function renderGallery() {
@@ -46,11 +47,13 @@
       html += `<div class="klass" data-class="${k}"><h3>${k} (${mine.length})</h3><div class="cells">`;
       for (const c of mine) {
         const cls = ["cell", c.mark === "flag" ? "flag-driver" : c.mark === "review" ? "review" : "",
-          c.reviewed ? (c.class !== c.model_class ? "changed" : "reviewed") : "", i === focus ? "focus" : ""].join(" ");
+          c.reviewed ? (c.class !== c.model_class ? "changed" : "reviewed") : "", i === focus ? "focus" : "",
+          c.adapt ? "for-adaptation" : ""].join(" ");
         const note = c.class !== c.model_class ? `model: ${c.model_class}` : `${(c.confidence * 100).toFixed(0)}%`;
         html += `<div class="${cls}" data-i="${i}" data-file="${c.file}" tabindex="-1" title="${c.file}; model ${c.model_class} ` +
           `${c.confidence.toFixed(3)}, runner-up ${c.runner_up}"><img loading="lazy" src="${W.thumbs}${c.n}" alt="${c.file}">` +
-          `${c.mark ? "&#9679; " : ""}${c.reviewed ? "&#10003; " : ""}${note}</div>`;
+          `${c.mark ? "&#9679; " : ""}${c.adapt ? '<span class="adapt" title="suggested for adapting the model to this laboratory">A</span> ' : ""}` +
+          `${c.reviewed ? "&#10003; " : ""}${note}</div>`;
         i++;
       }
       html += "</div></div>";
