@@ -46,7 +46,7 @@ def test_the_head_swap_keeps_the_parent_function(tmp_path):
 def test_wbc_adapt_end_to_end_with_the_shipped_model(tmp_path):
     out = tmp_path / "adapted"
     r = subprocess.run(
-        [WBC, "adapt", "--lab-data", str(CELLS), "--out", str(out), "--min-per-class", "2", "--holdout", "0"],
+        [WBC, "adapt", "--lab-data", str(CELLS), "--out", str(out), "--min-per-class", "2", "--holdout", "0", "--json"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -141,7 +141,7 @@ def test_classify_jsonl(tmp_path, tiny_model):
         str(CELLS / "ig"),
         str(CELLS / "basophil" / "BA_10622.jpg"),
         str(bad),
-        "--jsonl",
+        "--json",
         "--model",
         str(tiny_model),
     )
@@ -288,3 +288,28 @@ def test_a_folder_without_images_is_refused_and_the_others_are_processed(tmp_pat
     assert "holds no image (bmp jpeg jpg png tif tiff), only notes.txt: no report written" in r.stderr
     assert not list(out.glob("empty*")) and not list(out.glob("notes*"))
     assert (out / f"{sample.name}.json").exists() and (out / f"{sample.name}.fhir.json").exists()
+
+
+def test_every_listed_option_and_argument_has_help_text():
+    """Every command `wbc --help` lists explains each of its options and arguments (hidden aliases aside)."""
+    import click
+    import typer
+
+    from flows.cli import app
+
+    missing: list[str] = []
+
+    def walk(cmd: click.Command, path: str) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                if not sub.hidden:
+                    walk(sub, f"{path} {name}")
+            return
+        for p in cmd.params:
+            if not getattr(p, "hidden", False) and not getattr(p, "help", None):
+                missing.append(f"{path}: {'/'.join(getattr(p, 'opts', [p.name]))}")
+
+    root = typer.main.get_command(app)
+    walk(root, "wbc")
+    assert not missing, "options without help text:\n" + "\n".join(missing)
+    assert len(root.commands) >= 10  # the walk saw the command tree, not an empty group

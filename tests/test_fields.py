@@ -162,7 +162,7 @@ def test_locate_cli_jsonl(tmp_path, tiny_model):
     big = tmp_path / "huge.png"
     big.write_bytes(_huge_png_header())
     r = subprocess.run(
-        [WBC, "locate", str(FIELDS / "BloodImage_00003.jpg"), str(big), "--jsonl", "--model", str(tiny_model)],
+        [WBC, "locate", str(FIELDS / "BloodImage_00003.jpg"), str(big), "--json", "--model", str(tiny_model)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -204,7 +204,7 @@ def test_locate_with_the_shipped_model_finds_and_names_the_annotated_cell():
     ref = json.loads((FIXTURES / "float_reference.json").read_text())
     classes = ref["classes"]
     r = subprocess.run(
-        [WBC, "locate", *map(str, sorted(FIELDS.glob("*.jpg"))), "--jsonl"], capture_output=True, text=True, timeout=300
+        [WBC, "locate", *map(str, sorted(FIELDS.glob("*.jpg"))), "--json"], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr
     truth = {"00003": "neutrophil", "00009": "eosinophil", "00020": "lymphocyte", "00040": "monocyte"}

@@ -71,7 +71,7 @@ def test_adapt_with_unreviewed_cells_end_to_end(tmp_path, tiny_model):
     out = tmp_path / "run"
     r = subprocess.run(
         [WBC, "adapt", "--lab-data", str(lab), "--samples", str(samples.parent), "--out", str(out),
-         "--model", str(tiny_model), "--min-per-class", "1", "--holdout", "0"],
+         "--model", str(tiny_model), "--min-per-class", "1", "--holdout", "0", "--json"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]

@@ -53,7 +53,7 @@ def test_reviewed_cells_become_a_lab_data_root(tmp_path, tiny_model):
     assert len(reviewed_classes(out / "LAB-7.xlsx")) == 5
 
     lab = tmp_path / "lab-root"
-    r = _run("export-reviewed", str(out / "LAB-7.xlsx"), "--sample", str(sample), "--lab-data", str(lab))
+    r = _run("export-reviewed", str(out / "LAB-7.xlsx"), "--sample", str(sample), "--lab-data", str(lab), "--json")
     assert r.returncode == 0, r.stderr
     assert sum(json.loads(r.stdout)["written"].values()) == 4
     assert "Smudge cell" in r.stderr and "not one of" in r.stderr  # skipped, with the reason

@@ -149,7 +149,7 @@ def test_classify_and_evaluate_with_trained_model(trained_run, labelled_set):
     out, res = trained_run
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     r = subprocess.run(
-        [WBC, "classify", str(labelled_set / "ig"), "--model", str(out / "model.onnx"), "--jsonl"],
+        [WBC, "classify", str(labelled_set / "ig"), "--model", str(out / "model.onnx"), "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -665,7 +665,9 @@ def test_wbc_train_refuses_bad_recipe_values_in_one_line_and_packs_a_cache(tmp_p
         assert r.returncode == 2 and said in r.stderr and bad[1] in r.stderr, (bad, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
     r = subprocess.run(
-        [WBC, "train", *common, "--out", str(tmp_path / "pack"), "--pack-only"], capture_output=True, text=True
+        [WBC, "train", *common, "--out", str(tmp_path / "pack"), "--pack-only", "--json"],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     packed = json.loads(r.stdout)

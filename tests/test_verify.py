@@ -230,6 +230,7 @@ def test_audit_check_finds_an_edited_entry(tmp_path, sample, tiny_model):
             str(out),
             "--by",
             "Dr C",
+            "--json",
         ],
     )
     assert res.exit_code == 0, res.output

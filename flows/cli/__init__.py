@@ -49,6 +49,8 @@ def command():
 # one name per meaning (the laboratory's data folder is --lab-data everywhere, a report folder --reports).
 OLD_OPTIONS = {
     "adapt": {"--data": "--lab-data"},
+    "classify": {"--jsonl": "--json"},
+    "locate": {"--jsonl": "--json"},
     "export-reviewed": {"--out": "--lab-data"},
     "reviewed": {"--out": "--lab-data"},
     "serve": {"--train-data": "--lab-data"},
@@ -64,6 +66,8 @@ def new_option_names(argv: list[str]) -> list[str]:
         if token == "--":
             return out + argv[i:]
         name, eq, value = token.partition("=")
+        if name in table:
+            print(f"wbc: {argv[0]} {name} is now {table[name]} (the old name still works)", file=sys.stderr)
         out.append(table[name] + eq + value if name in table else token)
     return out
 

@@ -1,10 +1,11 @@
 """The ``wbc`` Typer application and what every command group shares: failing with one line, loading
-settings."""
+settings, printing a result as text or ``--json``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,6 +40,19 @@ def _main(
     ] = False,
 ) -> None:
     """wbc: decision support, not a diagnosis - results require review by a qualified person."""
+
+
+# ``--json`` means the same on every command that prints results: machine output (one JSON object, or one
+# per line where a command prints a line per input) instead of text for a person
+JsonOut = Annotated[
+    bool,
+    typer.Option("--json", help="Print machine output: JSON (one object per line for per-file results), not text."),
+]
+
+
+def _emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    """The command's result on standard output: ``result`` as one JSON line, or ``text`` for a person."""
+    typer.echo(json.dumps(result, ensure_ascii=False) if as_json else text)
 
 
 def _fail(msg: str, code: int = 1) -> typer.Exit:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli._app import _fail, app
+from flows.cli._app import JsonOut, _emit, _fail, app
 from training.recipe import SHIPPED as RECIPE  # standard library only: no torch at start-up
 from wbcproc import defaults
 
@@ -60,13 +60,14 @@ def _train_config(augment: str, device: str, norm: str, **fields: Any):
         raise _fail(str(exc), 2) from None
 
 
-def _pack(opts) -> None:
+def _pack(opts, as_json: bool) -> None:
     """``wbc train --pack-only``: gather, split and write the cache; print where it is and its size."""
     from training.run import prepare_data
 
     g, cache_path, failed = prepare_data(opts, log=lambda m: typer.echo(m, err=True))
     size = cache_path.stat().st_size
-    typer.echo(json.dumps({"cache": str(cache_path), "images": len(g.items) - len(failed), "bytes": size}))
+    n = len(g.items) - len(failed)
+    _emit({"cache": str(cache_path), "images": n, "bytes": size}, as_json, f"{cache_path}: {n} images, {size} bytes")
 
 
 @app.command()
@@ -109,6 +110,7 @@ def train(
     augment: _Augment = RECIPE["augment"],
     norm: _Norm = RECIPE["norm"],
     time_budget: _TimeBudget = 0.0,
+    as_json: JsonOut = False,
 ) -> None:
     """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train])."""
     try:
@@ -128,7 +130,7 @@ def train(
         cache_quality=cache_quality,
     )  # fmt: skip
     if pack_only:
-        return _pack(opts)
+        return _pack(opts, as_json)
     try:
         res = run_training(
             opts, cfg, log=lambda m: typer.echo(m, err=True), cache=None if cache is None else str(cache),
@@ -136,7 +138,21 @@ def train(
         )  # fmt: skip
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(json.dumps({k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed")}))
+    out = {k: res[k] for k in ("run_dir", "version", "accuracy", "macro_f1", "parity_passed", "shards") if k in res}
+    _emit(out, as_json, _trained_text(out))
+
+
+def _trained_text(r: dict[str, Any]) -> str:
+    if r.get("shards") is not None:
+        return (
+            f"{len(r['shards'])} fp16 weight shards in {r['run_dir']} (validation macro-F1 {r['macro_f1']:.4f}); "
+            f"next: wbc train --from-shards {r['run_dir']} --cache CACHE --out RUN"
+        )
+    parity = "ONNX parity passed" if r["parity_passed"] else "ONNX parity FAILED"
+    return (
+        f"trained {r['version']} in {r['run_dir']}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}; "
+        f"{parity}; next: wbc models register {r['run_dir']}"
+    )
 
 
 # ``wbc adapt``'s longer options, named once here
@@ -206,12 +222,13 @@ def adapt(
     route: _Route = True,
     suggest: _Suggest = None,
     samples: _Samples = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Adapt the model to your laboratory from its reviewed cells, on the CPU, in minutes
     (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`.
     With --suggest N: first choose which cells to review."""
     if suggest is not None:
-        _suggest(suggest, samples, out, model)
+        _suggest(suggest, samples, out, model, as_json)
         return
     if not data:
         raise _fail("give --lab-data DIR (the laboratory's reviewed cells), or --suggest N --samples DIR", 2)
@@ -238,7 +255,26 @@ def adapt(
         )
     except (AdaptError, ModelError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(json.dumps(res))
+    _emit(res, as_json, _adapted_text(res))
+
+
+def _adapted_text(res: dict[str, Any]) -> str:
+    """``wbc adapt``'s result for a person: what was written, what it scored, what to do next."""
+    m = res["metrics"]
+    parts = [f"adapted {res['version']} in {res['run_dir']} ({res['seconds']:.0f} s)"]
+    hold = m.get("lab_holdout")
+    if hold:
+        parts.append(f"held-out laboratory cells {hold['parent']['accuracy']:.3f} -> {hold['adapted']['accuracy']:.3f}")
+    check = m.get("original_check")
+    if check:
+        parts.append(
+            f"original laboratory's check {check['parent']['accuracy']:.3f} -> {check['adapted']['accuracy']:.3f}"
+        )
+    if res.get("routed"):
+        parts.append("routed: the parent reads slides that look like the original laboratory's")
+    if m.get("lab_guard", {}).get("validated") is False:
+        parts.append(f"laboratory not validated ({m['lab_guard']['why_not']})")
+    return "; ".join(parts) + f"; next: wbc models register {res['run_dir']}"
 
 
 def _sample_cells(samples: list[Path]) -> list[Path]:
@@ -254,7 +290,7 @@ def _sample_cells(samples: list[Path]) -> list[Path]:
     return files
 
 
-def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None) -> None:
+def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None, as_json: bool) -> None:
     """``wbc adapt --suggest N``: the cells to review first, copied to ``out`` for a person to sort."""
     from training.suggest import suggest, write_suggestions
     from wbcproc.model import ModelError
@@ -269,7 +305,11 @@ def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None) 
         raise _fail(str(exc)) from None
     csv_path = write_suggestions(found, out)
     typer.echo(f"{len(found)} of {len(files)} cells suggested; sort them as {out / 'README.txt'} says", err=True)
-    typer.echo(json.dumps({"suggested": len(found), "candidates": len(files), "list": str(csv_path)}))
+    _emit(
+        {"suggested": len(found), "candidates": len(files), "list": str(csv_path)},
+        as_json,
+        f"{len(found)} of {len(files)} cells suggested: {csv_path}",
+    )
 
 
 @app.command()
@@ -277,7 +317,7 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="Model .onnx with its sidecar.")],
     data: Annotated[list[Path], typer.Option("--data", help="Root of class folders (repeatable).")],
     split: Annotated[str, typer.Option(help="all | train | val | test (by content hash, as in training).")] = "all",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    as_json: JsonOut = False,
 ) -> None:
     """Score any model on a labelled folder tree (accuracy, per-class F1, macro-F1, confusion)."""
     from training.evaluate import evaluate_model
@@ -290,7 +330,7 @@ def evaluate(
     except (ModelError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps(m, indent=2))
+        typer.echo(json.dumps(m))
         return
     typer.echo(f"n={m['n']} accuracy={m['accuracy']:.4f} macro-F1={m['macro_f1']:.4f} rejected={len(m['rejected'])}")
     for c, v in m["per_class"].items():

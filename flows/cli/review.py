@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flows.cli._app import _fail, accounts_app, app, audit_app
+from flows.cli._app import JsonOut, _emit, _fail, accounts_app, app, audit_app
 from wbcproc import defaults
 
 
@@ -22,6 +21,7 @@ def export_reviewed_cmd(
         list[Path], typer.Option("--sample", help="The sample folder of each workbook, in the same order.")
     ],
     out: Annotated[Path, typer.Option("--lab-data", help="Laboratory data root to add the reviewed cells to.")],
+    as_json: JsonOut = False,
 ) -> None:
     """Turn reviewed cells into training data: LAB_ROOT for `wbc train --data` / the retrain flow."""
     from wbcproc.reviewed import export_reviewed
@@ -38,7 +38,9 @@ def export_reviewed_cmd(
             total[k] = total.get(k, 0) + v
         for name, reason in res.skipped:
             typer.echo(f"skipped {wb.name}: {name}: {reason}", err=True)
-    typer.echo(json.dumps({"out": str(out), "written": total}))
+    n = sum(total.values())
+    shown = ", ".join(f"{k} {v}" for k, v in total.items() if v) or "none"
+    _emit({"out": str(out), "written": total}, as_json, f"{n} reviewed cells added to {out} ({shown})")
 
 
 @app.command()
@@ -58,6 +60,7 @@ def verify(
         Path | None,
         typer.Option("--lab-data", help="Laboratory data root for adaptation (wbc export-reviewed format)."),
     ] = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Verify and sign: the reviewed classes become the final report (<id>.final.*), with an audit entry."""
     from wbcproc.audit import AuditError
@@ -77,19 +80,20 @@ def verify(
     if done.exported is not None:
         for name, reason in done.exported.skipped:
             typer.echo(f"not copied to the lab data: {name}: {reason}", err=True)
-    typer.echo(
-        json.dumps(
-            {
-                "final": {k: str(v) for k, v in done.paths.items()},
-                "version": done.version,
-                "verified_by": done.result["verified_by"],
-                "changes": len(done.changes),
-                "audit_seq": done.audit_entry["seq"],
-                "lab_data": None
-                if done.exported is None
-                else {"root": str(lab_data), "written": done.exported.written},
-            }
-        )
+    result = {
+        "final": {k: str(v) for k, v in done.paths.items()},
+        "version": done.version,
+        "verified_by": done.result["verified_by"],
+        "changes": len(done.changes),
+        "audit_seq": done.audit_entry["seq"],
+        "lab_data": None if done.exported is None else {"root": str(lab_data), "written": done.exported.written},
+    }
+    final = result["final"].get("json") or next(iter(result["final"].values()), "")
+    _emit(
+        result,
+        as_json,
+        f"signed by {result['verified_by']} (final version {done.version}, {len(done.changes)} cells changed, "
+        f"audit entry {result['audit_seq']}): {final}",
     )
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli._app import _fail, _load_settings, app
+from flows.cli._app import JsonOut, _fail, _load_settings, app
 from wbcproc import __version__
 
 
@@ -197,7 +197,7 @@ def _classify_line(line: dict[str, Any], jsonl: bool) -> str:
 def classify(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (a folder expands to its images).")],
     model: Annotated[Path | None, typer.Option(help="Model .onnx with its sidecar.")] = None,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
+    jsonl: JsonOut = False,
     config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
 ) -> None:
     """Classify single-cell images: one line per file."""
@@ -226,7 +226,7 @@ def classify(
 def locate(
     images: Annotated[list[Path], typer.Argument(help="Smear field images.")],
     model: Annotated[Path | None, typer.Option(help="Model for the crops (default: the model in use).")] = None,
-    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per image.")] = False,
+    jsonl: JsonOut = False,
     config: Annotated[Path | None, typer.Option(help="Config TOML.")] = None,
 ) -> None:
     """Find the white cells in field images, classify each crop, print boxes (x0, y0, x1, y1).
