@@ -348,20 +348,33 @@ def test_a_laboratory_no_single_model_serves_gets_a_routed_model(tmp_path, monke
     ]
 
 
-def test_the_replay_stage_inputs_are_computed_once_per_model_file(tmp_path, monkeypatch):
-    """The longest fixed part of adapting is kept in the cache folder by the model's sha256; a torn file is
-    computed again, and what comes back equals what the int8 network computes."""
+def _replay_cells(tmp_path, monkeypatch, n: int):
+    """The shipped model, its sidecar, its last stage and ``n`` of its replay cells, with a cache folder of the
+    test's own."""
     import onnx
 
-    import training.adapt_stage as tas
-    from training.adapt import dihedral, load_replay, replay_images, replay_stage_inputs
-    from wbcproc.preprocess import to_input
+    from training.adapt import load_replay, replay_images
+    from training.adapt_stage import read_stage
 
     monkeypatch.setenv("WBC_CACHE", str(tmp_path / "cache"))
     parent = resolve_model_path(None)
     info = read_sidecar(parent)
-    stage = tas.read_stage(onnx.load(str(parent)))
-    rep = replay_images(load_replay(parent, info.sha256), "train")[:3]
+    return (
+        parent,
+        info,
+        read_stage(onnx.load(str(parent))),
+        replay_images(load_replay(parent, info.sha256), "train")[:n],
+    )
+
+
+def test_the_replay_stage_inputs_are_computed_once_per_model_file(tmp_path, monkeypatch):
+    """The longest fixed part of adapting is kept in the cache folder by the model's sha256; a torn file is
+    computed again, and what comes back equals what the int8 network computes."""
+    import training.adapt_stage as tas
+    from training.adapt import dihedral, replay_stage_inputs
+    from wbcproc.preprocess import to_input
+
+    parent, info, stage, rep = _replay_cells(tmp_path, monkeypatch, 3)
     first = replay_stage_inputs(parent, stage, rep, info.preprocess, 1)
     direct = tas.stage_inputs(parent, stage, to_input(np.concatenate(dihedral(rep)), info.preprocess), 1)
     assert first.shape[0] == 24 and np.array_equal(first, direct)
@@ -400,17 +413,11 @@ def test_frozen_first_blocks_stay_the_parents_and_the_rest_learn():
 def test_the_replay_teacher_is_the_parents_own_outputs_and_is_kept(tmp_path, monkeypatch):
     """The distillation targets are the parent's logits for the replay views (the rebuilt stage calls what the
     int8 file calls) and are computed once per model file."""
-    import onnx
-
     import training.adapt_stage as tas
-    from training.adapt import dihedral, load_replay, replay_images, replay_stage_inputs, replay_teacher
+    from training.adapt import dihedral, replay_stage_inputs, replay_teacher
     from wbcproc.preprocess import to_input
 
-    monkeypatch.setenv("WBC_CACHE", str(tmp_path / "cache"))
-    parent = resolve_model_path(None)
-    info = read_sidecar(parent)
-    stage = tas.read_stage(onnx.load(str(parent)))
-    rep = replay_images(load_replay(parent, info.sha256), "train")[:4]
+    parent, info, stage, rep = _replay_cells(tmp_path, monkeypatch, 4)
     rep_s = replay_stage_inputs(parent, stage, rep, info.preprocess, 1)
     head = load_graph(parent).head
     teacher = replay_teacher(parent, stage, head, rep_s)
