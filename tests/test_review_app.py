@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import edit_workbook, review_plan, served
+from helpers import CELLS, edit_workbook, review_plan, served
 
 from wbcproc.audit import check, read_entries
 from wbcproc.pipeline import process_sample
@@ -214,3 +214,31 @@ def test_cells_suggested_for_adaptation_are_marked_in_their_slide(tmp_path, samp
         _login(c, "rob")
         state = c.get(f"/slides/{rid}/state").json()
     assert state["for_adaptation"] == 0 and not any(x["adapt"] for x in state["cells"])
+
+
+def test_a_field_cell_shows_where_it_lies_on_its_field(tmp_path, accounts, tiny_model):
+    """Field images (the fixture's BCCD smear fields): each cell carries its field's number and its box on that
+    field's overview, and the overview is served to a logged-in reviewer only, and only for fields the report
+    has."""
+    import cv2
+    import numpy as np
+
+    fields = tmp_path / "F-1"
+    shutil.copytree(CELLS.parent / "fields", fields)
+    reports = tmp_path / "reports"
+    process_sample(fields, reports, model=tiny_model)
+    report = json.loads((reports / "F-1.json").read_text())
+    with served(create_app(ReviewConfig(reports=reports, accounts=accounts))) as url:
+        c = _client(url)
+        assert c.get(f"/slides/{report['report_id']}/fields/0").status_code == 401
+        _login(c, "rob")
+        cells = c.get(f"/slides/{report['report_id']}/state").json()["cells"]
+        assert cells and all(x["field"] is not None for x in cells)
+        for x in cells:
+            r = c.get(f"/slides/{report['report_id']}/fields/{x['field']['n']}")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+            x0, y0, x1, y1 = x["field"]["box"]
+            assert 0 <= x0 < x1 <= img.shape[1] and 0 <= y0 < y1 <= img.shape[0]
+            assert x["field"]["file"] == report["fields"][x["field"]["n"]]["file"]
+        assert c.get(f"/slides/{report['report_id']}/fields/{len(report['fields'])}").status_code == 404

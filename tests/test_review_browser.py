@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import served
+from helpers import CELLS, served
 
 from wbcproc.classes import CLASSES
 from wbcproc.pipeline import process_sample
@@ -143,3 +143,70 @@ def test_review_three_cells_by_keyboard_confirm_and_sign(tmp_path, sample, tiny_
         assert browser.execute_async_script(post, base + "/sign", browser.execute_script("return WBC.csrf")) == 403
         assert browser.execute_async_script(post, base + "/draft", "forged") == 403
         assert browser.execute_async_script(post, base + "/draft", browser.execute_script("return WBC.csrf")) == 200
+
+
+def test_a_cell_dragged_onto_a_class_takes_that_class(tmp_path, sample, tiny_model, browser):
+    """Drag and drop beside the keys: a cell dropped on the bar of classes (here a class with no cell on the
+    slide) moves there at once and is saved as a draft on the server."""
+    from selenium.webdriver.common.by import By
+
+    from wbcproc.review.drafts import load_draft, reviewed_classes
+
+    reports = tmp_path / "reports"
+    process_sample(sample, reports, model=tiny_model)
+    rid = json.loads((reports / "S-001.json").read_text())["report_id"]
+    accounts = tmp_path / "accounts.json"
+    add_account(accounts, "rob", PASSWORD, role="reviewer")
+    with served(create_app(ReviewConfig(reports=reports, accounts=accounts))) as url:
+        _login(browser, url, "rob")
+        browser.get(f"{url}/slides/{rid}")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".cell"))
+        shown = {k.get_attribute("data-class") for k in browser.find_elements(By.CSS_SELECTOR, ".klass")}
+        to = next(c for c in reversed(CLASSES) if c not in shown) if len(shown) < len(CLASSES) else CLASSES[0]
+        cell = browser.find_element(By.CSS_SELECTOR, f'.klass:not([data-class="{to}"]) .cell')
+        file = cell.get_attribute("data-file")
+        target = browser.find_element(By.CSS_SELECTOR, f'.dropbar .drop[data-class="{to}"]')
+        browser.execute_script(
+            """const [cell, target] = arguments; const dt = new DataTransfer();
+            cell.dispatchEvent(new DragEvent("dragstart", {bubbles: true, dataTransfer: dt}));
+            target.dispatchEvent(new DragEvent("dragover", {bubbles: true, cancelable: true, dataTransfer: dt}));
+            target.dispatchEvent(new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: dt}));""",
+            cell,
+            target,
+        )
+        _settled(browser)
+        moved = browser.find_elements(By.CSS_SELECTOR, f'.klass[data-class="{to}"] .cell[data-file="{file}"]')
+        assert moved and "changed" in moved[0].get_attribute("class")
+    assert reviewed_classes(load_draft(reports, rid)) == {file: to}
+
+
+def test_the_enlarged_view_of_a_field_cell_shows_its_field_with_the_cell_outlined(tmp_path, tiny_model, browser):
+    from selenium.webdriver.common.by import By
+
+    fields = tmp_path / "F-1"
+    shutil.copytree(CELLS.parent / "fields", fields)
+    reports = tmp_path / "reports"
+    process_sample(fields, reports, model=tiny_model)
+    rid = json.loads((reports / "F-1.json").read_text())["report_id"]
+    accounts = tmp_path / "accounts.json"
+    add_account(accounts, "rob", PASSWORD, role="reviewer")
+    with served(create_app(ReviewConfig(reports=reports, accounts=accounts))) as url:
+        _login(browser, url, "rob")
+        browser.get(f"{url}/slides/{rid}")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".cell.focus"))
+        _press(browser, "z")
+        overview = browser.find_element(By.CSS_SELECTOR, "#zoom .field .overview img")
+        _wait(
+            browser, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overview)
+        )
+        box = browser.find_element(By.CSS_SELECTOR, "#zoom .field .box")
+        size = browser.execute_script(
+            "const b = arguments[0].getBoundingClientRect(), i = arguments[1].getBoundingClientRect();"
+            "return [b.width, b.height, b.left - i.left, b.top - i.top, i.width, i.height];",
+            box,
+            overview,
+        )
+        w, h, left, top, img_w, img_h = size
+        assert w > 10 and h > 10 and left >= 0 and top >= 0 and left + w <= img_w + 1 and top + h <= img_h + 1
+        assert "Field " in browser.find_element(By.CSS_SELECTOR, "#zoom figcaption").text
+        _shot(browser, "review-field.png")

@@ -367,6 +367,7 @@ def classify_candidates(
         if thumbnails:
             labels = {c.box: c for c in runner.cells if c.field == f["file"]}
             overviews[f["file"]] = overview_png(bgr, f["detections"], labels)
+            f["overview_scale"] = overview_scale(bgr)  # its pixels per field pixel: where a box lies on it
     classified = Classified(runner.cells, rejected, runner.thumbs, t, fields, overviews, runner.feats, scale)
     if classifier.routing is not None:
         return _routed(classified, candidates, classifier, settings, thumbnails, image_type)
@@ -422,11 +423,20 @@ def locate_and_classify(bgr: np.ndarray, classifier: Classifier | None) -> dict[
     }
 
 
+OVERVIEW_MAX_PX = 1200  # a field overview's longer side at most
+
+
+def overview_scale(bgr: np.ndarray) -> float:
+    """The overview's pixels per field pixel (1 for fields up to ``OVERVIEW_MAX_PX``)."""
+    h, w = bgr.shape[:2]
+    return OVERVIEW_MAX_PX / max(h, w) if max(h, w) > OVERVIEW_MAX_PX else 1.0
+
+
 def overview_png(bgr: np.ndarray, detections: list[dict[str, Any]], labels: dict) -> bytes:
     """The field with each detection's box and class (orange: cut by the border, not counted)."""
     img = bgr.copy()
     h, w = img.shape[:2]
-    s = 1200 / max(h, w) if max(h, w) > 1200 else 1.0
+    s = overview_scale(bgr)
     if s < 1:
         img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
     thick = max(2, round(min(img.shape[:2]) / 200))

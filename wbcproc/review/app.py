@@ -239,6 +239,18 @@ class _Review:
         # a report's thumbnails never change (a new report gets a new id): the browser keeps them
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"})
 
+    async def field(self, request: Request) -> Response:
+        """A field image's overview (every box drawn and labelled), for the enlarged view of its cells."""
+        if self.current(request) is None:
+            return Response(status_code=401)
+        found = self.report_of(request.path_params["report_id"])
+        path = slides.overview(self.reports, found[1], int(request.path_params["n"])) if found else None
+        if path is None:
+            return Response(status_code=404)
+        return Response(
+            path.read_bytes(), media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"}
+        )
+
 
 def create_app(config: ReviewConfig, *, sessions: Sessions | None = None) -> Starlette:
     """The review app over ``config.reports``; refuses (:class:`AccountError`) without an account."""
@@ -253,6 +265,7 @@ def create_app(config: ReviewConfig, *, sessions: Sessions | None = None) -> Sta
         Route("/slides/{report_id}/draft", r.save, methods=["POST"], name="draft"),
         Route("/slides/{report_id}/sign", r.sign_slide, methods=["POST"], name="sign"),
         Route("/slides/{report_id}/thumbs/{n:int}", r.thumb, name="thumb"),
+        Route("/slides/{report_id}/fields/{n:int}", r.field, name="field"),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes)

@@ -178,6 +178,7 @@ def gallery(
     ordered = sorted(
         enumerate(report["cells"]), key=lambda ic: (not ic[1].get("flag_driver", False), not ic[1]["review"])
     )
+    fields = {f["file"]: (i, f) for i, f in enumerate(report.get("fields") or []) if f.get("overview")}
     return [
         {
             "n": i,
@@ -189,9 +190,30 @@ def gallery(
             "runner_up": c["runner_up"],
             "mark": "flag" if c.get("flag_driver") else "review" if c["review"] else "",
             "adapt": c["file"] in for_adaptation,
+            "field": _on_field(c, fields),
         }
         for i, c in ordered
     ]
+
+
+def _on_field(cell: dict[str, Any], fields: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Where a field cell lies on its field's overview (the field's number and the box in overview pixels);
+    None for a single-cell image or a field without an overview."""
+    hit = fields.get(cell.get("field") or "")
+    if hit is None or not cell.get("box"):
+        return None
+    i, f = hit
+    s = float(f.get("overview_scale", 1.0))
+    return {"n": i, "file": f["file"], "box": [round(v * s) for v in cell["box"]]}
+
+
+def overview(reports: Path, report: dict[str, Any], n: int) -> Path | None:
+    """The overview image of the report's field ``n``, if it is a file inside the report folder."""
+    fields = report.get("fields") or []
+    if not 0 <= n < len(fields) or not fields[n].get("overview"):
+        return None
+    path = (reports / fields[n]["overview"]).resolve()
+    return path if path.is_file() and path.is_relative_to(reports.resolve()) else None
 
 
 def preview(report: dict[str, Any], reviewed: dict[str, str]) -> dict[str, Any]:

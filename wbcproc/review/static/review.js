@@ -50,7 +50,7 @@
           c.reviewed ? (c.class !== c.model_class ? "changed" : "reviewed") : "", i === focus ? "focus" : "",
           c.adapt ? "for-adaptation" : ""].join(" ");
         const note = c.class !== c.model_class ? `model: ${c.model_class}` : `${(c.confidence * 100).toFixed(0)}%`;
-        html += `<div class="${cls}" data-i="${i}" data-file="${c.file}" tabindex="-1" title="${c.file}; model ${c.model_class} ` +
+        html += `<div class="${cls}" data-i="${i}" data-file="${c.file}" tabindex="-1" draggable="true" title="${c.file}; model ${c.model_class} ` +
           `${c.confidence.toFixed(3)}, runner-up ${c.runner_up}"><img loading="lazy" src="${W.thumbs}${c.n}" alt="${c.file}">` +
           `${c.mark ? "&#9679; " : ""}${c.adapt ? '<span class="adapt" title="suggested for adapting the model to this laboratory">A</span> ' : ""}` +
           `${c.reviewed ? "&#10003; " : ""}${note}</div>`;
@@ -58,7 +58,9 @@
       }
       html += "</div></div>";
     }
-    gallery.innerHTML = html;
+    // drop targets for every class, also those with no cell yet: drag a cell onto one to reclassify it
+    const bar = state.classes.map((k, j) => `<span class="drop" data-class="${k}">${j + 1} ${k}</span>`).join("");
+    gallery.innerHTML = `<div class="dropbar" title="drag a cell onto a class to reclassify it">${bar}</div>` + html;
     const f = gallery.querySelector(".cell.focus");
     if (f) f.scrollIntoView({ block: "nearest" });
   }
@@ -119,6 +121,14 @@
     if (!on) { z.hidden = true; return; }
     const c = order()[focus];
     z.querySelector("img").src = `${W.thumbs}${c.n}`;
+    const field = z.querySelector(".field");
+    field.hidden = !c.field;
+    if (c.field) { // the cell on its field: the overview with this cell's box outlined
+      const [x0, y0, x1, y1] = c.field.box;
+      field.querySelector("img").src = `${W.base}fields/${c.field.n}`;
+      Object.assign(field.querySelector(".box").style, { left: `${x0}px`, top: `${y0}px`, width: `${x1 - x0}px`, height: `${y1 - y0}px` });
+      field.querySelector("figcaption").textContent = `Field ${c.field.file}: this cell outlined in blue.`;
+    }
     z.querySelector("p").textContent = `${c.file}: ${c.class}` + (c.class !== c.model_class ? ` (model ${c.model_class})` : "") +
       `; model confidence ${c.confidence.toFixed(3)}, runner-up ${c.runner_up}`;
     z.hidden = false;
@@ -154,6 +164,22 @@
     focus = Number(el.dataset.i);
     renderGallery();
     if (ev.detail === 2) zoom(true);
+  });
+
+  // drag and drop: a cell dragged onto a class section or onto the bar of classes takes that class
+  gallery.addEventListener("dragstart", (ev) => {
+    const el = ev.target.closest(".cell");
+    if (!el) return;
+    ev.dataTransfer.setData("text/plain", el.dataset.i);
+    ev.dataTransfer.effectAllowed = "move";
+  });
+  gallery.addEventListener("dragover", (ev) => { if (ev.target.closest("[data-class]")) ev.preventDefault(); });
+  gallery.addEventListener("drop", (ev) => {
+    const target = ev.target.closest("[data-class]");
+    if (!target) return;
+    ev.preventDefault();
+    const c = order()[Number(ev.dataTransfer.getData("text/plain"))];
+    if (c && target.dataset.class !== c.class) change(c, target.dataset.class);
   });
 
   const sign = document.getElementById("sign");
