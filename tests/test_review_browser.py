@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,27 @@ def test_review_three_cells_by_keyboard_confirm_and_sign(tmp_path, sample, tiny_
         assert browser.execute_async_script(post, base + "/draft", browser.execute_script("return WBC.csrf")) == 200
 
 
+def _processed(tmp_path, folder: Path, model) -> tuple[Path, str]:
+    """``folder`` processed into ``tmp_path/reports``; that folder and the report's id."""
+    reports = tmp_path / "reports"
+    process_sample(folder, reports, model=model)
+    return reports, json.loads((reports / f"{folder.name}.json").read_text())["report_id"]
+
+
+@contextmanager
+def _reviewer_on_slide(tmp_path, reports: Path, rid: str, browser):
+    """The review app over ``reports``, a reviewer logged in on the slide ``rid`` with its cells shown."""
+    from selenium.webdriver.common.by import By
+
+    accounts = tmp_path / "accounts.json"
+    add_account(accounts, "rob", PASSWORD, role="reviewer")
+    with served(create_app(ReviewConfig(reports=reports, accounts=accounts))) as url:
+        _login(browser, url, "rob")
+        browser.get(f"{url}/slides/{rid}")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".cell.focus"))
+        yield url
+
+
 def test_a_cell_dragged_onto_a_class_takes_that_class(tmp_path, sample, tiny_model, browser):
     """Drag and drop beside the keys: a cell dropped on the bar of classes (here a class with no cell on the
     slide) moves there at once and is saved as a draft on the server."""
@@ -152,15 +174,8 @@ def test_a_cell_dragged_onto_a_class_takes_that_class(tmp_path, sample, tiny_mod
 
     from wbcproc.review.drafts import load_draft, reviewed_classes
 
-    reports = tmp_path / "reports"
-    process_sample(sample, reports, model=tiny_model)
-    rid = json.loads((reports / "S-001.json").read_text())["report_id"]
-    accounts = tmp_path / "accounts.json"
-    add_account(accounts, "rob", PASSWORD, role="reviewer")
-    with served(create_app(ReviewConfig(reports=reports, accounts=accounts))) as url:
-        _login(browser, url, "rob")
-        browser.get(f"{url}/slides/{rid}")
-        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".cell"))
+    reports, rid = _processed(tmp_path, sample, tiny_model)
+    with _reviewer_on_slide(tmp_path, reports, rid, browser):
         shown = {k.get_attribute("data-class") for k in browser.find_elements(By.CSS_SELECTOR, ".klass")}
         to = next(c for c in reversed(CLASSES) if c not in shown) if len(shown) < len(CLASSES) else CLASSES[0]
         cell = browser.find_element(By.CSS_SELECTOR, f'.klass:not([data-class="{to}"]) .cell')
@@ -185,15 +200,8 @@ def test_the_enlarged_view_of_a_field_cell_shows_its_field_with_the_cell_outline
 
     fields = tmp_path / "F-1"
     shutil.copytree(CELLS.parent / "fields", fields)
-    reports = tmp_path / "reports"
-    process_sample(fields, reports, model=tiny_model)
-    rid = json.loads((reports / "F-1.json").read_text())["report_id"]
-    accounts = tmp_path / "accounts.json"
-    add_account(accounts, "rob", PASSWORD, role="reviewer")
-    with served(create_app(ReviewConfig(reports=reports, accounts=accounts))) as url:
-        _login(browser, url, "rob")
-        browser.get(f"{url}/slides/{rid}")
-        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".cell.focus"))
+    reports, rid = _processed(tmp_path, fields, tiny_model)
+    with _reviewer_on_slide(tmp_path, reports, rid, browser):
         _press(browser, "z")
         overview = browser.find_element(By.CSS_SELECTOR, "#zoom .field .overview img")
         _wait(
