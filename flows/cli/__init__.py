@@ -54,6 +54,7 @@ OLD_OPTIONS = {
     "export-reviewed": {"--out": "--lab-data"},
     "reviewed": {"--out": "--lab-data"},
     "serve": {"--train-data": "--lab-data"},
+    "train": {"--time-budget": "--time-budget-seconds"},
     "verify": {"--out": "--reports"},
 }
 

@@ -39,7 +39,9 @@ _Norm = Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instanc
 _Normalise = Annotated[
     bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
 ]
-_TimeBudget = Annotated[float, typer.Option("--time-budget", min=0.0, help="Seconds; fewer epochs if needed.")]
+_TimeBudget = Annotated[
+    float, typer.Option("--time-budget-seconds", min=0.0, help="Training time in seconds; fewer epochs if needed.")
+]
 
 
 def _train_config(augment: str, device: str, norm: str, **fields: Any):
@@ -112,7 +114,11 @@ def train(
     time_budget: _TimeBudget = 0.0,
     as_json: JsonOut = False,
 ) -> None:
-    """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train])."""
+    """Fine-tune ResNet50 on class folders; write model.onnx + sidecar, metrics, card (needs [train]).
+
+    One run on one machine: --data (or --cache). Split across a CPU and a GPU: --pack-only writes the
+    cache here, --shards-only trains on the GPU and stops at fp16 weight shards, --from-shards (with
+    --cache) exports, quantises and checks them here."""
     try:
         from training.run import RunOptions, run_training
     except ImportError as exc:
