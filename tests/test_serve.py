@@ -141,6 +141,28 @@ def test_the_review_app_runs_beside_the_ui_and_lists_processed_samples(served):
         assert web.get("/").status_code == 303  # a login first
         r = web.post("/login", data={"name": "ana", "password": "a long enough password"}, follow_redirects=True)
         assert r.status_code == 200 and "REVIEW-1" in r.text and "Dr A. Example" in r.text
+        # review and sign there: every marked cell confirmed, one cell moved; the final report set and an audit
+        # entry naming the account follow, as signing a workbook would write them
+        csrf = r.text.split('name="csrf" value="')[1].split('"')[0]
+        report = json.loads((served.out / "REVIEW-1.json").read_text())
+        base = f"/slides/{report['report_id']}"
+        cells = report["cells"]
+        moved = cells[0]["file"]
+        to = "basophil" if cells[0]["class"] != "basophil" else "monocyte"
+        changes = {c["file"]: c["class"] for c in cells if c.get("review") or c.get("flag_driver")}
+        changes[moved] = to
+        saved = web.post(base + "/draft", json={"base_version": 0, "changes": changes}, headers={"X-CSRF-Token": csrf})
+        assert saved.status_code == 200, saved.text
+        version = saved.json()["state"]["draft_version"]
+        signed = web.post(base + "/sign", json={"draft_version": version}, headers={"X-CSRF-Token": csrf})
+        assert signed.status_code == 200, signed.text
+    final = json.loads((served.out / "REVIEW-1.final.json").read_text())
+    assert final["status"] == "final" and final["verified_by"] == "Dr A. Example"
+    assert [(c["file"], c["verified_class"]) for c in final["changes"]] == [(moved, to)]
+    audit = [json.loads(line) for line in (served.out / "audit.jsonl").read_text().splitlines()]
+    entry = next(e for e in reversed(audit) if e.get("preliminary_report_id") == report["report_id"])
+    assert entry["account"] == "ana" and entry["channel"] == "browser"
+    assert any((served.home / "training-data" / "cells" / to).glob("*"))  # the moved cell, for wbc adapt
 
 
 def test_duplicate_and_changed_redrop(served):
@@ -174,6 +196,8 @@ def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, 
     prelim = json.loads((served.out / "VER-1.json").read_text())
     plan = review_plan(prelim)
     reviewed = served.inbox / "reviewed"
+    lab = served.home / "training-data" / "cells"
+    earlier = {p for p in lab.rglob("*") if p.is_file()}  # cells other samples' verification exported
     edited = edit_workbook(served.out / "VER-1.xlsx", tmp_path / "VER-1.xlsx", plan)
     shutil.copy(edited, reviewed / "VER-1.xlsx")
     assert wait_until(lambda: (served.out / "VER-1.final.json").exists(), 60), served.text()[-3000:]
@@ -182,8 +206,8 @@ def test_reviewed_workbooks_dropped_into_the_inbox_become_final_reports(served, 
     assert final["verified_by"] == "Dr A. Example"
     assert wait_until(lambda: (reviewed / "done" / "VER-1.xlsx").is_file(), 10)
     # the verified cells reached the lab data folder the weekly retrain reads
-    lab = served.home / "training-data" / "cells"
-    assert sorted(p.parent.name for p in lab.rglob("*") if p.is_file()) == sorted(plan.values())
+    added = [p for p in lab.rglob("*") if p.is_file() and p not in earlier]
+    assert sorted(p.parent.name for p in added) == sorted(plan.values())
     if libreoffice_uno() is not None:  # the same three corrections typed in LibreOffice Calc: final v2
         saved = libreoffice_edit(served.out / "VER-1.xlsx", tmp_path / "lo" / "VER-1-calc.xlsx", plan)
         shutil.copy(saved, reviewed / "VER-1-calc.xlsx")
