@@ -16,7 +16,6 @@ cells score at least as well as without them (``benchmarks/adapt_curve.py --unre
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from training.data import Item
 from wbcproc.classes import CLASSES
+from wbcproc.sidecar import sha256_file
 from wbcproc.stats import softmax
 
 MIN_CONFIDENCE = 0.9  # mean calibrated probability over the 8 views, all 8 views agreeing
@@ -78,7 +78,7 @@ def pseudo_label(
     adapted draft's logits for each of the 8 rotations/flips of prepared images, (views, cells, classes)."""
     items, duplicates = [], 0
     for p in files:
-        digest = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        digest = sha256_file(Path(p))  # as training.data hashes the reviewed cells
         if digest in reviewed_sha256:
             duplicates += 1
             continue

@@ -88,12 +88,11 @@ def verify(
         "audit_seq": done.audit_entry["seq"],
         "lab_data": None if done.exported is None else {"root": str(lab_data), "written": done.exported.written},
     }
-    final = result["final"].get("json") or next(iter(result["final"].values()), "")
     _emit(
         result,
         as_json,
         f"signed by {result['verified_by']} (final version {done.version}, {len(done.changes)} cells changed, "
-        f"audit entry {result['audit_seq']}): {final}",
+        f"audit entry {result['audit_seq']}): {result['final']['json']}",
     )
 
 

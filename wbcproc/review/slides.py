@@ -7,8 +7,10 @@ and the drafts of :mod:`.drafts`); the web app only renders them.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,24 +51,34 @@ _cache: dict[Path, tuple[float, dict[str, Any] | None]] = {}
 _cache_lock = threading.Lock()
 
 
-def read_report(path: Path) -> dict[str, Any] | None:
-    """A report's JSON (cached until the file changes); None for a file that is not a wbc report."""
+def _by_mtime(cache: dict[Path, tuple[float, Any]], path: Path, parse: Callable[[Path, os.stat_result], Any], missing):
+    """``parse(path, stat)``, kept in ``cache`` until the file's mtime changes; ``missing`` for no file."""
     try:
-        mtime = path.stat().st_mtime
+        st = path.stat()
     except OSError:
-        return None
+        return missing
     with _cache_lock:
-        hit = _cache.get(path)
-    if hit and hit[0] == mtime:
+        hit = cache.get(path)
+    if hit and hit[0] == st.st_mtime:
         return hit[1]
+    value = parse(path, st)
+    with _cache_lock:
+        cache[path] = (st.st_mtime, value)
+    return value
+
+
+def _parse_report(path: Path, _st: os.stat_result) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        ok = isinstance(data, dict) and "report_id" in data and isinstance(data.get("cells"), list)
     except (OSError, ValueError):
-        data, ok = None, False
-    with _cache_lock:
-        _cache[path] = (mtime, data if ok else None)
+        return None
+    ok = isinstance(data, dict) and "report_id" in data and isinstance(data.get("cells"), list)
     return data if ok else None
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A report's JSON (cached until the file changes); None for a file that is not a wbc report."""
+    return _by_mtime(_cache, path, _parse_report, None)
 
 
 def _finals(path: Path) -> list[dict[str, Any]]:
@@ -128,18 +140,12 @@ SUGGESTED_MAX_BYTES = 5 * 1024 * 1024  # a suggestions list of tens of thousands
 def load_suggested(path: Path | None) -> dict[str, set[str]]:
     """The cells ``wbc adapt --suggest`` chose for review (its ``suggested.csv``), as file names by sample
     folder name; empty without the file.  Read again whenever the file changes."""
+    return {} if path is None else _by_mtime(_suggested, path, _parse_suggested, {})
+
+
+def _parse_suggested(path: Path, st: os.stat_result) -> dict[str, set[str]]:
     import csv
 
-    if path is None:
-        return {}
-    try:
-        st = path.stat()
-    except OSError:
-        return {}
-    with _cache_lock:
-        hit = _suggested.get(path)
-    if hit and hit[0] == st.st_mtime:
-        return hit[1]
     if st.st_size > SUGGESTED_MAX_BYTES:
         raise TooLarge(f"{path}: {st.st_size} bytes, at most {SUGGESTED_MAX_BYTES} expected for a suggestions list")
     by_folder: dict[str, set[str]] = {}
@@ -148,8 +154,6 @@ def load_suggested(path: Path | None) -> dict[str, set[str]]:
             src = Path(row.get("source") or "")
             if src.name:
                 by_folder.setdefault(src.parent.name, set()).add(src.name)
-    with _cache_lock:
-        _suggested[path] = (st.st_mtime, by_folder)
     return by_folder
 
 
