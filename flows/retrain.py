@@ -1,4 +1,4 @@
-"""The ``retrain`` Prefect flow: gather -> train -> evaluate -> export -> compare -> promote.
+"""The ``retrain`` Prefect flow: the ``wbc train`` run (or ``wbc adapt``) -> compare -> promote.
 
 Champion and challenger are scored the same way (ONNX Runtime through the runtime pipeline, on the
 challenger's fixed test split), and the challenger becomes current only when it beats the champion's
@@ -126,22 +126,12 @@ def retrain_lock(registry: Registry):
         os.close(fd)
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE)
-def prepare(opts):
-    from training.run import prepare_data
+@task(name="train-evaluate-export", cache_policy=NO_CACHE)
+def train_run(opts, cfg) -> dict[str, Any]:
+    """The whole ``wbc train`` run (prepare the data, train, calibrate, export, check parity) in one task."""
+    from training.run import run_training
 
-    log = get_run_logger()
-    return prepare_data(opts, log.info)
-
-
-@task(name="train", cache_policy=NO_CACHE)
-def train(cache_path: Path, cfg):
-    from training.dataset import load_cache
-    from training.loop import train_model
-
-    data = load_cache(cache_path)
-    model, info = train_model(data.subset("train"), data.subset("val"), cfg, get_run_logger().info)
-    return model, info, data
+    return run_training(opts, cfg, get_run_logger().info)
 
 
 @task(name="adapt", cache_policy=NO_CACHE)
@@ -151,18 +141,13 @@ def adapt_task(data: list[str], out: str, parent: Path, version: str) -> dict[st
     return adapt(data, out, parent, version=version, log=get_run_logger().info)
 
 
-@task(name="evaluate-export", cache_policy=NO_CACHE)
-def evaluate_export(model, data, info, cfg, opts, g) -> dict[str, Any]:
-    from training.run import evaluate_and_export
-
-    return evaluate_and_export(model, data, info, cfg, opts, g, get_run_logger().info)
-
-
 @task(name="compare", cache_policy=NO_CACHE)
-def compare(summary: dict[str, Any], g, registry: Registry, margin: float):
+def compare(summary: dict[str, Any], registry: Registry, margin: float):
+    """Score challenger and champion on the challenger's test split, as the run wrote it to ``split.csv``."""
+    from training.data import read_split
     from training.evaluate import evaluate_items
 
-    test_items = [it for it in g.items if it.split == "test"]
+    test_items = read_split(Path(summary["run_dir"]) / "split.csv", "test")
     challenger = evaluate_items(Path(summary["run_dir"]) / "model.onnx", test_items)
     challenger["parity_passed"] = summary["parity_passed"]
     champion = None
@@ -342,10 +327,8 @@ def retrain_flow(
         patience=RECIPE["patience"],
     )
     with retrain_lock(reg):
-        g, cache_path, _ = prepare(opts)
-        model, info, cached = train(cache_path, cfg)
-        summary = evaluate_export(model, cached, info, cfg, opts, g)
-        decision, challenger, champion = compare(summary, g, reg, margin)
+        summary = train_run(opts, cfg)
+        decision, challenger, champion = compare(summary, reg, margin)
         registered = promote(decision, summary, reg)
         _remember(list(data), runs_dir)
     _publish(version, summary, decision, challenger, champion)

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch", reason="the [train] extra is needed; .ci/ru
 
 from training.augment import augment  # noqa: E402
 from training.cache import build_cache  # noqa: E402
-from training.data import gather, split_of  # noqa: E402
+from training.data import gather, read_split, split_of, write_split  # noqa: E402
 from training.dataset import load_cache  # noqa: E402
 from training.model import build_model, freeze_stages  # noqa: E402
 from training.recipe import TrainConfig  # noqa: E402
@@ -56,6 +56,19 @@ def test_gather_dedupes_skips_and_splits_by_content(tmp_path, labelled_set):
     g2 = gather([labelled_set, tmp_path / "extra"])
     before = {it.sha256: it.split for it in gather([labelled_set]).items}
     assert all(before[it.sha256] == it.split for it in g2.items if it.sha256 in before)
+
+
+def test_the_split_file_reads_back_as_the_items_written(tmp_path, labelled_set):
+    """The retrain flow scores challenger and champion on the test cells the run wrote to split.csv."""
+    root = tmp_path / "framed"  # field crops: a FRAMED root, and each file's framing is read back from it
+    shutil.copytree(labelled_set / "lymphocyte", root / "lymphocyte")
+    (root / "FRAMED").write_text("")
+    items = gather([root, labelled_set]).items  # the framed copies come first and are kept
+    write_split(items, tmp_path / "split.csv")
+    key = lambda it: it.sha256  # noqa: E731
+    assert sorted(read_split(tmp_path / "split.csv"), key=key) == sorted(items, key=key)
+    test = read_split(tmp_path / "split.csv", "test")
+    assert test and {it.split for it in test} == {"test"} and any(it.framed for it in test)
 
 
 def test_cache_is_made_by_the_inference_preprocessing(tmp_path, labelled_set):

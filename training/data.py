@@ -151,3 +151,16 @@ def write_split(items: list[Item], path: str | Path) -> None:
         w.writerow(["sha256", "split", "label", "path"])
         for it in sorted(items, key=lambda i: i.sha256):
             w.writerow([it.sha256, it.split, it.label, display_name(str(it.path))])
+
+
+def read_split(path: str | Path, split: str | None = None) -> list[Item]:
+    """The items :func:`write_split` wrote (only ``split``'s when given): what a run was tested on, read
+    back by the retrain flow to score the challenger and the model in use on the same cells."""
+    items: list[Item] = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if split is None or row["split"] == split:
+                p = Path(row["path"])
+                framed = (p.parent.parent / FRAMED_MARKER).is_file()
+                items.append(Item(p, row["label"], row["sha256"], row["split"], framed))
+    return items
