@@ -25,6 +25,13 @@ def test_every_visible_command_and_every_key_is_in_the_pages():
     assert "## `wbc reviewed`" not in text["cli"]  # the old name still works, but is not documented
     keys = [f"{s}.{k}" for s, sec in config_schema()["properties"].items() for k in sec["properties"]]
     assert "input.marker_files" in keys and all(f"| `{k}` |" in text["configuration"] for k in keys)
+    from dataclasses import fields
+
+    from wbcproc.framing import Framing
+    from wbcproc.sidecar import Sidecar
+
+    keys = [f.name for f in fields(Sidecar)] + [f"preprocess.framing.{f.name}" for f in fields(Framing)]
+    assert all(f"| `{k}` |" in text["sidecar"] for k in keys)
 
 
 def test_check_mode_names_a_stale_page(tmp_path, monkeypatch):

@@ -11,20 +11,19 @@ from helpers import make_tiny_model
 
 from wbcproc.classes import CLASSES
 from wbcproc.framing import Framing
-from wbcproc.preprocess import COLOUR_METHODS, RESIZE_RULES, PreprocessSpec
+from wbcproc.preprocess import COLOUR_METHODS, RESIZE_RULES
 from wbcproc.resolve import resolve_model_path
 from wbcproc.sidecar import (
+    FORMAT_VERSION,
     SCHEMA_PATH,
     WRITER_KEYS,
     ConfusionReference,
-    InputSpec,
     ModelError,
-    OutputSpec,
-    Parity,
     Quantization,
     Sidecar,
     read_sidecar,
     sha256_file,
+    sidecar_schema,
     write_sidecar,
 )
 
@@ -49,37 +48,42 @@ def test_shipped_sidecar_round_trips_exactly_and_meets_the_schema():
     assert isinstance(side.confusion_val, ConfusionReference) and len(side.confusion_val.counts) == len(CLASSES)
 
 
-def test_schema_and_dataclasses_name_the_same_keys():
+def test_the_shipped_schema_is_generated_from_the_records():
+    """``wbcproc/data/sidecar.schema.json`` is ``python -m wbcproc.sidecar``'s output, so the schema tools
+    outside Python read and the reader's checks cannot drift apart."""
+    assert sidecar_schema() == SCHEMA, "regenerate: python -m wbcproc.sidecar > wbcproc/data/sidecar.schema.json"
     props = SCHEMA["properties"]
-    assert set(props) == {f.name for f in fields(Sidecar)}
+    assert list(props) == [f.name for f in fields(Sidecar)]
     assert set(SCHEMA["required"]) == _required(Sidecar) | {"format", "format_version", "sha256"}
-    for key, cls in [("input", InputSpec), ("output", OutputSpec), ("parity", Parity), ("quantization", Quantization),
-                     ("confusion_val", ConfusionReference), ("preprocess", PreprocessSpec)]:  # fmt: skip
-        assert set(props[key]["properties"]) == {f.name for f in fields(cls)}, key
-        assert set(props[key].get("required", [])) == (
-            {f.name for f in fields(cls)} if cls is ConfusionReference else _required(cls)
-        ), key
-    framing = props["preprocess"]["properties"]["framing"]["oneOf"][1]["properties"]
-    assert set(framing) == {f.name for f in fields(Framing)}
-    assert props["preprocess"]["properties"]["resize"]["enum"] == list(RESIZE_RULES)
-    colour = props["preprocess"]["properties"]["colour_normalisation"]["oneOf"][1]["properties"]
-    assert colour["method"]["enum"] == list(COLOUR_METHODS)
+    assert props["format_version"]["const"] == FORMAT_VERSION and SCHEMA["additionalProperties"] is False
+    defs = SCHEMA["$defs"]
+    assert defs["PreprocessSpec"]["properties"]["resize"]["enum"] == list(RESIZE_RULES)
+    assert defs["ColourNormalisation"]["properties"]["method"]["enum"] == list(COLOUR_METHODS)
+    assert set(defs["Framing"]["properties"]) == {f.name for f in fields(Framing)}
     assert props["classes"]["items"]["enum"] == list(CLASSES)
-    assert props["format_version"]["const"] == Sidecar.__dataclass_fields__["format_version"].default
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"colour": "blue"}, r"unknown keys \['colour'\]"),
-        ({"parity": {"passed": "yes"}}, r"parity.passed is 'yes'"),
-        ({"parity": {"passed": True, "speed": 1}}, r"parity has unknown keys \['speed'\]"),
-        ({"quantization": {"kept": True, "weight_max_abs": 300}}, r"weight_max_abs is 300"),
-        ({"confusion_val": {"counts": [[1, 2], [3, 4]], "classes": list(CLASSES), "n": 10, "source": "x"}}, "8 x 8"),
+        ({"colour": "blue"}, r"the sidecar has unknown keys \['colour'\]$"),
+        ({"parity": {"passed": "yes"}}, r"parity.passed is 'yes'; expected a valid boolean$"),
+        ({"parity": {"passed": True, "speed": 1}}, r"parity has unknown keys \['speed'\]$"),
+        ({"quantization": {"kept": True, "weight_max_abs": 300}}, r"weight_max_abs is 300; expected less than or"),
+        (
+            {"confusion_val": {"counts": [[1, 2], [3, 4]], "classes": list(CLASSES), "n": 10, "source": "x"}},
+            r"confusion_val.counts.0 is \[1, 2\]; tuple should have at least 8 items",
+        ),
         ({"classes": ["neutrophil"] * 8}, "duplicated"),
-        ({"review_threshold": 1.5}, "review_threshold 1.5"),
-        ({"preprocess": {"input_size": 4}}, "input_size 4"),
-        ({"domain": [1, 2]}, "domain is list"),
+        ({"classes": [*CLASSES[:7], "blast"]}, r"unknown \['blast'\]; missing \['platelet'\]"),
+        ({"review_threshold": 1.5}, r"review_threshold is 1.5; expected less than or equal to 1"),
+        ({"temperature": 0}, r"temperature is 0; expected greater than 0"),
+        ({"preprocess": {"input_size": 4}}, r"preprocess.input_size is 4; expected greater than or equal to 8"),
+        ({"preprocess": {"framing": {"crop_rbc": 50}}}, r"preprocess.framing.crop_rbc is 50; expected less than"),
+        ({"domain": [1, 2]}, r"domain is \[1, 2\]; expected a valid dictionary"),
+        ({"input": {"layout": "NHWC"}}, r"input.layout is 'NHWC'; expected 'NCHW'"),
+        ({"sha256": "xyz"}, r"sha256 is 'xyz'; string should match pattern"),
+        ({"name": ""}, r"name is ''; string should have at least 1 character"),
         ({"format_version": 2}, "v2"),
     ],
 )

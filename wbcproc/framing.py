@@ -20,33 +20,34 @@ model's sidecar):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass as record
 
+from wbcproc.contract import RECORD, Record
 from wbcproc.fields import merge_lobes, nuclei_and_ruler
 from wbcproc.resize import resize
 
 
-@dataclass(frozen=True)
-class Framing:
-    method: str = "rbc_ruler"
-    crop_rbc: float = 5.0  # side of the square in red-cell diameters (PBC crops: 360 px, red cells ~72 px)
-    nucleus_extent: float = 0.35  # fallback: nucleus group's longer side / square side (PBC median 0.349)
+@record(frozen=True, config=RECORD)
+class Framing(Record):
+    """How ``frame_cell`` cuts the square around a cell; part of a model's preprocessing recipe."""
+
+    method: Literal["rbc_ruler"] = "rbc_ruler"
+    # side of the square in red-cell diameters (PBC crops: 360 px, red cells ~72 px)
+    crop_rbc: Annotated[float, Field(ge=1.0, le=20.0)] = 5.0
+    # fallback: nucleus group's longer side / square side (PBC median 0.349)
+    nucleus_extent: Annotated[float, Field(ge=0.05, le=1.0)] = 0.35
     extent_per_rbc: tuple[float, float] = (0.5, 3.2)  # nucleus extent / red-cell diameter (PBC 0.5-99th pct)
-    work_px: int = 192  # measurements run on a copy this large (longer side)
+    work_px: Annotated[int, Field(ge=16)] = 192  # measurements run on a copy this large (longer side)
     min_score: float = 20.0  # blue - green floor for nucleus pixels
     rbc_range: tuple[float, float] = (0.06, 0.34)  # plausible red-cell diameter / shorter image side
     side_range: tuple[float, float] = (0.1, 2.0)  # the square's side / shorter image side
-    ruler_tolerance: float = 0.25  # an image's own red-cell measurement within this of the sample's is kept
-
-    def __post_init__(self) -> None:
-        if self.method != "rbc_ruler":
-            raise ValueError(f"framing method {self.method!r} is unknown; expected 'rbc_ruler'")
-        if not 1.0 <= self.crop_rbc <= 20.0:
-            raise ValueError(f"framing crop_rbc {self.crop_rbc} is outside 1..20 red-cell diameters")
-        if not 0.05 <= self.nucleus_extent <= 1.0:
-            raise ValueError(f"framing nucleus_extent {self.nucleus_extent} is outside 0.05..1")
+    # an image's own red-cell measurement within this of the sample's is kept
+    ruler_tolerance: Annotated[float, Field(ge=0.0)] = 0.25
 
 
 @dataclass(frozen=True)

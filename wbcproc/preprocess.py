@@ -12,24 +12,27 @@ model's sidecar, so a model carries the exact recipe it was trained with.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Annotated, Any, Literal, get_args
 
 import cv2
 import numpy as np
+from pydantic import Field, PositiveFloat
+from pydantic.dataclasses import dataclass as record
 
+from wbcproc.contract import RECORD, Record
 from wbcproc.framing import FrameInfo, Framing, frame_cell, locate_cell, white_balance, white_balance_gain
 from wbcproc.resize import resize
 
 ResizeRule = Literal["stretch", "shorter_side_crop", "letterbox"]
-RESIZE_RULES: tuple[str, ...] = ("stretch", "shorter_side_crop", "letterbox")
+RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
+ColourMethod = Literal["reinhard_lab", "white_balance"]
+COLOUR_METHODS: tuple[str, ...] = get_args(ColourMethod)
+Triple = tuple[float, float, float]
 
 
-COLOUR_METHODS = ("reinhard_lab", "white_balance")
-
-
-@dataclass(frozen=True)
-class ColourNormalisation:
+@record(frozen=True, config=RECORD)
+class ColourNormalisation(Record):
     """Colour normalisation to reference statistics of the training data.
 
     ``white_balance`` (default of trained models): the slide background is mapped onto ``reference`` (BGR),
@@ -37,14 +40,10 @@ class ColourNormalisation:
     kept for older sidecars - it depends on how much of the frame the cell fills.
     """
 
-    method: Literal["reinhard_lab", "white_balance"] = "reinhard_lab"
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    reference: tuple[float, float, float] = (255.0, 255.0, 255.0)
-
-    def __post_init__(self) -> None:
-        if self.method not in COLOUR_METHODS:
-            raise ValueError(f"colour normalisation {self.method!r} is unknown; expected one of {COLOUR_METHODS}")
+    method: ColourMethod = "reinhard_lab"
+    mean: Triple = (0.0, 0.0, 0.0)
+    std: Triple = (1.0, 1.0, 1.0)
+    reference: Triple = (255.0, 255.0, 255.0)
 
     def to_dict(self) -> dict[str, Any]:
         if self.method == "white_balance":
@@ -52,63 +51,21 @@ class ColourNormalisation:
         return {"method": self.method, "mean": list(self.mean), "std": list(self.std)}
 
 
-def _colour_normalisation(cn: dict[str, Any]) -> ColourNormalisation:
-    method = cn.get("method")
-    if method == "reinhard_lab":
-        return ColourNormalisation("reinhard_lab", tuple(cn["mean"]), tuple(cn["std"]))
-    if method == "white_balance":
-        return ColourNormalisation("white_balance", reference=tuple(cn["reference"]))
-    raise ValueError(f"colour normalisation {method!r} is unknown; expected one of {COLOUR_METHODS}")
+@record(frozen=True, config=RECORD)
+class PreprocessSpec(Record):
+    """The one preprocessing recipe training and inference share (a model's sidecar carries it)."""
 
+    WHERE = "the recipe"
 
-def _framing(fr: dict[str, Any]) -> Framing:
-    fr = dict(fr)
-    for key in ("rbc_range", "side_range", "extent_per_rbc"):
-        if key in fr:
-            fr[key] = tuple(fr[key])
-    unknown = set(fr) - set(Framing.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"framing has unknown keys {sorted(unknown)}")
-    return Framing(**fr)
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    input_size: int = 224
+    input_size: Annotated[int, Field(ge=8, le=1024)] = 224
     resize: ResizeRule = "stretch"
     colour_order: Literal["RGB", "BGR"] = "RGB"
-    scale: float = 255.0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    scale: PositiveFloat = 255.0
+    mean: Triple = (0.485, 0.456, 0.406)
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
     pad_value: tuple[int, int, int] = (255, 255, 255)
-    colour_normalisation: ColourNormalisation | None = field(default=None)
-    framing: Framing | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_RULES:
-            raise ValueError(f"resize rule {self.resize!r} is unknown; expected one of {RESIZE_RULES}")
-        if self.colour_order not in ("RGB", "BGR"):
-            raise ValueError(f"colour_order {self.colour_order!r} is unknown; expected 'RGB' or 'BGR'")
-        if not 8 <= int(self.input_size) <= 1024:
-            raise ValueError(f"input_size {self.input_size} is outside 8..1024 px")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean {self.mean} and std {self.std} must have 3 values, std > 0")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
-        d = dict(d)
-        cn = d.pop("colour_normalisation", None)
-        fr = d.pop("framing", None)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"preprocess spec has unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
-        for key in ("mean", "std", "pad_value"):
-            if key in d:
-                d[key] = tuple(d[key])
-        norm = _colour_normalisation(cn) if cn else None
-        framing = _framing(fr) if fr else None
-        return cls(colour_normalisation=norm, framing=framing, **d)
+    colour_normalisation: ColourNormalisation | None = None
+    framing: Framing | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

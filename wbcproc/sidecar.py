@@ -8,8 +8,8 @@ this; a model without it, or whose sha256 or class list does not match, does not
 
 :class:`Sidecar` is the one parsed form; :func:`read_sidecar` is the one reader and :func:`write_sidecar` the
 one writer (training, laboratory adaptation, the flag benchmark and the registry all go through them).  The
-same contract as a JSON Schema lives in ``wbcproc/data/sidecar.schema.json`` for tools outside Python; the
-tests keep the two in step.
+records are pydantic dataclasses (:mod:`wbcproc.contract`): the same contract as a JSON Schema, for tools
+outside Python, is generated from them into ``wbcproc/data/sidecar.schema.json`` (``python -m wbcproc.sidecar``).
 
 Format history (``format_version``):
 
@@ -27,18 +27,23 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, StrictBool, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass as record
 
 from wbcproc.atomic import atomic_write_json
-from wbcproc.classes import check_class_list
+from wbcproc.classes import CLASSES, check_class_list
+from wbcproc.contract import RECORD, Record
 from wbcproc.preprocess import PreprocessSpec
 
 FORMAT = "wbc-model-sidecar"
 FORMAT_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "sidecar.schema.json"
 WRITER_KEYS = ("format", "format_version", "file", "sha256")  # filled in by write_sidecar, never by callers
+SCHEMA_ID = "https://github.com/wbc-project/wbc/wbcproc/data/sidecar.schema.json"
 
 
 class ModelError(Exception):
@@ -61,25 +66,14 @@ def _without_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-@dataclass(frozen=True)
-class InputSpec:
+@record(frozen=True, config=RECORD)
+class InputSpec(Record):
     """The network's input tensor."""
 
     name: str = "input"
-    layout: str = "NCHW"
-    dtype: str = "float32"
-    shape: tuple[str | int, ...] | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
-        _check_keys(d, cls, "input")
-        shape = d.get("shape")
-        return cls(
-            name=str(d.get("name", "input")),
-            layout=str(d.get("layout", "NCHW")),
-            dtype=str(d.get("dtype", "float32")),
-            shape=None if shape is None else tuple(shape),
-        )
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = "float32"
+    shape: tuple[str | int, str | int, str | int, str | int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -88,166 +82,156 @@ class InputSpec:
         return _without_none(d)
 
 
-@dataclass(frozen=True)
-class OutputSpec:
+@record(frozen=True, config=RECORD)
+class OutputSpec(Record):
     """The network's output and how probabilities are made from it."""
 
     name: str = "logits"
-    kind: str = "logits"
+    kind: Literal["logits"] = "logits"
     apply: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> OutputSpec:
-        _check_keys(d, cls, "output")
-        return cls(**{k: str(v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return _without_none(dataclasses.asdict(self))
 
 
-@dataclass(frozen=True)
-class Parity:
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+_EACH_CLASS = Field(min_length=len(CLASSES), max_length=len(CLASSES))  # one entry per canonical class
+
+
+@record(frozen=True, config=RECORD)
+class Parity(Record):
     """The ONNX export checked against PyTorch on the test split (the registry promotes only if passed)."""
 
-    passed: bool
-    n: int | None = None
-    top1_agreement: float | None = None
-    max_abs_logit_diff: float | None = None
-    tolerance: float | None = None
+    passed: StrictBool
+    n: NonNegativeInt | None = None
+    top1_agreement: Share | None = None
+    max_abs_logit_diff: NonNegativeFloat | None = None
+    tolerance: NonNegativeFloat | None = None
     note: str | None = None
     reason: str | None = None
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Parity:
-        _check_keys(d, cls, "parity")
-        if not isinstance(d.get("passed"), bool):
-            raise ValueError(f"parity.passed is {d.get('passed')!r}; expected true or false")
-        return cls(**dict(d))
-
     def to_dict(self) -> dict[str, Any]:
         return _without_none(dataclasses.asdict(self))
 
 
-@dataclass(frozen=True)
-class Quantization:
+@record(frozen=True, config=RECORD)
+class Quantization(Record):
     """The static int8 export: whether the shipped file is it, and its weight range (which CPU kernels are
     exact depends on it, see :mod:`wbcproc.int8`)."""
 
-    kept: bool
-    weight_max_abs: int | None = None
+    kept: Annotated[StrictBool, Field(description="the shipped file is the int8 one")]
+    weight_max_abs: (
+        Annotated[int, Field(ge=1, le=127, description="64 or less: exact on every CPU (wbcproc.int8)")] | None
+    ) = None
     accuracy_fp32: float | None = None
     accuracy_int8: float | None = None
     weights: str | None = None
     activations: str | None = None
     why: str | None = None
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Quantization:
-        _check_keys(d, cls, "quantization")
-        if not isinstance(d.get("kept"), bool):
-            raise ValueError(f"quantization.kept is {d.get('kept')!r}; expected true or false")
-        w = d.get("weight_max_abs")
-        if w is not None and not (isinstance(w, int | float) and 0 < w <= 127):
-            raise ValueError(f"quantization.weight_max_abs is {w!r}; expected an integer in 1..127")
-        return cls(**{**d, "weight_max_abs": None if w is None else int(w)})
-
     def to_dict(self) -> dict[str, Any]:
         return _without_none(dataclasses.asdict(self))
 
 
-@dataclass(frozen=True)
-class ConfusionReference:
+@record(frozen=True, config=RECORD)
+class ConfusionReference(Record):
     """Validation confusion counts (rows true, columns called, in class order): what inference corrects the
     differential with (:mod:`wbcproc.correction`)."""
 
-    counts: tuple[tuple[int, ...], ...]
+    counts: Annotated[
+        tuple[Annotated[tuple[NonNegativeInt, ...], _EACH_CLASS], ...],
+        _EACH_CLASS,
+        Field(description="rows true class, columns called class, in the order of classes"),
+    ]
     classes: tuple[str, ...]
-    n: int
+    n: NonNegativeInt
     source: str
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ConfusionReference:
-        _check_keys(d, cls, "confusion_val", all_required=True)
-        counts = tuple(tuple(int(v) for v in row) for row in d["counts"])
-        k = len(d["classes"])
-        if len(counts) != k or any(len(row) != k for row in counts):
+    def __post_init__(self) -> None:
+        k = len(self.classes)
+        if len(self.counts) != k or any(len(row) != k for row in self.counts):
             raise ValueError(f"confusion_val.counts must be {k} x {k} (one row and column per class)")
-        return cls(counts=counts, classes=tuple(d["classes"]), n=int(d["n"]), source=str(d["source"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": [list(r) for r in self.counts], "classes": list(self.classes), "n": self.n,
                 "source": self.source}  # fmt: skip
 
 
-def _check_keys(d: Any, cls: type, where: str, *, all_required: bool = False) -> None:
-    if not isinstance(d, Mapping):
-        raise ValueError(f"{where} is {type(d).__name__}; expected a JSON object")
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; expected some of {names}")
-    required = [
-        f.name
-        for f in fields(cls)
-        if all_required or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-    ]
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise ValueError(f"{where} lacks required keys {missing}")
+def _block(description: str) -> Any:
+    """A provenance or reference block: a JSON object whose inside its own module documents."""
+    return Field(description=description)
 
 
-# blocks parsed into a typed form; the rest of the optional blocks are JSON objects kept as they are
-_TYPED = {
-    "input": InputSpec,
-    "output": OutputSpec,
-    "preprocess": PreprocessSpec,
-    "parity": Parity,
-    "quantization": Quantization,
-    "confusion_val": ConfusionReference,
-}
-_OBJECTS = ("metrics", "data", "init", "training", "software", "domain", "flag_performance", "adaptation")
+Text = Annotated[str, Field(min_length=1)]
+ClassName = Literal[CLASSES]  # type: ignore[valid-type]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Sidecar:
+@record(frozen=True, kw_only=True, config=RECORD)
+class Sidecar(Record):
     """A model's sidecar, parsed.  Field order is the order the JSON is written in."""
 
-    name: str
-    version: str
-    created_at: str | None = None
-    classes: tuple[str, ...]
+    name: Text
+    version: Text
+    created_at: Annotated[str | None, Field(description="ISO 8601 time the model was exported")] = None
+    classes: Annotated[
+        tuple[ClassName, ...],
+        _EACH_CLASS,
+        Field(
+            description="class names in the network's output order: each canonical class exactly once",
+            json_schema_extra={"uniqueItems": True},
+        ),
+    ]
     input: InputSpec
-    output: OutputSpec = field(default_factory=OutputSpec)
+    output: OutputSpec = dataclasses.field(default_factory=OutputSpec)
     preprocess: PreprocessSpec
-    temperature: float = 1.0
-    review_threshold: float = 0.7
-    metrics: dict[str, Any] | None = None
+    temperature: Annotated[
+        float, Field(gt=0, description="softmax(logits / temperature), fitted on validation NLL")
+    ] = 1.0
+    review_threshold: Annotated[
+        Share, Field(description="cells below this calibrated confidence are marked REVIEW")
+    ] = 0.7
+    metrics: Annotated[
+        dict[str, Any] | None,
+        _block("test-split figures of the file that ships (accuracy, macro_f1, ece, per_class_f1, n)"),
+    ] = None
     parity: Parity | None = None
     quantization: Quantization | None = None
-    data: dict[str, Any] | None = None
-    init: dict[str, Any] | None = None
-    training: dict[str, Any] | None = None
-    software: dict[str, Any] | None = None
+    data: Annotated[dict[str, Any] | None, _block("data roots, cells per split and class, the split rule")] = None
+    init: Annotated[dict[str, Any] | None, _block("requested and used initialisation")] = None
+    training: Annotated[
+        dict[str, Any] | None, _block("the training recipe as run (training.recipe.TrainConfig) and its outcome")
+    ] = None
+    software: Annotated[dict[str, str] | None, _block("versions of the software that made the model")] = None
     intended_use: str | None = None
-    domain: dict[str, Any] | None = None  # out-of-distribution reference (wbcproc.domain)
+    domain: Annotated[
+        dict[str, Any] | None,
+        _block("out-of-distribution reference (wbcproc.domain): colour/framing features, model uncertainty"),
+    ] = None
     confusion_val: ConfusionReference | None = None
-    flag_performance: dict[str, Any] | None = None  # measured by benchmarks/flags.py, shown in reports
-    adaptation: dict[str, Any] | None = None  # a laboratory head (training.adapt): parent, cells, metrics
+    flag_performance: Annotated[
+        dict[str, Any] | None, _block("measured by benchmarks/flags.py; shown on the report's About sheet")
+    ] = None
+    adaptation: Annotated[
+        dict[str, Any] | None, _block("a laboratory head (training.adapt): parent model, cells used, metrics")
+    ] = None
     # filled in by write_sidecar
-    format: str = FORMAT
-    format_version: int = FORMAT_VERSION
-    file: str | None = None
-    sha256: str | None = None
+    format: Literal["wbc-model-sidecar"] = FORMAT
+    format_version: Literal[1] = FORMAT_VERSION
+    file: Annotated[str | None, Field(description="the ONNX file this sidecar describes")] = None
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
 
-    def __post_init__(self) -> None:
-        check_class_list(list(self.classes), where=f"sidecar of {self.name} {self.version}")
-        if not self.temperature > 0 or not 0 <= self.review_threshold <= 1:
-            raise ValueError(
-                f"temperature {self.temperature} must be > 0 and review_threshold {self.review_threshold} in [0, 1]"
-            )
+    WHERE = "the sidecar"
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _canonical(cls, value: Any, info: ValidationInfo) -> Any:
+        """The class list's own message (which names are unknown, missing or duplicated) before the types'."""
+        if isinstance(value, list | tuple):
+            check_class_list(list(value), where=f"sidecar of {info.data.get('name')} {info.data.get('version')}")
+        return value
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Sidecar:
+    def from_dict(cls, raw: Any) -> Sidecar:
         """Parse and check a sidecar's JSON object.  Raises ``ValueError`` naming the bad key or value."""
         if not isinstance(raw, Mapping):
             raise ValueError(f"the sidecar is a JSON {type(raw).__name__}; expected an object")
@@ -255,18 +239,7 @@ class Sidecar:
             raise ValueError(
                 f"format {raw.get('format')!r} v{raw.get('format_version')!r}; expected {FORMAT!r} v{FORMAT_VERSION}"
             )
-        _check_keys(raw, cls, "the sidecar")
-        kw: dict[str, Any] = dict(raw)
-        for key, typ in _TYPED.items():
-            if kw.get(key) is not None:
-                kw[key] = typ.from_dict(kw[key])
-        for key in _OBJECTS:
-            if kw.get(key) is not None and not isinstance(kw[key], Mapping):
-                raise ValueError(f"{key} is {type(kw[key]).__name__}; expected a JSON object")
-        kw["classes"] = tuple(kw["classes"])
-        kw["temperature"] = float(kw.get("temperature", 1.0))
-        kw["review_threshold"] = float(kw.get("review_threshold", 0.7))
-        return cls(**kw)
+        return super().from_dict(dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, in field order, without absent optional blocks (a copy: changing it changes
@@ -284,6 +257,24 @@ class Sidecar:
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+def sidecar_schema() -> dict[str, Any]:
+    """The JSON Schema of a written sidecar, generated from :class:`Sidecar` (shipped as
+    ``data/sidecar.schema.json``: ``python -m wbcproc.sidecar``).  A written sidecar always carries the
+    writer's keys, so they are required here although a caller may leave them out."""
+    schema = Sidecar.json_schema()
+    schema["required"] = [*schema["required"], *(k for k in WRITER_KEYS if k != "file")]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **schema,
+        "title": f"wbc model sidecar, format_version {FORMAT_VERSION}",
+        "description": (
+            "model.json beside model.onnx: what inference needs to feed and read the network, and what produced "
+            "it. Generated from wbcproc.sidecar.Sidecar (python -m wbcproc.sidecar)."
+        ),
+    }
 
 
 def sidecar_path_for(onnx_path: Path) -> Path:
@@ -368,7 +359,7 @@ def read_sidecar(path: str | Path, *, verify_sha256: bool = True) -> ModelInfo:
         raise ModelError(f"sidecar {str(side)!r} lacks required keys ['sha256']")
     try:
         sidecar = Sidecar.from_dict(raw)
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:
         raise ModelError(f"sidecar {str(side)!r}: {exc}") from None
     if verify_sha256:
         actual = sha256_file(onnx_path)
@@ -394,3 +385,7 @@ def write_sidecar(onnx_path: str | Path, sidecar: Sidecar | Mapping[str, Any]) -
     side = sidecar_path_for(onnx_path)
     atomic_write_json(side, sidecar.to_dict())
     return side
+
+
+if __name__ == "__main__":
+    print(json.dumps(sidecar_schema(), indent=2))
