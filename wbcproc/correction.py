@@ -38,8 +38,6 @@ import numpy as np
 from wbcproc.classes import CLASSES, WBC_CLASSES
 from wbcproc.stats import binom_cdf, bisect_decreasing
 
-DEFINITE = 0.95  # probability beyond the limit for a definite flag
-POSSIBLE = 0.5  # ... for a possible one: the corrected value itself is beyond the limit
 N_BOOT = 400
 _WBC_IDX = np.array([CLASSES.index(c) for c in WBC_CLASSES])
 _NRBC = CLASSES.index("erythroblast")
@@ -205,12 +203,3 @@ def correct(counts: dict[str, int], confusion_counts: Any, *, n_boot: int = N_BO
         counts={c: int(v) for c, v in zip(CLASSES, called, strict=True)},
         nrbc_false_rate=false_call_rate(cm),
     )
-
-
-def grade(probability: float) -> str | None:
-    """``definite`` / ``possible`` / None (not flagged) from the probability beyond the limit."""
-    if probability >= DEFINITE:
-        return "definite"
-    if probability >= POSSIBLE:
-        return "possible"
-    return None

@@ -26,7 +26,7 @@ from typing import Any
 from wbcproc.aggregate import Differential
 from wbcproc.classes import DISPLAY_NAMES, WBC_CLASSES
 from wbcproc.config import ReferenceIntervals, Settings
-from wbcproc.correction import Corrected, grade
+from wbcproc.correction import Corrected, NrbcDetection
 
 # Conventional names for abnormal proportions, used in messages only.
 _TERMS = {
@@ -46,6 +46,8 @@ _TERMS = {
 
 
 KINDS = ("percent", "absolute", "nrbc", "sample")
+DEFINITE = 0.95  # probability beyond the limit for a definite flag
+POSSIBLE = 0.5  # ... for a possible one: the corrected value itself is beyond the limit
 
 # A withheld flag on a smaller count says that counting this many white cells narrows it: at 200 cells the
 # screening benchmark meets its left-shift targets (false 1.1 %, 3-5 % IG found in 98 % of samples; at 100:
@@ -81,6 +83,39 @@ def flag_label(f: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What the corrected differential says about each limit of the reference intervals, read from
+    :mod:`wbcproc.correction` once per differential; every flag rule below reads these numbers."""
+
+    percent: dict[str, float]  # corrected share of each white cell class
+    ci95: dict[str, tuple[float, float]]
+    nrbc_per_100_wbc: float
+    beyond: dict[tuple[str, str, str], float]  # (kind, cell, "high"/"low") -> P(true value beyond the limit)
+    nrbc: NrbcDetection  # erythroblast calls against the limit of blank at the NRBC limit
+
+    @classmethod
+    def of(cls, diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None) -> Evidence | None:
+        if corrected is None or diff.wbc_total == 0:
+            return None
+        beyond: dict[tuple[str, str, str], float] = {}
+        for cell in WBC_CLASSES:
+            lo, hi = ref.percent[cell]
+            beyond["percent", cell, "high"] = corrected.prob_above(cell, hi)
+            beyond["percent", cell, "low"] = corrected.prob_below(cell, lo)
+        if diff.absolute is not None:  # a limit on the count is one on the share, given the analyser's WBC count
+            wbc_count = diff.extra["wbc_count"]
+            for cell, (lo, hi) in ref.absolute.items():
+                beyond["absolute", cell, "high"] = corrected.prob_above(cell, 100 * hi / wbc_count)
+                beyond["absolute", cell, "low"] = corrected.prob_below(cell, 100 * lo / wbc_count)
+        limit = ref.nrbc_max_per_100_wbc
+        beyond["nrbc", "erythroblast", "high"] = corrected.prob_above("erythroblast", limit)
+        return cls(
+            dict(corrected.percent), dict(corrected.ci95), corrected.nrbc_per_100_wbc, beyond,
+            corrected.nrbc_detection(limit),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Decision:
     """A differential's flags in report order, the flags the correction withheld, and the classes behind them."""
 
@@ -101,8 +136,9 @@ def decide_flags(
     ``corrected`` for its measured confusion) and the final one (the verified differential: nothing to correct,
     so nothing withheld).  Order: ``first`` (the domain guard's), the interval flags, then the ``sample``
     flags; the same order in every report format."""
-    flags = [*first, *interval_flags(diff, ref, corrected), *sample]
-    withheld = withheld_flags(diff, ref, corrected, flags)
+    ev = Evidence.of(diff, ref, corrected)
+    flags = [*first, *_interval_flags(diff, ref, ev), *sample]
+    withheld = _withheld_flags(diff, ref, ev, flags)
     return Decision(flags, withheld, flag_drivers(flags, withheld))
 
 
@@ -131,23 +167,27 @@ def withheld_flags(
     same differential.  Not flags - a prompt: the report names them and
     marks their cells for verification, because a withheld left shift at 3 % IG is sometimes real (the
     screening benchmark finds 87 % of 3-5 % IG samples at 100 cells; verification finds the rest)."""
-    if corrected is None or diff.wbc_total == 0:
+    return _withheld_flags(diff, ref, Evidence.of(diff, ref, corrected), flags)
+
+
+def _withheld_flags(
+    diff: Differential, ref: ReferenceIntervals, ev: Evidence | None, flags: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    if ev is None:
         return []
     raised = {(f["cell"], f["direction"]) for f in flags if f["kind"] in ("percent", "nrbc")}
     out = []
     for cell in WBC_CLASSES:
         value, (lo, hi) = diff.percent[cell], ref.percent[cell]
         assert value is not None
-        for direction, outside, prob, limit in (
-            ("high", value > hi, corrected.prob_above(cell, hi), hi),
-            ("low", value < lo, corrected.prob_below(cell, lo), lo),
-        ):
+        for direction, outside, limit in (("high", value > hi, hi), ("low", value < lo, lo)):
             if outside and (cell, direction) not in raised:
+                prob = ev.beyond["percent", cell, direction]
                 text = f"{DISPLAY_NAMES[cell]} {value:.1f} %"
                 out.append(_withheld(cell, direction, value, limit, prob, text, "%", diff.wbc_total))
     nrbc = diff.nrbc_per_100_wbc
     if nrbc is not None and nrbc > ref.nrbc_max_per_100_wbc and ("erythroblast", "high") not in raised:
-        prob = corrected.prob_above("erythroblast", ref.nrbc_max_per_100_wbc)
+        prob = ev.beyond["nrbc", "erythroblast", "high"]
         text = f"{diff.counts['erythroblast']} NRBC ({nrbc:.1f} per 100 WBC)"
         out.append(
             _withheld("erythroblast", "high", nrbc, ref.nrbc_max_per_100_wbc, prob, text, "per 100 WBC", diff.wbc_total)
@@ -174,6 +214,15 @@ def _withheld(
     }
 
 
+def grade(probability: float) -> str | None:
+    """``definite`` / ``possible`` / None (not flagged) from the probability beyond the limit."""
+    if probability >= DEFINITE:
+        return "definite"
+    if probability >= POSSIBLE:
+        return "possible"
+    return None
+
+
 def _graded(raw_outside: bool, ci_out: bool, probability: float | None) -> str | None:
     """The grade of a flag: from the corrected differential when there is one, else from the raw count.
     A value reported inside its interval is never flagged: the report must not say "low" beside a number
@@ -185,17 +234,15 @@ def _graded(raw_outside: bool, ci_out: bool, probability: float | None) -> str |
     return "definite" if ci_out else "possible"
 
 
-def _percent_flags(
-    diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None, cell: str
-) -> list[dict[str, Any]]:
+def _percent_flags(diff: Differential, ref: ReferenceIntervals, ev: Evidence | None, cell: str) -> list[dict[str, Any]]:
     value = diff.percent[cell]
     lo, hi = ref.percent[cell]
     ci = diff.ci95[cell]
     assert value is not None and ci is not None
     flags = []
     for direction, outside, ci_out, prob in (
-        ("high", value > hi, ci[0] > hi, corrected.prob_above(cell, hi) if corrected else None),
-        ("low", value < lo, ci[1] < lo, corrected.prob_below(cell, lo) if corrected else None),
+        ("high", value > hi, ci[0] > hi, ev.beyond["percent", cell, "high"] if ev else None),
+        ("low", value < lo, ci[1] < lo, ev.beyond["percent", cell, "low"] if ev else None),
     ):
         g = _graded(outside, ci_out, prob)
         if g is None:
@@ -204,8 +251,8 @@ def _percent_flags(
         code = "LEFT_SHIFT" if (cell, direction) == ("ig", "high") else f"{cell.upper()}_PCT_{direction.upper()}"
         extra: dict[str, Any] = {}
         how = ""
-        if corrected is not None:
-            cv, (clo, chi) = corrected.percent[cell], corrected.ci95[cell]
+        if ev is not None:
+            cv, (clo, chi) = ev.percent[cell], ev.ci95[cell]
             extra = {"corrected_value": round(cv, 2), "corrected_ci95": [round(clo, 2), round(chi, 2)],
                      "probability": round(float(prob), 3)}  # fmt: skip
             how = f"; corrected for the model's confusion {cv:.1f} % ({clo:.1f}-{chi:.1f}), P = {prob:.2f}"
@@ -219,19 +266,16 @@ def _percent_flags(
     return flags
 
 
-def _absolute_flags(diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None) -> list[dict[str, Any]]:
+def _absolute_flags(diff: Differential, ref: ReferenceIntervals, ev: Evidence | None) -> list[dict[str, Any]]:
     """An absolute limit is a limit on the share, given the analyser's WBC count: decided on the corrected
     share like the percentages (without a correction: "possible", the raw share)."""
     flags: list[dict[str, Any]] = []
     if diff.absolute is None:
         return flags
-    wbc_count = diff.extra["wbc_count"]
     for cell, (lo, hi) in ref.absolute.items():
         value = diff.absolute[cell]
-        for direction, outside, prob in (
-            ("high", value > hi, corrected.prob_above(cell, 100 * hi / wbc_count) if corrected else None),
-            ("low", value < lo, corrected.prob_below(cell, 100 * lo / wbc_count) if corrected else None),
-        ):
+        for direction, outside in (("high", value > hi), ("low", value < lo)):
+            prob = ev.beyond["absolute", cell, direction] if ev else None
             g = _graded(outside, False, prob) if prob is not None else ("possible" if outside else None)
             if g is None:
                 continue
@@ -249,21 +293,21 @@ def _absolute_flags(diff: Differential, ref: ReferenceIntervals, corrected: Corr
     return flags
 
 
-def _nrbc_flags(diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None) -> list[dict[str, Any]]:
+def _nrbc_flags(diff: Differential, ref: ReferenceIntervals, ev: Evidence | None) -> list[dict[str, Any]]:
     nrbc = diff.nrbc_per_100_wbc
     limit = ref.nrbc_max_per_100_wbc
     if nrbc is None:
         return []
-    prob = corrected.prob_above("erythroblast", limit) if corrected else None
-    det = corrected.nrbc_detection(limit) if corrected else None
+    prob = ev.beyond["nrbc", "erythroblast", "high"] if ev else None
+    det = ev.nrbc if ev else None
     # beyond the limit of blank too: more erythroblast calls than misclassification explains
     g = _graded(nrbc > limit and (det is None or det.detected), False, prob)
     if g is None:
         return []
     extra: dict[str, Any] = {}
     how = ""
-    if corrected is not None and det is not None:
-        cv = corrected.nrbc_per_100_wbc
+    if ev is not None and det is not None:
+        cv = ev.nrbc_per_100_wbc
         extra = {"corrected_value": round(cv, 2), "probability": round(float(prob), 3),
                  "min_calls": det.min_calls, "expected_false_calls": round(det.expected_false, 2)}  # fmt: skip
         how = (
@@ -292,10 +336,14 @@ def interval_flags(
     diff: Differential, ref: ReferenceIntervals, corrected: Corrected | None = None
 ) -> list[dict[str, Any]]:
     """One flag for every percentage, absolute count and NRBC value outside its interval (see module doc)."""
+    return _interval_flags(diff, ref, Evidence.of(diff, ref, corrected))
+
+
+def _interval_flags(diff: Differential, ref: ReferenceIntervals, ev: Evidence | None) -> list[dict[str, Any]]:
     if diff.wbc_total == 0:
         return []
-    flags = [f for cell in WBC_CLASSES for f in _percent_flags(diff, ref, corrected, cell)]
-    return flags + _absolute_flags(diff, ref, corrected) + _nrbc_flags(diff, ref, corrected)
+    flags = [f for cell in WBC_CLASSES for f in _percent_flags(diff, ref, ev, cell)]
+    return flags + _absolute_flags(diff, ref, ev) + _nrbc_flags(diff, ref, ev)
 
 
 def wbc_count_flags(wbc_total: int, min_wbc: int) -> list[dict[str, Any]]:
