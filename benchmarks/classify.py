@@ -124,8 +124,8 @@ def inference_alone(model: Path, n: int, batch: int, repeats: int, threads: int)
     return statistics.median(runs)
 
 
-def torch_eager_baseline(batch: int, repeats: int) -> float | None:
-    """Images/s of PyTorch eager fp32 torchvision ResNet50 at 224 px on this CPU (needs the [train] extra)."""
+def torch_eager_baseline(batch: int, repeats: int, size: int = 224) -> float | None:
+    """Images/s of PyTorch eager fp32 torchvision ResNet50 at ``size`` px on this CPU (needs the [train] extra)."""
     try:
         import torch
         import torchvision
@@ -133,7 +133,7 @@ def torch_eager_baseline(batch: int, repeats: int) -> float | None:
         print("PyTorch baseline skipped: the [train] extra is not installed")
         return None
     model = torchvision.models.resnet50(weights=None, num_classes=8).eval()
-    x = torch.randn(batch, 3, 224, 224)
+    x = torch.randn(batch, 3, size, size)
     runs = []
     with torch.inference_mode():
         model(x)
@@ -158,15 +158,13 @@ def main() -> None:
     ap.add_argument(
         "--baselines",
         action="store_true",
-        help="also time each model's inference alone on prepared inputs and PyTorch eager fp32 ResNet50 at 224 px",
+        help="also time each model's inference alone on prepared inputs, and PyTorch eager fp32 ResNet50 at each "
+        "model's own input size and at 224 px (the naive baseline)",
     )
     args = ap.parse_args()
     from wbcproc.int8 import int8_kernel
 
     print(f"machine: {machine()}; int8 path: {int8_kernel().description}")
-    eager = torch_eager_baseline(args.batch, args.repeats) if args.baselines else None
-    if eager:
-        print(f"PyTorch eager fp32 ResNet50 224 px, batch {args.batch}: {eager:.1f} images/s")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = sample_folder(args.images, args.n, tmp / "bench-sample")
@@ -177,6 +175,14 @@ def main() -> None:
             models += random_resnet50(size, tmp, args.int8, folder)
         if not models:
             raise SystemExit("give --model PATH or --random-resnet50 SIZE...")
+        eager: dict[int, float | None] = {}
+        if args.baselines:
+            from wbcproc.sidecar import read_sidecar
+
+            for size in sorted({224, *(read_sidecar(m).preprocess.input_size for m in models)}):
+                eager[size] = torch_eager_baseline(args.batch, args.repeats, size)
+                if eager[size]:
+                    print(f"PyTorch eager fp32 ResNet50 {size} px, batch {args.batch}: {eager[size]:.1f} images/s")
         print(
             f"{args.n} cells per run, median of {args.repeats} runs, batch {args.batch}, threads {args.threads or 'all'}"
         )
@@ -192,7 +198,12 @@ def main() -> None:
             )
             if args.baselines:
                 alone = inference_alone(m, args.n, args.batch, args.repeats, args.threads)
-                ratio = f"; x{r['cells_per_s'] / eager:.1f} PyTorch eager" if eager else ""
+                size = read_sidecar(m).preprocess.input_size
+                ratio = "".join(
+                    f"; x{r['cells_per_s'] / e:.1f} PyTorch eager at {px} px"
+                    for px, e in eager.items()
+                    if e and px in (size, 224)
+                )
                 print(
                     f"    inference alone {alone:.1f} cells/s; end to end = {r['cells_per_s'] / alone:.0%} of it{ratio}"
                 )

@@ -313,3 +313,22 @@ def test_every_listed_option_and_argument_has_help_text():
     walk(root, "wbc")
     assert not missing, "options without help text:\n" + "\n".join(missing)
     assert len(root.commands) >= 10  # the walk saw the command tree, not an empty group
+
+
+def test_closed_choices_are_listed_and_refused_in_one_line():
+    """A closed choice is an Enum made from the values the code reads, so `--help` lists them and any other
+    value is one line naming the command, with exit code 2."""
+    from flows.cli._choices import Resize, Split
+    from training.data import SPLITS
+    from wbcproc.preprocess import RESIZE_RULES
+
+    assert [e.value for e in Resize] == list(RESIZE_RULES)
+    assert [e.value for e in Split] == ["all", *SPLITS]
+    assert "--device <auto|cpu|cuda>" in run("train", "--help").stdout
+    r = run("evaluate", "--model", "m.onnx", "--data", "d", "--split", "holdout")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "wbc evaluate: Invalid value for '--split': 'holdout' is not one of 'all', 'train', 'val', 'test'. "
+        "(see wbc evaluate --help)"
+    ]
+    r = run("nosuch")
+    assert r.returncode == 2 and r.stderr.splitlines() == ["wbc: No such command 'nosuch'. (see wbc --help)"]

@@ -99,6 +99,24 @@ def test_excel_read_back(report):
                 assert c.data_type != "f", f"formula in {ws.title}!{c.coordinate}"
 
 
+def test_the_flag_error_rates_say_where_they_were_measured(tmp_path, sample):
+    """The About sheet's flag error rates come from the model's sidecar (measured on PBC-like images) and say
+    that they may differ at another laboratory."""
+    from helpers import make_tiny_model
+
+    from wbcproc.report.excel import FLAG_RATES_CAVEAT
+    from wbcproc.resolve import resolve_model_path
+    from wbcproc.sidecar import read_sidecar
+
+    perf = read_sidecar(resolve_model_path(None)).sidecar.flag_performance
+    model = make_tiny_model(tmp_path / "model", flag_performance=perf)
+    paths = process_sample(sample, tmp_path / "out", model=model)
+    about = load_workbook(paths["xlsx"])["About"]
+    rows = {r[0]: r[1] for r in about.iter_rows(values_only=True)}
+    assert any(str(k).startswith("How often flags are wrong") for k in rows)
+    assert rows["  where measured"] == FLAG_RATES_CAVEAT and "another laboratory" in FLAG_RATES_CAVEAT
+
+
 def test_the_cells_sheet_says_what_decoding_did_to_an_image(tmp_path, sample, tiny_model):
     """A cell cropped past the camera edge (black padding) is filled and noted: the note is in the JSON and
     in the workbook's Image notes column, beside that cell only."""

@@ -669,9 +669,9 @@ def test_wbc_train_refuses_bad_recipe_values_in_one_line_and_packs_a_cache(tmp_p
     cache a GPU machine trains from, and says where and how big."""
     common = ["--data", str(labelled_set), "--image-size", "32"]
     for bad, said in [
-        (["--augment", "wild"], "--augment"),
-        (["--device", "tpu"], "expected auto, cpu or cuda"),
-        (["--norm", "gn"], "expected bn or ibn"),
+        (["--augment", "wild"], "'wild' is not one of 'robust', 'basic', 'stain', 'mixed'"),
+        (["--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+        (["--norm", "gn"], "'gn' is not one of 'bn', 'ibn'"),
     ]:
         out = tmp_path / bad[1]
         r = subprocess.run([WBC, "train", *common, "--out", str(out), *bad], capture_output=True, text=True)

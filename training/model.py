@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
+from training.recipe import NORMS
 from wbcproc.classes import CLASSES
 
 STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
@@ -33,7 +34,6 @@ class IBN(nn.Module):
         return torch.cat([self.IN(a.contiguous()), self.BN(b.contiguous())], 1)
 
 
-NORMS = ("bn", "ibn")
 ARCHITECTURES = {"bn": "ResNet50", "ibn": "ResNet50-IBN-a"}
 
 

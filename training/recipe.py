@@ -35,6 +35,11 @@ SHIPPED = MappingProxyType(
 )
 
 
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when PyTorch sees a GPU
+OPTIMIZERS = ("adamw", "sgd")
+NORMS = ("bn", "ibn")  # ibn: ResNet50-IBN-a, half of the first norm in layer1-3 blocks is instance norm
+
+
 @dataclass
 class TrainConfig:
     """One training run's settings; the defaults are the shipped model's recipe (:data:`SHIPPED`)."""
@@ -75,6 +80,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # here, not only in training.model.build_model, so every trainer refuses it before reading any data
+        for key, allowed in (("device", DEVICES), ("optimizer", OPTIMIZERS), ("norm", NORMS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} {getattr(self, key)!r} is unknown; expected one of {allowed}")
         if self.init_head and self.init in ("imagenet", "scratch"):
             raise ValueError(f"--init-head keeps the head of --init PATH; --init {self.init!r} has none to keep")
 

@@ -74,7 +74,23 @@ def new_option_names(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    command()(args=new_option_names(sys.argv[1:]), prog_name="wbc")
+    """Run ``wbc``; a usage error (an unknown option, a value outside its choices or range) is one line on
+    stderr naming the command, with exit code 2, like every other refusal of the CLI."""
+    from typer import Abort
+    from typer._click.exceptions import ClickException  # typer vendors click (version pinned in constraints.txt)
+
+    try:
+        code = command().main(args=new_option_names(sys.argv[1:]), prog_name="wbc", standalone_mode=False)
+    except ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "wbc"
+        message = exc.format_message().replace("Value error, ", "")
+        print(f"{where}: {message} (see {where} --help)", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except Abort:
+        print("wbc: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from flows.cli._app import JsonOut, _emit, _fail, app
+from flows.cli._choices import Augment, Device, Norm, Optimizer, Resize, Split
 from training.recipe import SHIPPED as RECIPE  # standard library only: no torch at start-up
 from wbcproc import defaults
 
@@ -30,12 +31,13 @@ _InitHead = Annotated[
     bool, typer.Option("--init-head", help="Keep --init PATH's 8-class head too: continue that model (a warm start).")
 ]
 _Augment = Annotated[
-    str,
+    Augment,
     typer.Option(
-        help="robust (other labs' stains/cameras) | stain (robust + other stains) | mixed (stain on half the images) | basic"
+        help="Augmentation preset: robust (other labs' stains/cameras), stain (robust + other stains), "
+        "mixed (stain on half the images), basic."
     ),
 ]
-_Norm = Annotated[str, typer.Option(help="bn | ibn (ResNet50-IBN-a: part instance norm, for other labs)")]
+_Norm = Annotated[Norm, typer.Option(help="Normalisation: bn, or ibn (ResNet50-IBN-a: part instance norm).")]
 _Normalise = Annotated[
     bool, typer.Option("--normalise/--no-normalise", help="White balance + red-cell-ruler framing (new caches).")
 ]
@@ -44,20 +46,12 @@ _TimeBudget = Annotated[
 ]
 
 
-def _train_config(augment: str, device: str, norm: str, **fields: Any):
+def _train_config(augment: str, **fields: Any):
     """The training recipe from ``wbc train``'s options; a bad value exits 2 with one line naming it."""
     from training.recipe import TrainConfig, augmentation
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise _fail(f"--device {device!r}: expected auto, cpu or cuda", 2)
-    if norm not in ("bn", "ibn"):
-        raise _fail(f"--norm {norm!r}: expected bn or ibn", 2)
     try:
-        preset = augmentation(augment)
-    except ValueError as exc:
-        raise _fail(f"--augment: {exc}", 2) from None
-    try:
-        return TrainConfig(**preset, device=device, norm=norm, **fields)
+        return TrainConfig(**augmentation(augment), **fields)
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
 
@@ -90,12 +84,12 @@ def train(
     freeze_stages: Annotated[
         int, typer.Option("--freeze-stages", min=0, max=5, help="ResNet stages kept frozen (0: none).")
     ] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[Device, typer.Option(help="Where to train (auto: a GPU when PyTorch sees one).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per training step.")] = RECIPE[
         "batch_size"
     ],
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (warm-up, then cosine).")] = RECIPE["lr"],
-    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = RECIPE["optimizer"],
+    optimizer: Annotated[Optimizer, typer.Option(help="Optimiser.")] = RECIPE["optimizer"],
     label_smoothing: Annotated[
         float, typer.Option("--label-smoothing", min=0.0, max=0.5, help="Cross-entropy label smoothing.")
     ] = RECIPE["label_smoothing"],
@@ -103,7 +97,7 @@ def train(
     patience: Annotated[
         int, typer.Option(min=1, help="Epochs without a better validation macro-F1 before stopping.")
     ] = RECIPE["patience"],
-    resize: Annotated[str, typer.Option(help="stretch | shorter_side_crop | letterbox")] = "stretch",
+    resize: Annotated[Resize, typer.Option(help="How a cell image is brought to the input size.")] = "stretch",
     version: Annotated[str | None, typer.Option(help="Model version (default: UTC timestamp).")] = None,
     search: Annotated[int, typer.Option("--search", min=0, help="Random-search trials before training.")] = 0,
     search_epochs: Annotated[int, typer.Option("--search-epochs", min=1, help="Epochs per --search trial.")] = 3,
@@ -124,14 +118,14 @@ def train(
     except ImportError as exc:
         raise _fail(f"training needs the [train] extra (pip install 'wbc[train]'): {exc}") from None
     cfg = _train_config(
-        augment, device, norm, time_budget_s=time_budget, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, label_smoothing=label_smoothing, freeze_stages=freeze_stages, init=init,
-        init_head=init_head, seed=seed, patience=patience,
+        augment.value, device=device.value, norm=norm.value, time_budget_s=time_budget, epochs=epochs,
+        batch_size=batch_size, lr=lr, optimizer=optimizer.value, label_smoothing=label_smoothing,
+        freeze_stages=freeze_stages, init=init, init_head=init_head, seed=seed, patience=patience,
     )  # fmt: skip
     if not data and cache is None:
         raise _fail("give --data (class folders) or --cache (a packed cache)", 2)
     opts = RunOptions(
-        data=[str(d) for d in (data or [])], out=str(out), image_size=image_size, resize=resize, version=version,
+        data=[str(d) for d in (data or [])], out=str(out), image_size=image_size, resize=resize.value, version=version,
         quantize=quantize, search_trials=search, search_epochs=search_epochs, normalise=normalise,
         cache_quality=cache_quality,
     )  # fmt: skip
@@ -322,17 +316,17 @@ def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None, 
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model .onnx with its sidecar.")],
     data: Annotated[list[Path], typer.Option("--data", help="Root of class folders (repeatable).")],
-    split: Annotated[str, typer.Option(help="all | train | val | test (by content hash, as in training).")] = "all",
+    split: Annotated[
+        Split, typer.Option(help="Which cells: all, or one split (by content hash, as in training).")
+    ] = "all",
     as_json: JsonOut = False,
 ) -> None:
     """Score any model on a labelled folder tree (accuracy, per-class F1, macro-F1, confusion)."""
     from training.evaluate import evaluate_model
     from wbcproc.model import ModelError
 
-    if split not in ("all", "train", "val", "test"):
-        raise _fail(f"--split {split!r}: expected all, train, val or test", 2)
     try:
-        m = evaluate_model(model, [str(d) for d in data], split=split)
+        m = evaluate_model(model, [str(d) for d in data], split=split.value)
     except (ModelError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     if as_json:

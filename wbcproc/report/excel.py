@@ -321,6 +321,7 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
         lines.append((f"How often flags are wrong ({size} cells)", perf["source"]))
         for name, v in perf["sizes"][size].items():
             lines.append((f"  {name}", v))
+        lines.append(("  where measured", FLAG_RATES_CAVEAT))
     for cls in WBC_CLASSES:
         lines.append((f"  {DISPLAY_NAMES[cls]} %", _fmt_interval(ref["percent"][cls])))
     for cls, iv in ref["absolute"].items():
@@ -340,6 +341,12 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
         c.alignment = Alignment(wrap_text=True, vertical="top")
     ws.column_dimensions["A"].width = 28
     ws.column_dimensions["B"].width = 110
+
+
+FLAG_RATES_CAVEAT = (
+    "on images from the laboratory the model was trained on (PBC-like: CellaVision, Hospital Clinic Barcelona); "
+    "at another laboratory the rates may differ until that laboratory is validated (wbc adapt, docs/adapting.md)"
+)
 
 
 def _fields(ws: Worksheet, r: dict[str, Any], overviews: dict[str, bytes]) -> None:
