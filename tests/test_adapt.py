@@ -401,13 +401,37 @@ def test_frozen_first_blocks_stay_the_parents_and_the_rest_learn():
     x = np.maximum(rng.normal(0, 1, (16, 1024, 8, 8)), 0).astype(np.float16)
     y = rng.integers(0, 8, 16).astype(np.int64)
     parent = stage_module(stage)
-    net, w, _b = fine_tune(stage, head.weight, head.bias, x, y, None, None, epochs=2, lr=1e-3, batch=8, frozen=1)
+    net, w, _b, _epochs = fine_tune(
+        stage, head.weight, head.bias, x, y, None, None, epochs=2, lr=1e-3, batch=8, frozen=1
+    )
     same = [torch.equal(a, b) for a, b in zip(parent.blocks[0].parameters(), net.blocks[0].parameters(), strict=True)]
     moved = [torch.equal(a, b) for a, b in zip(parent.blocks[2].parameters(), net.blocks[2].parameters(), strict=True)]
     assert all(same) and not any(moved) and not np.allclose(w, head.weight)
     with torch.no_grad():
         t = torch.from_numpy(x[:4]).float()
         assert torch.allclose(net(t), net(net.blocks[0](t), start=1), atol=1e-5)
+
+
+def test_a_deadline_cuts_the_fine_tune_to_the_epochs_that_fit():
+    """``fine_tune(deadline=...)``: a deadline already passed leaves the one epoch that always runs, one far
+    away leaves every planned epoch; the run says how many it made."""
+    import time
+
+    import onnx
+
+    from training.adapt_stage import fine_tune, read_stage
+
+    stage = read_stage(onnx.load(str(resolve_model_path(None))))
+    head = load_graph(resolve_model_path(None)).head
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(0, 1, (8, 1024, 8, 8)), 0).astype(np.float16)
+    y = rng.integers(0, 8, 8).astype(np.int64)
+    said: list[str] = []
+    kw = dict(epochs=3, lr=1e-3, batch=8, frozen=2, log=said.append)
+    assert fine_tune(stage, head.weight, head.bias, x, y, None, None, deadline=time.monotonic(), **kw).epochs == 1
+    assert "time budget: 1 of the 3 planned epochs fit" in said
+    far = time.monotonic() + 3600
+    assert fine_tune(stage, head.weight, head.bias, x, y, None, None, deadline=far, **kw).epochs == 3
 
 
 def test_the_replay_teacher_is_the_parents_own_outputs_and_is_kept(tmp_path, monkeypatch):

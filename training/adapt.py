@@ -55,7 +55,13 @@ from onnx import numpy_helper
 from training.data import Gathered, Item, gather
 from training.sessions import session_with_output
 from wbcproc.classes import CLASSES
-from wbcproc.defaults import HOLDOUT_FRACTION, LAB_GUARD_MIN_ACCURACY, LAB_GUARD_MIN_CELLS, MIN_PER_CLASS
+from wbcproc.defaults import (
+    ADAPT_TIME_BUDGET_S,
+    HOLDOUT_FRACTION,
+    LAB_GUARD_MIN_ACCURACY,
+    LAB_GUARD_MIN_CELLS,
+    MIN_PER_CLASS,
+)
 from wbcproc.framing import FrameInfo, sample_framing
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
@@ -73,6 +79,9 @@ MAX_STAGE_VIEWS = 3200  # views of laboratory cells held for the stage fine-tune
 ROUTE_MIN_SEPARATION, ROUTE_SAMPLE_CELLS, ROUTE_DRAWS = 0.95, 30, 200
 ROUTED_MAX_ORIGINAL_DROP = 0.05
 PARENT_FILE = "parent.onnx"
+# of a time budget, kept for what follows the last fine-tune: judging the draft, calibrating, writing (about
+# 4 s on a 2-core AVX-512 CPU; several times that on a slower one)
+FINISH_RESERVE_S = 20.0
 
 
 class AdaptError(ValueError):
@@ -495,7 +504,7 @@ STAGE_LEARNING_RATES = (1e-4, 5e-5)  # the first draft, then a gentler one if th
 
 
 def _stage_drafts(
-    extractor: Features, imgs: np.ndarray, labels: np.ndarray, replay, spec, parent_path, draft, threads, log
+    extractor: Features, imgs: np.ndarray, labels: np.ndarray, replay, spec, parent_path, draft, threads, deadline, log
 ):
     """Write a last-stage + head draft to ``draft`` for each learning rate in turn (yielded), strongest
     first: the caller keeps the first that the guard rails accept.  On a laboratory far from the training
@@ -521,20 +530,23 @@ def _stage_drafts(
     rep_t = replay_teacher(parent_path, stage, extractor.head, rep_s)
     calib = np.concatenate([lab_s[:: max(1, len(lab_s) // 512)], rep_s[: len(rep)]])
     epochs = planned_epochs(len(lab_s))
-    for lr in STAGE_LEARNING_RATES:
+    for i, lr in enumerate(STAGE_LEARNING_RATES):
+        if i and deadline is not None and time.monotonic() > deadline:
+            log(f"time budget spent: no draft at learning rate {lr:g}")
+            return
         log(
             f"fine-tuning the last stage and head at learning rate {lr:g}, {epochs} epochs: {len(imgs)} cells x "
             f"{views} views, {len(rep)} replay cells x {VIEWS} views"
         )
-        net, w, b = fine_tune(
+        tuned = fine_tune(
             stage, extractor.head.weight, extractor.head.bias, lab_s, np.tile(labels, views).astype(np.int64),
             rep_s, rep_y, epochs=epochs, lr=lr, threads=threads, frozen=adapt_stage.FROZEN_BLOCKS, teacher=rep_t,
-            log=log,
+            deadline=deadline, log=log,
         )  # fmt: skip
-        staged = write_stage(stage, net, calib, draft.with_name("stage.onnx"))
-        write_adapted(staged, Head(w, b), draft)
+        staged = write_stage(stage, tuned.net, calib, draft.with_name("stage.onnx"))
+        write_adapted(staged, Head(tuned.weight, tuned.bias), draft)
         staged.unlink()
-        yield lr, epochs
+        yield lr, tuned.epochs, epochs
 
 
 def replay_stage_inputs(parent_path: Path, stage, rep: np.ndarray, spec, threads: int) -> np.ndarray:
@@ -688,7 +700,7 @@ def _judge(metrics, adapted: Features, lab: _Lab, parent, max_drop: float) -> _J
 
 
 def _best_draft(
-    lab: _Lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, max_drop, threads, log
+    lab: _Lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, max_drop, threads, deadline, log
 ):
     """The strongest draft the guard rails accept, written to ``draft``: last-stage drafts in turn (unless
     ``why_not`` says why not), else the head alone (whose refusal is final).  Returns the draft's
@@ -699,8 +711,8 @@ def _best_draft(
 
     if why_not is None:
         refused = []
-        for lr, epochs in _stage_drafts(
-            extractor, lab.fit_imgs, lab.fit_labels, replay, spec, parent_path, draft, threads, log
+        for lr, epochs, planned in _stage_drafts(
+            extractor, lab.fit_imgs, lab.fit_labels, replay, spec, parent_path, draft, threads, deadline, log
         ):
             try:
                 judged = judge()
@@ -711,6 +723,7 @@ def _best_draft(
                 continue
             metrics["stage_learning_rate"] = lr
             metrics["stage_epochs"] = epochs
+            metrics["stage_epochs_planned"] = planned
             return judged, None
         why_not = "every last-stage draft was refused (" + "; ".join(refused) + ")"
         log("refitting the head alone")
@@ -731,6 +744,11 @@ def _with_unreviewed(
     from training.pseudo import pseudo_label
 
     judged, why_not = first
+    if ctx["deadline"] is not None and time.monotonic() > ctx["deadline"]:
+        why = "the time budget was spent on the draft from the reviewed cells (--time-budget-seconds 0: no limit)"
+        metrics["unreviewed"] = {"candidates": len(files), "taken": 0, "kept": False, "why": why}
+        log(f"unreviewed cells not used: {why}")
+        return first
     parent_path, spec, draft = ctx["parent_path"], ctx["spec"], ctx["draft"]
     reader = Features(draft, ctx["threads"], plan_from=parent_path)
     log(f"reading {len(files)} unreviewed cells with the adapted draft (8 views each)")
@@ -758,7 +776,7 @@ def _with_unreviewed(
     try:
         second = _best_draft(
             more, ctx["extractor"], ctx["replay"], spec, ctx["parent"], parent_path, second_draft, m2, why_not,
-            ctx["max_drop"], ctx["threads"], log,
+            ctx["max_drop"], ctx["threads"], ctx["deadline"], log,
         )  # fmt: skip
     except AdaptError as exc:
         record.update(kept=False, why=f"the draft with them was refused: {exc}")
@@ -884,6 +902,16 @@ def _record(parent, replay, kept, rejected, metrics, why_not, routing, t0) -> di
     }
 
 
+def _replay_or_say(parent_path: Path, parent, log) -> dict[str, np.ndarray] | None:
+    """The parent's replay cells, or None - said, since the head then learns from the lab's cells only."""
+    replay = load_replay(parent_path, parent.sha256)
+    if replay is None:
+        log(
+            f"no replay features for this model ({replay_path(parent_path).name}): the head learns from the lab's cells only"
+        )
+    return replay
+
+
 def adapt(
     data: list[str | Path],
     out: str | Path,
@@ -896,6 +924,7 @@ def adapt(
     stage: bool = True,
     route: bool = True,
     unreviewed: list[Path] | None = None,
+    time_budget_s: float = ADAPT_TIME_BUDGET_S,
     log=print,
 ) -> dict[str, Any]:
     """Adapt the model to the laboratory's cells - its last stage and head (``stage``, where PyTorch, the
@@ -903,12 +932,14 @@ def adapt(
     if every guard rail holds, with the parent beside it where the laboratory's slides can be told from the
     original laboratory's (``route``: :func:`_routing_plan`); returns the summary.  ``unreviewed``: the
     laboratory's unreviewed single-cell images, confidently pseudo-labelled by a first draft and used for a
-    second one where that does not lose (:func:`_with_unreviewed`)."""
+    second one where that does not lose (:func:`_with_unreviewed`).  ``time_budget_s`` (0: none): the
+    fine-tunes run fewer epochs where they would not fit (:data:`wbcproc.defaults.ADAPT_TIME_BUDGET_S`)."""
     import tempfile
 
     from wbcproc.resolve import resolve_model_path
 
     t0 = time.time()
+    deadline = time.monotonic() + time_budget_s - FINISH_RESERVE_S if time_budget_s > 0 else None
     parent_path = resolve_model_path(model)
     parent = read_sidecar(parent_path)
     spec = parent.preprocess
@@ -919,16 +950,13 @@ def adapt(
         log(f"skipped {f}: {why}")
     labels = np.array([CLASSES.index(it.label) for it in kept])
     is_fit = np.array([it.split != "test" for it in kept])
-    replay = load_replay(parent_path, parent.sha256)
-    if replay is None:
-        log(
-            f"no replay features for this model ({replay_path(parent_path).name}): the head learns from the lab's cells only"
-        )
+    replay = _replay_or_say(parent_path, parent, log)
     why_not = _stage_unavailable(parent_path, replay) if stage else "not asked for (--head-only)"
     if stage and why_not:
         log(f"the last stage is not fine-tuned ({why_not}): the head alone is refitted")
     out = Path(out)
-    metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum())}
+    metrics: dict[str, Any] = {"counts_fitted": counts, "held_out_cells": int((~is_fit).sum()),
+                               "time_budget_s": time_budget_s or None}  # fmt: skip
     lab = _lab(imgs, labels, is_fit, counts, extractor, replay, spec)
     lab_ref = lab_reference(lab.lab_feats, data)
     plan = _routing_plan(lab, parent.sidecar.domain, lab_ref, metrics, log) if route else None
@@ -936,11 +964,11 @@ def adapt(
     with tempfile.TemporaryDirectory(prefix="wbc-adapt-") as tmp:
         draft = Path(tmp) / "model.onnx"
         judged, why_not = _best_draft(
-            lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, max_drop, threads, log
+            lab, extractor, replay, spec, parent, parent_path, draft, metrics, why_not, max_drop, threads, deadline, log
         )
         if unreviewed:
             ctx = {"parent_path": parent_path, "spec": spec, "draft": draft, "threads": threads, "parent": parent,
-                   "extractor": extractor, "replay": replay, "max_drop": max_drop,
+                   "extractor": extractor, "replay": replay, "max_drop": max_drop, "deadline": deadline,
                    "reviewed_sha256": {it.sha256 for it in kept}}  # fmt: skip
             judged, why_not = _with_unreviewed(list(unreviewed), lab, (judged, why_not), ctx, metrics, log)
         out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -197,6 +197,15 @@ def planned_epochs(n_views: int, batch: int = 64) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_STEPS // steps))))
 
 
+class Tuned(NamedTuple):
+    """A fine-tuned stage and head, and how many epochs it ran (fewer than planned when a deadline cut it)."""
+
+    net: Any
+    weight: np.ndarray
+    bias: np.ndarray
+    epochs: int
+
+
 def fine_tune(
     stage: Stage,
     head_w: np.ndarray,
@@ -213,8 +222,9 @@ def fine_tune(
     threads: int = 0,
     frozen: int = 0,
     teacher: np.ndarray | None = None,
+    deadline: float | None = None,
     log=lambda *_: None,
-) -> tuple[Any, np.ndarray, np.ndarray]:
+) -> Tuned:
     """AdamW on the stage and head; each batch of laboratory cells is joined by as many replay cells, which
     learn their labels and, as in Learning without Forgetting (Li & Hoiem 2017), the parent's own outputs
     (softened at temperature ``KD_T``, weight ``KD_WEIGHT``): on LISC this kept the original-laboratory
@@ -222,7 +232,9 @@ def fine_tune(
     ``frozen``: the stage's first blocks kept as the parent's; their outputs are computed once and only the
     blocks after them learn (the first block, at twice the resolution and with the stride, is most of a
     step's time on a CPU).  ``teacher``: the parent's logits for the replay cells (:func:`parent_outputs`),
-    computed here when not given."""
+    computed here when not given.  ``deadline`` (``time.monotonic()``): after each epoch, the epochs left are
+    cut to those that still fit before it (at least one epoch runs) - the learning rate is constant, so a
+    shorter run is the same run stopped earlier."""
     import torch
     import torch.nn.functional as F
 
@@ -243,9 +255,10 @@ def fine_tune(
     if R is not None and teacher is None:
         teacher = parent_outputs(stage, head_w, head_b, replay_x, batch)
     teacher = torch.from_numpy(teacher) if teacher is not None else None
-    epochs = epochs or planned_epochs(len(X), batch)
+    epochs = planned = epochs or planned_epochs(len(X), batch)
     started = time.monotonic()
-    for epoch in range(epochs):
+    epoch = 0
+    while epoch < epochs:
         _progress(log, epoch, epochs, started)
         perm = torch.randperm(len(X), generator=gen)
         for i in range(0, len(X), batch):
@@ -265,7 +278,13 @@ def fine_tune(
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return net, fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
+        epoch += 1
+        if deadline is not None and epoch < epochs:
+            fit = epoch + int((deadline - time.monotonic()) // ((time.monotonic() - started) / epoch))
+            if fit < epochs:
+                epochs = max(epoch, fit)
+                log(f"time budget: {epochs} of the {planned} planned epochs fit")
+    return Tuned(net, fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy(), epochs)
 
 
 def parent_outputs(stage: Stage, head_w: np.ndarray, head_b: np.ndarray, x: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -21,3 +21,6 @@ HOLDOUT_FRACTION = 0.2  # of the laboratory's cells, by content hash: scored, ne
 # the laboratory is validated for the domain guard (its own uncertainty thresholds) only with this many
 # held-out cells, scored by the adapted model at least this well; else its samples keep DOMAIN_SHIFT
 LAB_GUARD_MIN_CELLS, LAB_GUARD_MIN_ACCURACY = 20, 0.85
+# the whole adaptation is fitted into this many seconds (0: no limit): on a slower CPU the fine-tune runs
+# fewer epochs, and the guard rails judge the result as always
+ADAPT_TIME_BUDGET_S = 300.0

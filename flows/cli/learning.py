@@ -222,6 +222,14 @@ def adapt(
     route: _Route = True,
     suggest: _Suggest = None,
     samples: _Samples = None,
+    time_budget: Annotated[
+        float,
+        typer.Option(
+            "--time-budget-seconds",
+            min=0.0,
+            help="Finish within this many seconds: on a slower CPU the fine-tune runs fewer epochs (0: no limit).",
+        ),
+    ] = defaults.ADAPT_TIME_BUDGET_S,
     as_json: JsonOut = False,
 ) -> None:
     """Adapt the model to your laboratory from its reviewed cells, on the CPU, in minutes
@@ -251,6 +259,7 @@ def adapt(
             stage=stage,
             route=route,
             unreviewed=unreviewed,
+            time_budget_s=time_budget,
             log=lambda m: typer.echo(m, err=True),
         )
     except (AdaptError, ModelError, FileNotFoundError) as exc:
@@ -270,6 +279,8 @@ def _adapted_text(res: dict[str, Any]) -> str:
         parts.append(
             f"original laboratory's check {check['parent']['accuracy']:.3f} -> {check['adapted']['accuracy']:.3f}"
         )
+    if m.get("stage_epochs", 0) < m.get("stage_epochs_planned", 0):
+        parts.append(f"{m['stage_epochs']} of {m['stage_epochs_planned']} epochs (time budget)")
     if res.get("routed"):
         parts.append("routed: the parent reads slides that look like the original laboratory's")
     if m.get("lab_guard", {}).get("validated") is False:
