@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DIARY = re.compile(
-    r"\bstops? \d+\b|\bthis stop\b|the issue (asks|measured)|the issue's|before this change|\(issue[: \d]",
+    r"\bstops? \d+\b|\bthis stop\b|\b(two|three|four|five|several|many) stops\b|\bwas lent\b"
+    r"|the issue (asks|measured)|\bissue's\b|before this change|\(issue[: \d]",
     re.IGNORECASE,
 )
 TEXT = {".md", ".py", ".sh", ".toml", ".yml", ".yaml", ".html", ".txt"}
@@ -33,4 +34,5 @@ def test_no_development_diary_in_the_product_text():
 
 def test_the_check_finds_a_planted_phrase():
     assert DIARY.search("measured at stop 21 (below)") and DIARY.search("the rule (issue: other labs)")
+    assert DIARY.search("No GPU was lent for three stops") and DIARY.search("as the issue's patients were")
     assert not DIARY.search("early stopping on validation macro-F1") and not DIARY.search("a bus stop")
