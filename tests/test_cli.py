@@ -332,3 +332,5 @@ def test_closed_choices_are_listed_and_refused_in_one_line():
     ]
     r = run("nosuch")
     assert r.returncode == 2 and r.stderr.splitlines() == ["wbc: No such command 'nosuch'. (see wbc --help)"]
+    r = run("models")  # a group alone shows its help, unprefixed
+    assert r.returncode == 2 and r.stderr.startswith("Usage: wbc models [OPTIONS] COMMAND") and "promote" in r.stderr

@@ -77,10 +77,15 @@ def main() -> None:
     """Run ``wbc``; a usage error (an unknown option, a value outside its choices or range) is one line on
     stderr naming the command, with exit code 2, like every other refusal of the CLI."""
     from typer import Abort
-    from typer._click.exceptions import ClickException  # typer vendors click (version pinned in constraints.txt)
+
+    # typer vendors click (its version pinned in constraints.txt)
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:
         code = command().main(args=new_option_names(sys.argv[1:]), prog_name="wbc", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `wbc` or a group alone: its help, as click shows it
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
     except ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "wbc"
