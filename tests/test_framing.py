@@ -119,6 +119,10 @@ def test_bad_framing_and_colour_settings_are_named():
         PreprocessSpec.from_dict({"framing": {"method": "magic"}})
     with pytest.raises(ValueError, match=r"colour_normalisation.method is 'macenko'; expected 'reinhard_lab' or"):
         PreprocessSpec.from_dict({"colour_normalisation": {"method": "macenko"}})
+    with pytest.raises(ValueError, match=r"colour normalisation 'white_balance' lacks \['reference'\]"):
+        PreprocessSpec.from_dict({"colour_normalisation": {"method": "white_balance"}})  # no default colour
+    with pytest.raises(ValueError, match=r"colour normalisation None lacks \['method'\]"):
+        PreprocessSpec.from_dict({"colour_normalisation": {"mean": [1, 2, 3], "std": [1, 1, 1]}})
     with pytest.raises(ValueError, match=r"framing has unknown keys \['zoom'\]"):
         PreprocessSpec.from_dict({"framing": {"zoom": 2}})
 

@@ -70,6 +70,7 @@ def test_the_shipped_schema_is_generated_from_the_records():
         ({"parity": {"passed": "yes"}}, r"parity.passed is 'yes'; expected a valid boolean$"),
         ({"parity": {"passed": True, "speed": 1}}, r"parity has unknown keys \['speed'\]$"),
         ({"quantization": {"kept": True, "weight_max_abs": 300}}, r"weight_max_abs is 300; expected less than or"),
+        ({"quantization": {"kept": True, "weight_max_abs": "64"}}, r"weight_max_abs is '64'; expected an integer"),
         (
             {"confusion_val": {"counts": [[1, 2], [3, 4]], "classes": list(CLASSES), "n": 10, "source": "x"}},
             r"confusion_val.counts.0 is \[1, 2\]; tuple should have at least 8 items",

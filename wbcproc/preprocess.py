@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import cv2
 import numpy as np
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, model_validator
 from pydantic.dataclasses import dataclass as record
 
 from wbcproc.contract import RECORD, Record
@@ -29,6 +29,7 @@ RESIZE_RULES: tuple[str, ...] = get_args(ResizeRule)
 ColourMethod = Literal["reinhard_lab", "white_balance"]
 COLOUR_METHODS: tuple[str, ...] = get_args(ColourMethod)
 Triple = tuple[float, float, float]
+_READS = {"white_balance": ("reference",), "reinhard_lab": ("mean", "std")}  # what each colour method uses
 
 
 @record(frozen=True, config=RECORD)
@@ -44,6 +45,18 @@ class ColourNormalisation(Record):
     mean: Triple = (0.0, 0.0, 0.0)
     std: Triple = (1.0, 1.0, 1.0)
     reference: Triple = (255.0, 255.0, 255.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _the_method_and_what_it_reads(cls, data: Any) -> Any:
+        """Read from JSON, the method and the values it reads must be written out: a default reference colour
+        or LAB statistics would silently recolour every cell."""
+        if isinstance(data, dict):
+            needed = ("method", *_READS.get(data.get("method"), ()))
+            missing = [k for k in needed if k not in data]
+            if missing:
+                raise ValueError(f"colour normalisation {data.get('method')!r} lacks {missing}")
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         if self.method == "white_balance":

@@ -129,6 +129,14 @@ class Quantization(Record):
     activations: str | None = None
     why: str | None = None
 
+    @field_validator("weight_max_abs", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        """A JSON number, not text that looks like one: which int8 kernels are exact is decided from it."""
+        if value is not None and not isinstance(value, int | float):
+            raise ValueError(f"quantization.weight_max_abs is {value!r}; expected an integer in 1..127")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return _without_none(dataclasses.asdict(self))
 
