@@ -179,7 +179,8 @@ def main() -> None:
         if args.baselines:
             from wbcproc.sidecar import read_sidecar
 
-            for size in sorted({224, *(read_sidecar(m).preprocess.input_size for m in models)}):
+            input_size = {m: read_sidecar(m).preprocess.input_size for m in models}
+            for size in sorted({224, *input_size.values()}):
                 eager[size] = torch_eager_baseline(args.batch, args.repeats, size)
                 if eager[size]:
                     print(f"PyTorch eager fp32 ResNet50 {size} px, batch {args.batch}: {eager[size]:.1f} images/s")
@@ -198,11 +199,10 @@ def main() -> None:
             )
             if args.baselines:
                 alone = inference_alone(m, args.n, args.batch, args.repeats, args.threads)
-                size = read_sidecar(m).preprocess.input_size
                 ratio = "".join(
                     f"; x{r['cells_per_s'] / e:.1f} PyTorch eager at {px} px"
                     for px, e in eager.items()
-                    if e and px in (size, 224)
+                    if e and px in (input_size[m], 224)
                 )
                 print(
                     f"    inference alone {alone:.1f} cells/s; end to end = {r['cells_per_s'] / alone:.0%} of it{ratio}"

@@ -157,10 +157,13 @@ def read_split(path: str | Path, split: str | None = None) -> list[Item]:
     """The items :func:`write_split` wrote (only ``split``'s when given): what a run was tested on, read
     back by the retrain flow to score the challenger and the model in use on the same cells."""
     items: list[Item] = []
+    framed: dict[Path, bool] = {}  # data root -> holds the FRAMED marker: looked up once a root
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if split is None or row["split"] == split:
                 p = Path(row["path"])
-                framed = (p.parent.parent / FRAMED_MARKER).is_file()
-                items.append(Item(p, row["label"], row["sha256"], row["split"], framed))
+                root = p.parent.parent
+                if root not in framed:
+                    framed[root] = (root / FRAMED_MARKER).is_file()
+                items.append(Item(p, row["label"], row["sha256"], row["split"], framed[root]))
     return items
