@@ -242,6 +242,39 @@ def test_the_stage_rebuilt_from_the_int8_file_computes_the_parents_function(tmp_
     assert np.abs(onnx.numpy_helper.to_array(q)).max() <= WEIGHT_QMAX  # 7-bit: the same sums on every CPU
 
 
+def test_an_adapted_stage_folds_into_a_torchvision_resnet50(tmp_path):
+    """The float weights written for a stage-adapted model (training.weights.adapted_state) fit torchvision's
+    ResNet50 and compute what the adapted int8 file's stage computes: its convolutions dequantised with their
+    BatchNorm folded in, each BatchNorm the identity plus the bias."""
+    import onnx
+    import torch
+    import torchvision
+
+    from training.adapt_stage import read_stage, stage_inputs, stage_module
+    from training.weights import adapted_state
+
+    adapted = resolve_model_path(None)  # stands for the adapted file; its parent differs in one stage weight
+    m = onnx.load(str(adapted))
+    stage = read_stage(m)
+    q = {t.name: t for t in m.graph.initializer}[stage.blocks[2]["conv3"].weight_q]
+    arr = onnx.numpy_helper.to_array(q).copy()
+    arr.flat[0] = -arr.flat[0] if arr.flat[0] else 1
+    q.CopyFrom(onnx.numpy_helper.from_array(arr, q.name))
+    onnx.save(m, str(tmp_path / "parent.onnx"))
+    net = torchvision.models.resnet50(weights=None)
+    net.fc = torch.nn.Linear(2048, 8)
+    head = load_graph(adapted).head
+    state = adapted_state(net.state_dict(), tmp_path / "parent.onnx", adapted, (head.weight, head.bias))
+    net.load_state_dict(state)
+    net.eval()
+    s_in = torch.from_numpy(stage_inputs(adapted, stage, _x(read_sidecar(adapted).preprocess, 6))).float()
+    with torch.no_grad():
+        mine = net.fc(torch.flatten(net.avgpool(net.layer4(s_in)), 1)).numpy()
+        ref = stage_module(stage)(s_in).numpy() @ head.weight.T + head.bias
+    assert np.abs(mine - ref).max() < 1e-3
+    assert np.abs(state["layer4.0.bn1.running_var"].numpy() - (1 - 1e-5)).max() == 0
+
+
 @pytest.mark.slow  # fine-tunes the shipped model's last stage
 def test_a_refused_adaptation_writes_nothing(tmp_path, monkeypatch):
     """The guard rail is judged on the written int8 draft; refused, neither model nor sidecar reaches OUT."""

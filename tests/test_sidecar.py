@@ -14,7 +14,7 @@ from wbcproc.framing import Framing
 from wbcproc.preprocess import COLOUR_METHODS, RESIZE_RULES
 from wbcproc.resolve import resolve_model_path
 from wbcproc.sidecar import (
-    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     SCHEMA_PATH,
     WRITER_KEYS,
     ConfusionReference,
@@ -55,7 +55,7 @@ def test_the_shipped_schema_is_generated_from_the_records():
     props = SCHEMA["properties"]
     assert list(props) == [f.name for f in fields(Sidecar)]
     assert set(SCHEMA["required"]) == _required(Sidecar) | {"format", "format_version", "sha256"}
-    assert props["format_version"]["const"] == FORMAT_VERSION and SCHEMA["additionalProperties"] is False
+    assert props["format_version"]["enum"] == list(FORMAT_VERSIONS) and SCHEMA["additionalProperties"] is False
     defs = SCHEMA["$defs"]
     assert defs["PreprocessSpec"]["properties"]["resize"]["enum"] == list(RESIZE_RULES)
     assert defs["ColourNormalisation"]["properties"]["method"]["enum"] == list(COLOUR_METHODS)
@@ -85,7 +85,16 @@ def test_the_shipped_schema_is_generated_from_the_records():
         ({"input": {"layout": "NHWC"}}, r"input.layout is 'NHWC'; expected 'NCHW'"),
         ({"sha256": "xyz"}, r"sha256 is 'xyz'; string should match pattern"),
         ({"name": ""}, r"name is ''; string should have at least 1 character"),
-        ({"format_version": 2}, "v2"),
+        ({"format_version": 3}, "v3"),
+        (
+            {"format_version": 2, "weights": {"file": "../elsewhere.safetensors", "sha256": "0" * 64}},
+            r"weights.file is '../elsewhere.safetensors'; string should match pattern",
+        ),
+        ({"format_version": 2, "weights": {"file": "w.safetensors"}}, r"weights lacks required keys \['sha256'\]"),
+        (
+            {"format_version": 2, "weights": {"file": "w.safetensors", "sha256": "0" * 64, "dtype": "int8"}},
+            r"weights.dtype is 'int8'; expected 'float16'",
+        ),
     ],
 )
 def test_a_bad_sidecar_is_refused_by_the_reader_and_the_schema(tmp_path, change, message):
@@ -111,3 +120,25 @@ def test_the_writer_fills_its_own_keys_whatever_the_caller_passed(tmp_path):
     as_dict = {k: v for k, v in parent.to_dict().items() if k not in WRITER_KEYS}
     write_sidecar(path, as_dict)  # the JSON object form goes through the same parser
     assert read_sidecar(path).sidecar.replace(sha256=parent.sha256, file=parent.file) == parent
+
+
+def test_float_weights_need_format_version_2_and_a_matching_file(tmp_path):
+    """A version 1 sidecar has no float weights (an earlier reader would refuse the key); a listed weights
+    file must be beside the model with the sha256 the sidecar gives."""
+    from wbcproc.sidecar import float_weights_path
+
+    path = make_tiny_model(tmp_path)
+    raw = json.loads(path.with_suffix(".json").read_text())
+    assert raw["format_version"] == 1 and "weights" not in raw  # written without float weights: version 1
+    with pytest.raises(ModelError, match="carries no float weights"):
+        float_weights_path(read_sidecar(path))
+    (tmp_path / "w.safetensors").write_bytes(b"not these")
+    raw["weights"] = {"file": "w.safetensors", "sha256": "0" * 64}
+    path.with_suffix(".json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="a 'weights' block needs format_version 2"):
+        read_sidecar(path)
+    raw["format_version"] = 2
+    path.with_suffix(".json").write_text(json.dumps(raw))
+    _validate(raw)
+    with pytest.raises(ModelError, match=r"w.safetensors' have sha256 .* but the sidecar says 0000"):
+        float_weights_path(read_sidecar(path))

@@ -211,6 +211,80 @@ def test_registry_promotion_rules(tmp_path, trained_run):
     assert reg.current_version() == v
 
 
+def _torch_and_onnx_logits(model_dir: Path, cache: Path, n: int = 12) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Logits of the model's ONNX file and of a PyTorch ResNet50 built from its float weights alone
+    (``wbc train --init MODEL --init-head``'s path), on the test cells of ``cache``."""
+    from training.export import ort_logits
+    from wbcproc.preprocess import to_input
+
+    test = load_cache(cache).subset("test")
+    net, record = build_model(str(model_dir), keep_head=True)
+    net.eval()
+    with torch.no_grad():
+        mine = net(torch.from_numpy(to_input(test.images[:n], test.spec))).numpy()
+    return mine, ort_logits(model_dir / "model.onnx", test)[:n], record
+
+
+def test_a_trained_model_carries_its_float_weights_and_they_compute_it(tmp_path, trained_run):
+    """The int8-or-float ONNX file cannot be trained on; the fp16 weights beside it can, on any machine:
+    listed in the sidecar with their sha256, copied by the registry, and a network built from them alone
+    gives the exported file's classes."""
+    from training.weights import load_float_weights
+
+    out, _ = trained_run
+    info = read_sidecar(out / "model.onnx")
+    w = info.sidecar.weights
+    raw = json.loads((out / "model.json").read_text())
+    assert raw["format_version"] == 2 and raw["weights"]["file"] == "model.weights.safetensors"
+    assert w.dtype == "float16" and w.architecture == "ResNet50" and w.parameters > 23_000_000
+    state, _ = load_float_weights(out)
+    assert state["fc.weight"].shape == (8, 2048) and state["fc.weight"].dtype == torch.float32
+    mine, ref, record = _torch_and_onnx_logits(out, out / "cache-32.npz")
+    assert record["used"] == "file" and record["weights_sha256"] == w.sha256 and record["head"] == "kept (warm start)"
+    assert (mine.argmax(1) == ref.argmax(1)).all()
+    assert np.abs(mine - ref).max() <= 0.02 * np.abs(ref).max() + 1e-3  # fp16 weights: rounding only
+    reg = Registry(tmp_path / "reg")
+    v = reg.register(out)
+    assert (reg.versions_dir / v / w.file).read_bytes() == (out / w.file).read_bytes()
+    changed = tmp_path / "changed"
+    shutil.copytree(out, changed)
+    side = json.loads((changed / "model.json").read_text())
+    side["version"] = "changed"
+    (changed / "model.json").write_text(json.dumps(side))
+    with open(changed / w.file, "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(Exception, match=r"float weights .* have sha256 .*belongs to another model"):
+        reg.register(changed)
+    (changed / w.file).unlink()
+    with pytest.raises(Exception, match=r"float weights 'model\.weights\.safetensors' are not beside it"):
+        build_model(str(changed), keep_head=True)
+
+
+def test_an_adapted_model_carries_float_weights_of_its_own_head(tmp_path, trained_run, labelled_set):
+    """`wbc adapt` of a model that carries float weights writes the adapted model's beside it: the parent's
+    network with the adapted head, giving the adapted file's classes."""
+    from training.adapt import adapt
+
+    out, _ = trained_run
+    said: list[str] = []
+    adapt([labelled_set], tmp_path / "lab", out / "model.onnx", min_per_class=2, holdout=0.0, log=said.append)
+    info = read_sidecar(tmp_path / "lab" / "model.onnx")
+    assert info.sidecar.weights is not None and info.sidecar.weights.sha256 != read_sidecar(out).sidecar.weights.sha256
+    mine, ref, _ = _torch_and_onnx_logits(tmp_path / "lab", out / "cache-32.npz")
+    assert (mine.argmax(1) == ref.argmax(1)).all()
+    assert np.abs(mine - ref).max() <= 0.02 * np.abs(ref).max() + 1e-3
+    # a routed model keeps its parent beside it: the parent's float weights go too, named for the copy
+    from training.adapt import _write_parent
+    from training.weights import load_float_weights
+
+    _write_parent(out / "model.onnx", read_sidecar(out), tmp_path / "lab", {})
+    parent_copy = read_sidecar(tmp_path / "lab" / "parent.onnx")
+    assert parent_copy.sidecar.weights.file == "parent.weights.safetensors" and parent_copy.version == "t1"
+    assert load_float_weights(tmp_path / "lab" / "parent.onnx")[0]["fc.bias"].shape == (8,)
+    assert load_float_weights(tmp_path / "lab")[1].version == info.version  # the adapted model's own are apart
+
+
 @pytest.mark.slow
 def test_retrain_flow_promotes_only_when_better(prefect_server, tmp_path, labelled_set):
     from flows.retrain import RetrainBusyError, retrain_flow, retrain_lock
@@ -672,10 +746,13 @@ def test_wbc_train_refuses_bad_recipe_values_in_one_line_and_packs_a_cache(tmp_p
         (["--augment", "wild"], "'wild' is not one of 'robust', 'basic', 'stain', 'mixed'"),
         (["--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
         (["--norm", "gn"], "'gn' is not one of 'bn', 'ibn'"),
+        (["--init", str(tmp_path / "nowhere")], "does not exist; expected 'imagenet', 'scratch', a model"),
+        (["--init", str(Path(__file__).parents[1] / "models")], "1.2.0 ('"),  # shipped before float weights
     ]:
-        out = tmp_path / bad[1]
+        out = tmp_path / Path(bad[1]).name
         r = subprocess.run([WBC, "train", *common, "--out", str(out), *bad], capture_output=True, text=True)
         assert r.returncode == 2 and said in r.stderr and bad[1] in r.stderr, (bad, r.stderr)
+        assert bad[0] != "--init" or "float weights" in r.stderr or "nowhere" in bad[1]
         assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
     r = subprocess.run(
         [WBC, "train", *common, "--out", str(tmp_path / "pack"), "--pack-only", "--json"],

@@ -8,8 +8,10 @@ graph or its replay cell images do not allow the stage) the head alone, refitted
 features of the *deployed* int8 backbone, with replay features, pulled towards the parent head (L2).  Either
 way:
 
-- no float copy of the 94 MB network ships or travels: the stage is rebuilt from the parent's own int8
-  weights and written back 7-bit per channel (the same answer on every CPU); the head is 8 x 2048 floats;
+- it starts from what is deployed: the stage is rebuilt from the parent's own int8 weights and written back
+  7-bit per channel (the same answer on every CPU); the head is 8 x 2048 floats.  Where the parent carries
+  float weights (``training.weights``), the adapted model gets its own beside it (the parent's, with the
+  adapted stage and head folded in), so a later training can continue it;
 - every figure and guard rail is measured on the written int8 draft, which reaches OUT only if they hold; a
   refused stage draft is followed by a gentler one (half the learning rate), then by the head alone;
 - a class the laboratory did not review keeps the parent's behaviour (replay, distillation / the pull to the
@@ -43,7 +45,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ from onnx import numpy_helper
 
 from training.data import Gathered, Item, gather
 from training.sessions import session_with_output
+from training.weights import weights_path
 from wbcproc.classes import CLASSES
 from wbcproc.defaults import (
     ADAPT_TIME_BUDGET_S,
@@ -66,7 +69,7 @@ from wbcproc.framing import FrameInfo, sample_framing
 from wbcproc.imageio import ImageRejected, read_image
 from wbcproc.preprocess import PreprocessSpec, measure_normalised, prepare_image, to_input
 from wbcproc.registry import version_stamp
-from wbcproc.sidecar import read_sidecar, write_sidecar
+from wbcproc.sidecar import float_weights_path, read_sidecar, write_sidecar
 from wbcproc.stats import softmax
 
 MAX_ORIGINAL_DROP = 0.01  # the original-laboratory check may lose at most one point
@@ -860,7 +863,12 @@ def _write_parent(parent_path: Path, parent, out: Path, routing: dict[str, Any])
         origin = parent_path.parent / parent.sidecar.adaptation["routing"]["parent_file"]
     info = read_sidecar(origin)
     shutil.copy2(origin, out / PARENT_FILE)
-    shutil.copy2(info.sidecar_path, (out / PARENT_FILE).with_suffix(".json"))
+    if info.sidecar.weights is None:
+        shutil.copy2(info.sidecar_path, (out / PARENT_FILE).with_suffix(".json"))
+    else:  # its float weights go with it, named for the copy (the adapted model's own are model.weights...)
+        dest = weights_path(out / PARENT_FILE)
+        shutil.copy2(float_weights_path(info), dest)
+        write_sidecar(out / PARENT_FILE, info.sidecar.replace(weights=replace(info.sidecar.weights, file=dest.name)))
     return {
         **routing,
         "parent_file": PARENT_FILE,
@@ -980,18 +988,33 @@ def adapt(
     domain = _with_lab_domain(domain, lab_ref, _lab_uncertainty(judged, lab, metrics, log))
     adaptation = _record(parent, replay, kept, rejected, metrics, why_not, routing, t0)
     side = parent.sidecar.replace(
-        version=version or f"{parent.version}+lab.{version_stamp(stamp)}",
-        created_at=stamp.isoformat(timespec="seconds"),
-        temperature=judged.temperature,
-        review_threshold=judged.review_threshold,
-        domain=domain,
-        adaptation=adaptation,
-    )
+        version=version or f"{parent.version}+lab.{version_stamp(stamp)}", created_at=stamp.isoformat(timespec="seconds"),
+        temperature=judged.temperature, review_threshold=judged.review_threshold, domain=domain, adaptation=adaptation,
+        weights=_adapted_weights(parent_path, parent, onnx_out, log),
+    )  # fmt: skip
     write_sidecar(onnx_out, side)
     info = read_sidecar(onnx_out)
     log(json.dumps(metrics))
     return {"run_dir": str(out), "version": info.version, "sha256": info.sha256, "metrics": metrics,
             "seconds": adaptation["seconds"], "routed": routing is not None}  # fmt: skip
+
+
+def _adapted_weights(parent_path: Path, parent, onnx_out: Path, log):
+    """The adapted model's float weights beside it (:func:`training.weights.adapted_state`), where the parent
+    carries its own; else none, said."""
+    if parent.sidecar.weights is None:
+        log(f"no float weights written: the parent {parent.version} carries none (an int8 file alone)")
+        return None
+    try:
+        from training.weights import FOLDED_NOTE, adapted_state, load_float_weights, save_float_weights
+
+        parent_state, _ = load_float_weights(parent_path)
+    except ImportError as exc:
+        log(f"no float weights written: {exc.name} is not installed (pip install 'wbc[train]')")
+        return None
+    head = load_graph(onnx_out).head
+    state = adapted_state(parent_state, parent_path, onnx_out, (head.weight, head.bias))
+    return save_float_weights(state, onnx_out, architecture=parent.sidecar.weights.architecture, note=FOLDED_NOTE)
 
 
 def _cache_jpeg(jpeg: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

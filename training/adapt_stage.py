@@ -5,7 +5,9 @@ features of the frozen network do not separate that laboratory's classes much fu
 them.  Letting the last stage (``layer4``: 3 bottleneck blocks, 15 M weights, a third of the network's
 compute at 128 px) learn as well reaches ~0.94 there in about two minutes on two cores.
 
-What it starts from and what it writes: no float copy of the network ships.  The stage's weights are the
+What it starts from and what it writes: the int8 file that is deployed (a model may carry float weights
+beside it, ``training.weights``, but the shipped 1.2.0 does not, and the int8 network is what reads the
+laboratory's slides).  The stage's weights are the
 parent's int8 weights dequantised (7-bit, BatchNorm already folded into each convolution, ReLUs implied by
 the unsigned activations), rebuilt as a small PyTorch module; the stage's input - the parent's int8 network
 up to the end of ``layer3`` - is computed once by ONNX Runtime, so training touches only the stage and the

@@ -43,19 +43,56 @@ def _to_ibn(model: nn.Module) -> None:
             block.bn1 = IBN(block.bn1.num_features)
 
 
-def _weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.pt`` file or from a folder of fp16 shards (``weights-index.json``: what a GPU
-    run brings back, e.g. the shipped model's own float weights)."""
+def _weights_file(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A state dict from a model (its folder, sidecar or ONNX file: the float weights listed in its sidecar,
+    :mod:`training.weights`), a ``.pt`` or ``.safetensors`` file, or a folder of fp16 shards
+    (``weights-index.json``: what a GPU run brings back)."""
+    from training.weights import is_model_path, load_float_weights
+
     if path.is_dir() and (path / "weights-index.json").is_file():
         from training.shards import load_shards
 
         return load_shards(path)
+    if is_model_path(path):
+        state, info = load_float_weights(path)
+        if info.classes != CLASSES:
+            raise ValueError(f"--init {str(path)!r}: its classes are {list(info.classes)}, expected {list(CLASSES)}")
+        record.update(
+            model=f"{info.name} {info.version}", model_sha256=info.sha256, weights_sha256=info.sidecar.weights.sha256
+        )
+        return state
     if not path.is_file():
         raise FileNotFoundError(
-            f"--init {str(path)!r}: expected 'imagenet', 'scratch', a weights file or a shard folder"
+            f"--init {str(path)!r}: expected 'imagenet', 'scratch', a model (its folder, model.json or model.onnx), "
+            "a weights file or a shard folder"
         )
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {k: t.float() if t.is_floating_point() else t for k, t in load_file(str(path), device="cpu").items()}
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def check_init(init: str) -> None:
+    """Refuse an ``--init`` PATH that cannot be loaded before any data is read: missing, or a model without
+    (matching) float weights.  Raises ``ValueError`` with the reason."""
+    if init in ("imagenet", "scratch"):
+        return
+    from training.weights import is_model_path
+    from wbcproc.sidecar import ModelError, float_weights_path, read_sidecar
+
+    path = Path(init)
+    if not path.exists():
+        raise ValueError(
+            f"--init {init!r} does not exist; expected 'imagenet', 'scratch', a model (its folder, model.json or "
+            "model.onnx), a weights file or a shard folder"
+        )
+    if is_model_path(path):
+        try:
+            float_weights_path(read_sidecar(path))
+        except ModelError as exc:
+            raise ValueError(f"--init {init!r}: {exc}") from None
 
 
 def build_model(
@@ -92,7 +129,7 @@ def build_model(
     else:
         path = Path(init)
         model = torchvision.models.resnet50(weights=None)
-        state = _weights_file(path)
+        state = _weights_file(path, record)
         head = {k[len("fc.") :]: v.float() for k, v in state.items() if k.startswith("fc.")}
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -295,6 +295,17 @@ def _sidecar(
     )
 
 
+def _with_float_weights(model, onnx_path: Path, sidecar, cfg, log):
+    """The float weights beside the exported file, listed in its sidecar (:mod:`training.weights`): the int8
+    file cannot be trained on, so a continued training or a fine-tune starts from these, on any machine."""
+    from training.model import ARCHITECTURES
+    from training.weights import save_float_weights
+
+    weights = save_float_weights(model.state_dict(), onnx_path, architecture=ARCHITECTURES[cfg.norm])
+    log(f"float weights: {weights.file} ({weights.parameters:,} parameters, fp16)")
+    return sidecar.replace(weights=weights)
+
+
 def evaluate_and_export(
     model, data: CachedSet, train_info: dict[str, Any], cfg, opts: RunOptions, g: Gathered, log=print
 ) -> dict[str, Any]:
@@ -352,6 +363,7 @@ def evaluate_and_export(
         data, cfg, opts, train_info, metrics, version=version, counts=counts, par=par, quant=quant,
         val_logits=scored_val_logits, val_labels=val.labels, scored=scored,
     )  # fmt: skip
+    sidecar = _with_float_weights(model, onnx_path, sidecar, cfg, log)
     write_sidecar(onnx_path, sidecar)
     full = {
         "test": metrics,

@@ -2,7 +2,8 @@
 
 Layout under the registry root (default ``$WBC_HOME/registry``)::
 
-    versions/<version>/model.onnx, model.json, card.md, metrics.json, ...
+    versions/<version>/model.onnx, model.json, model.weights.safetensors (its float weights, where the
+                       sidecar lists them), card.md, metrics.json, ...
     current.json          {"version": ..., "promoted_at": ..., "reason": ...}  (replaced atomically)
     history.jsonl         one line per promotion decision, promoted or not
 
@@ -23,7 +24,7 @@ from typing import Any
 
 from wbcproc.atomic import atomic_write_json
 from wbcproc.paths import app_home
-from wbcproc.sidecar import ModelError, read_sidecar
+from wbcproc.sidecar import ModelError, float_weights_path, read_sidecar
 
 RUN_FILES_OPTIONAL = (
     "card.md",
@@ -181,6 +182,8 @@ class Registry:
         try:
             shutil.copy2(run_dir / "model.onnx", tmp / "model.onnx")
             shutil.copy2(run_dir / "model.json", tmp / "model.json")
+            if info.sidecar.weights is not None:  # the float weights travel with the model, checked on the way
+                shutil.copy2(float_weights_path(info), tmp / info.sidecar.weights.file)
             for name in RUN_FILES_OPTIONAL:
                 if (run_dir / name).is_file():
                     shutil.copy2(run_dir / name, tmp / name)

@@ -18,6 +18,9 @@ Format history (``format_version``):
   reference), ``flag_performance``, ``adaptation`` and the provenance blocks (``metrics``, ``data``,
   ``init``, ``training``, ``software``) are JSON objects described in the schema.  Unknown top-level keys
   are refused: a new key is a new format version.
+- **2** (wbc 0.2 onwards): adds the optional ``weights`` block, the network's float weights beside the ONNX
+  file.  A sidecar without it is still written as version 1, so an earlier reader keeps reading every model
+  that carries no float weights.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from wbcproc.contract import RECORD, Record
 from wbcproc.preprocess import PreprocessSpec
 
 FORMAT = "wbc-model-sidecar"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader knows; a sidecar without ``weights`` is written as 1
+FORMAT_VERSIONS = (1, 2)
 SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "sidecar.schema.json"
 WRITER_KEYS = ("format", "format_version", "file", "sha256")  # filled in by write_sidecar, never by callers
 SCHEMA_ID = "https://github.com/wbc-project/wbc/wbcproc/data/sidecar.schema.json"
@@ -165,6 +169,33 @@ class ConfusionReference(Record):
                 "source": self.source}  # fmt: skip
 
 
+@record(frozen=True, config=RECORD)
+class FloatWeights(Record):
+    """The network's float weights, a file beside the ONNX file (``training.weights``): what a fine-tune or a
+    continued training starts from on any machine.  The shipped ONNX file is int8, and the float network it
+    was quantised from cannot be recovered from it; without this file it stays on the machine that trained it."""
+
+    file: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$",
+            description="a file name in the ONNX file's folder (no folder part)",
+        ),
+    ]
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$", description="of that file")]
+    format: Literal["safetensors"] = "safetensors"
+    dtype: Literal["float16"] = "float16"
+    architecture: Annotated[str, Field(min_length=1, description="the torchvision network the state dict fits")] = (
+        "ResNet50"
+    )
+    tensors: NonNegativeInt | None = None
+    parameters: NonNegativeInt | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_none(dataclasses.asdict(self))
+
+
 def _block(description: str) -> Any:
     """A provenance or reference block: a JSON object whose inside its own module documents."""
     return Field(description=description)
@@ -222,9 +253,12 @@ class Sidecar(Record):
     adaptation: Annotated[
         dict[str, Any] | None, _block("a laboratory head (training.adapt): parent model, cells used, metrics")
     ] = None
+    weights: FloatWeights | None = None
     # filled in by write_sidecar
     format: Literal["wbc-model-sidecar"] = FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Annotated[
+        Literal[1, 2], Field(description="1 without float weights, 2 with (earlier readers read every 1)")
+    ] = FORMAT_VERSION
     file: Annotated[str | None, Field(description="the ONNX file this sidecar describes")] = None
     sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
 
@@ -243,10 +277,13 @@ class Sidecar(Record):
         """Parse and check a sidecar's JSON object.  Raises ``ValueError`` naming the bad key or value."""
         if not isinstance(raw, Mapping):
             raise ValueError(f"the sidecar is a JSON {type(raw).__name__}; expected an object")
-        if raw.get("format", FORMAT) != FORMAT or raw.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        if raw.get("format", FORMAT) != FORMAT or raw.get("format_version", FORMAT_VERSION) not in FORMAT_VERSIONS:
             raise ValueError(
-                f"format {raw.get('format')!r} v{raw.get('format_version')!r}; expected {FORMAT!r} v{FORMAT_VERSION}"
+                f"format {raw.get('format')!r} v{raw.get('format_version')!r}; expected {FORMAT!r} "
+                f"v{' or v'.join(map(str, FORMAT_VERSIONS))}"
             )
+        if raw.get("format_version") == 1 and raw.get("weights") is not None:
+            raise ValueError("a 'weights' block needs format_version 2 (version 1 sidecars have none)")
         return super().from_dict(dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
@@ -358,10 +395,11 @@ def read_sidecar(path: str | Path, *, verify_sha256: bool = True) -> ModelInfo:
         raw = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"sidecar {str(side)!r} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("format_version") not in FORMAT_VERSIONS:
         got = (raw.get("format"), raw.get("format_version")) if isinstance(raw, dict) else (None, None)
         raise ModelError(
-            f"sidecar {str(side)!r} has format {got[0]!r} v{got[1]!r}; expected {FORMAT!r} v{FORMAT_VERSION}"
+            f"sidecar {str(side)!r} has format {got[0]!r} v{got[1]!r}; expected {FORMAT!r} "
+            f"v{' or v'.join(map(str, FORMAT_VERSIONS))} (a newer wbc wrote it: update wbc to read it)"
         )
     if "sha256" not in raw:
         raise ModelError(f"sidecar {str(side)!r} lacks required keys ['sha256']")
@@ -388,11 +426,36 @@ def write_sidecar(onnx_path: str | Path, sidecar: Sidecar | Mapping[str, Any]) -
     if not isinstance(sidecar, Sidecar):
         sidecar = Sidecar.from_dict({k: v for k, v in sidecar.items() if k not in WRITER_KEYS})
     sidecar = sidecar.replace(
-        format=FORMAT, format_version=FORMAT_VERSION, file=onnx_path.name, sha256=sha256_file(onnx_path)
+        format=FORMAT,
+        format_version=2 if sidecar.weights is not None else 1,
+        file=onnx_path.name,
+        sha256=sha256_file(onnx_path),
     )
     side = sidecar_path_for(onnx_path)
     atomic_write_json(side, sidecar.to_dict())
     return side
+
+
+def float_weights_path(info: ModelInfo) -> Path:
+    """The model's float weights file, checked against the sha256 its sidecar gives.  Raises
+    :class:`ModelError` when the sidecar lists none, or the file is missing or not the one listed."""
+    w = info.sidecar.weights
+    where = f"model {info.name} {info.version} ({str(info.onnx_path)!r})"
+    if w is None:
+        raise ModelError(
+            f"{where} carries no float weights (its sidecar has no 'weights' block): a model exported by "
+            "`wbc train` carries them; an int8 file alone cannot be trained on"
+        )
+    path = info.onnx_path.parent / w.file
+    if not path.is_file():
+        raise ModelError(f"{where}: its float weights {w.file!r} are not beside it; copy them with the model")
+    actual = sha256_file(path)
+    if actual != w.sha256:
+        raise ModelError(
+            f"{where}: float weights {str(path)!r} have sha256 {actual[:16]}..., but the sidecar says "
+            f"{w.sha256[:16]}...: the file was changed or belongs to another model"
+        )
+    return path
 
 
 if __name__ == "__main__":

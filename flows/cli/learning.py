@@ -26,7 +26,13 @@ _PackOnly = Annotated[
 _CacheQuality = Annotated[
     int, typer.Option("--cache-quality", min=50, max=100, help="JPEG quality of the cache (85: ~46 MiB at 128 px).")
 ]
-_Init = Annotated[str, typer.Option(help="imagenet | scratch | PATH to a ResNet50 state dict or a shard folder.")]
+_Init = Annotated[
+    str,
+    typer.Option(
+        help="imagenet | scratch | PATH: a model (its folder, model.json or model.onnx: the float weights it carries), "
+        "a ResNet50 state dict (.pt, .safetensors) or a shard folder."
+    ),
+]
 _InitHead = Annotated[
     bool, typer.Option("--init-head", help="Keep --init PATH's 8-class head too: continue that model (a warm start).")
 ]
@@ -124,6 +130,12 @@ def train(
     )  # fmt: skip
     if not data and cache is None:
         raise _fail("give --data (class folders) or --cache (a packed cache)", 2)
+    from training.model import check_init
+
+    try:
+        check_init(init)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
     opts = RunOptions(
         data=[str(d) for d in (data or [])], out=str(out), image_size=image_size, resize=resize.value, version=version,
         quantize=quantize, search_trials=search, search_epochs=search_epochs, normalise=normalise,
