@@ -263,14 +263,14 @@ def test_an_adapted_stage_folds_into_a_torchvision_resnet50(tmp_path):
     onnx.save(m, str(tmp_path / "parent.onnx"))
     net = torchvision.models.resnet50(weights=None)
     net.fc = torch.nn.Linear(2048, 8)
-    head = load_graph(adapted).head
-    state = adapted_state(net.state_dict(), tmp_path / "parent.onnx", adapted, (head.weight, head.bias))
+    g = load_graph(adapted)
+    state = adapted_state(net.state_dict(), tmp_path / "parent.onnx", g.model, (g.head.weight, g.head.bias))
     net.load_state_dict(state)
     net.eval()
     s_in = torch.from_numpy(stage_inputs(adapted, stage, _x(read_sidecar(adapted).preprocess, 6))).float()
     with torch.no_grad():
         mine = net.fc(torch.flatten(net.avgpool(net.layer4(s_in)), 1)).numpy()
-        ref = stage_module(stage)(s_in).numpy() @ head.weight.T + head.bias
+        ref = stage_module(stage)(s_in).numpy() @ g.head.weight.T + g.head.bias
     assert np.abs(mine - ref).max() < 1e-3
     assert np.abs(state["layer4.0.bn1.running_var"].numpy() - (1 - 1e-5)).max() == 0
 

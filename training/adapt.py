@@ -1012,8 +1012,8 @@ def _adapted_weights(parent_path: Path, parent, onnx_out: Path, log):
     except ImportError as exc:
         log(f"no float weights written: {exc.name} is not installed (pip install 'wbc[train]')")
         return None
-    head = load_graph(onnx_out).head
-    state = adapted_state(parent_state, parent_path, onnx_out, (head.weight, head.bias))
+    g = load_graph(onnx_out)
+    state = adapted_state(parent_state, parent_path, g.model, (g.head.weight, g.head.bias))
     return save_float_weights(state, onnx_out, architecture=parent.sidecar.weights.architecture, note=FOLDED_NOTE)
 
 

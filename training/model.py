@@ -43,11 +43,16 @@ def _to_ibn(model: nn.Module) -> None:
             block.bn1 = IBN(block.bn1.num_features)
 
 
+INIT_EXPECTED = (
+    "'imagenet', 'scratch', a model (its folder, model.json or model.onnx), a weights file or a shard folder"
+)
+
+
 def _weights_file(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A state dict from a model (its folder, sidecar or ONNX file: the float weights listed in its sidecar,
     :mod:`training.weights`), a ``.pt`` or ``.safetensors`` file, or a folder of fp16 shards
     (``weights-index.json``: what a GPU run brings back)."""
-    from training.weights import is_model_path, load_float_weights
+    from training.weights import is_model_path, load_float_weights, read_state
 
     if path.is_dir() and (path / "weights-index.json").is_file():
         from training.shards import load_shards
@@ -62,14 +67,9 @@ def _weights_file(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]
         )
         return state
     if not path.is_file():
-        raise FileNotFoundError(
-            f"--init {str(path)!r}: expected 'imagenet', 'scratch', a model (its folder, model.json or model.onnx), "
-            "a weights file or a shard folder"
-        )
+        raise FileNotFoundError(f"--init {str(path)!r}: expected {INIT_EXPECTED}")
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return {k: t.float() if t.is_floating_point() else t for k, t in load_file(str(path), device="cpu").items()}
+        return read_state(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
@@ -84,10 +84,7 @@ def check_init(init: str) -> None:
 
     path = Path(init)
     if not path.exists():
-        raise ValueError(
-            f"--init {init!r} does not exist; expected 'imagenet', 'scratch', a model (its folder, model.json or "
-            "model.onnx), a weights file or a shard folder"
-        )
+        raise ValueError(f"--init {init!r} does not exist; expected {INIT_EXPECTED}")
     if is_model_path(path):
         try:
             float_weights_path(read_sidecar(path))

@@ -56,15 +56,18 @@ def save_float_weights(
     )  # fmt: skip
 
 
+def read_state(path: str | Path) -> dict[str, Any]:
+    """A safetensors state dict as PyTorch tensors, the float ones as fp32 (what a network trains in)."""
+    from safetensors.torch import load_file
+
+    return {k: t.float() if t.is_floating_point() else t for k, t in load_file(str(path), device="cpu").items()}
+
+
 def load_float_weights(model: str | Path) -> tuple[dict[str, Any], ModelInfo]:
     """The float state dict (fp32 tensors) of the model at ``model`` (its folder, sidecar or ONNX file), after
     checking its sha256.  Raises :class:`wbcproc.sidecar.ModelError` when it has none or they do not match."""
-    from safetensors.torch import load_file
-
     info = read_sidecar(model)
-    path = float_weights_path(info)
-    state = load_file(str(path), device="cpu")
-    return {k: t.float() if t.is_floating_point() else t for k, t in state.items()}, info
+    return read_state(float_weights_path(info)), info
 
 
 def is_model_path(path: Path) -> bool:
@@ -82,14 +85,15 @@ FOLDED_NOTE = (
 
 
 def adapted_state(
-    parent_state: dict[str, Any], parent_onnx: str | Path, adapted_onnx: str | Path, head: tuple[np.ndarray, np.ndarray]
+    parent_state: dict[str, Any], parent_onnx: str | Path, adapted: Any, head: tuple[np.ndarray, np.ndarray]
 ) -> dict[str, Any]:
     """The float state dict of a model ``wbc adapt`` made (:mod:`training.adapt`): the parent's float weights
     with the adapted head and, where the fine-tune changed it, the adapted last stage.  That stage was learnt
     from the parent's int8 weights with BatchNorm folded in (``training.adapt_stage``), so it is taken from the
     adapted int8 file, dequantised, into convolutions with a bias; each BatchNorm after it becomes the identity
-    plus that bias (mean 0, variance 1 - eps), so the state dict still fits torchvision's ResNet50.  ``head``:
-    the adapted file's head (weight, bias), as ``training.adapt.load_graph`` reads it."""
+    plus that bias (mean 0, variance 1 - eps), so the state dict still fits torchvision's ResNet50.
+    ``adapted`` (the adapted file's ``onnx.ModelProto``) and ``head`` (its weight, bias): as
+    ``training.adapt.load_graph`` has already read them."""
     import onnx
     import torch
 
@@ -98,7 +102,7 @@ def adapted_state(
     state = dict(parent_state)
     state["fc.weight"], state["fc.bias"] = (torch.from_numpy(np.asarray(a, np.float32)) for a in head)
     try:
-        stage, before = read_stage(onnx.load(str(adapted_onnx))), read_stage(onnx.load(str(parent_onnx)))
+        stage, before = read_stage(adapted), read_stage(onnx.load(str(parent_onnx)))
     except StageError:  # not an int8 graph: only its head can have been adapted
         return state
     same = all(
