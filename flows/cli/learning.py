@@ -214,6 +214,15 @@ _Samples = Annotated[
     ),
 ]
 
+_Reports = Annotated[
+    Path | None,
+    typer.Option(
+        "--reports",
+        help="With --suggest: the report folder (wbc process --out; served: <home>/reports) whose preliminary "
+        "workbooks get a 'review for adaptation' mark on the suggested cells.",
+    ),
+]
+
 
 @app.command()
 def adapt(
@@ -234,6 +243,7 @@ def adapt(
     route: _Route = True,
     suggest: _Suggest = None,
     samples: _Samples = None,
+    reports: _Reports = None,
     time_budget: Annotated[
         float,
         typer.Option(
@@ -248,8 +258,10 @@ def adapt(
     (docs/adapting.md); then `wbc models register OUT` and `wbc models promote VERSION`.
     With --suggest N: first choose which cells to review."""
     if suggest is not None:
-        _suggest(suggest, samples, out, model, as_json)
+        _suggest(suggest, samples, out, model, reports, as_json)
         return
+    if reports is not None:
+        raise _fail("--reports marks the cells of --suggest N in the workbooks; without --suggest it does nothing", 2)
     if not data:
         raise _fail("give --lab-data DIR (the laboratory's reviewed cells), or --suggest N --samples DIR", 2)
     try:
@@ -313,14 +325,19 @@ def _sample_cells(samples: list[Path]) -> list[Path]:
     return files
 
 
-def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None, as_json: bool) -> None:
-    """``wbc adapt --suggest N``: the cells to review first, copied to ``out`` for a person to sort."""
+def _suggest(
+    n: int, samples: list[Path] | None, out: Path, model: Path | None, reports: Path | None, as_json: bool
+) -> None:
+    """``wbc adapt --suggest N``: the cells to review first, copied to ``out`` for a person to sort, and
+    marked in the preliminary workbooks of ``reports``."""
     from training.suggest import suggest, write_suggestions
     from wbcproc.model import ModelError
     from wbcproc.resolve import resolve_model_path
 
     if not samples:
         raise _fail("--suggest needs --samples DIR (sample folders, or a folder of them)", 2)
+    if reports is not None and not reports.is_dir():
+        raise _fail(f"--reports {str(reports)!r} is not a folder of reports (wbc process --out)", 2)
     files = _sample_cells(samples)
     try:
         found = suggest(files, resolve_model_path(model), n)
@@ -328,11 +345,30 @@ def _suggest(n: int, samples: list[Path] | None, out: Path, model: Path | None, 
         raise _fail(str(exc)) from None
     csv_path = write_suggestions(found, out)
     typer.echo(f"{len(found)} of {len(files)} cells suggested; sort them as {out / 'README.txt'} says", err=True)
-    _emit(
-        {"suggested": len(found), "candidates": len(files), "list": str(csv_path)},
-        as_json,
-        f"{len(found)} of {len(files)} cells suggested: {csv_path}",
-    )
+    res: dict[str, Any] = {"suggested": len(found), "candidates": len(files), "list": str(csv_path)}
+    text = f"{len(found)} of {len(files)} cells suggested: {csv_path}"
+    if reports is not None:
+        res["workbooks"] = marks = _mark_workbooks(reports, csv_path)
+        text += f"; marked in {len(marks['marked'])} workbook(s) of {reports}"
+        if marks["left"]:
+            text += f", {len(marks['left'])} left as they were (listed above)"
+    _emit(res, as_json, text)
+
+
+def _mark_workbooks(reports: Path, csv_path: Path) -> dict[str, Any]:
+    """``--reports``: mark the suggested cells in the folder's preliminary workbooks; each workbook left as it
+    was is named with its reason on stderr."""
+    from wbcproc.report.marks import mark_workbooks
+    from wbcproc.suggested import read_suggested
+
+    done = mark_workbooks(reports, read_suggested(csv_path))
+    for xlsx, why in done.left:
+        typer.echo(f"not marked: {xlsx.name}: {why}", err=True)
+    return {
+        "cells": done.cells,
+        "marked": [{"workbook": str(p), "cells": k} for p, k in done.marked],
+        "left": [{"workbook": str(p), "why": why} for p, why in done.left],
+    }
 
 
 @app.command()

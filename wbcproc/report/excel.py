@@ -7,6 +7,7 @@ would otherwise store a value starting with '=' as a formula (``=2+5.jpg``), and
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def _title(ws: Worksheet, r: dict[str, Any]) -> None:
         ws.merge_cells(start_row=1, start_column=3, end_row=1, end_column=8)
 
 
-def _identity(ws: Worksheet, r: dict[str, Any]) -> int:
+def _identity(ws: Worksheet, r: dict[str, Any], for_adaptation: int = 0) -> int:
     """Sample, status, report id, signature, model...; returns the first free row."""
     ref = r["config"]["reference_intervals"]
     final = r.get("status") == "final"
@@ -103,6 +104,9 @@ def _identity(ws: Worksheet, r: dict[str, Any]) -> int:
     if r.get("routing"):  # a routed laboratory model: which of its two models read this slide, and why
         routed = r["routing"]["routed_model"]
         rows.insert(6, ("Model routing", f"{routed['name']} {routed['version']} routed: {r['routing']['why']}"))
+    if for_adaptation:  # after "Marked for review": what else the reviewer is asked to look at, and why
+        where = next(i for i, (k, _) in enumerate(rows) if k == "Marked for review") + 1
+        rows.insert(where, (SUGGESTED_LABEL, f"{for_adaptation} (Cells sheet: '{ADAPT_HEADER}'; About sheet)"))
     if final:
         rows.insert(4, ("Cells reclassified", f"{len(r.get('changes', []))} (Cells sheet: Class vs Model class)"))
     for i, (k, v) in enumerate(rows, start=2):
@@ -200,10 +204,10 @@ def _chart(ws: Worksheet, top: int, bottom: int) -> None:
     ws.add_chart(chart, "H2")
 
 
-def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
+def _summary(ws: Worksheet, r: dict[str, Any], for_adaptation: int = 0) -> None:
     rows = differential_rows(r)
     _title(ws, r)
-    top = _identity(ws, r)
+    top = _identity(ws, r, for_adaptation)
     row = _differential(ws, r, top, rows)
     if r["absolute"] is not None:
         row = _absolute(ws, r, row, rows)
@@ -217,9 +221,30 @@ def _summary(ws: Worksheet, r: dict[str, Any]) -> None:
         _chart(ws, top, top + len(WBC_CLASSES))
 
 
-def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> None:
+SUGGESTED_LABEL = "Suggested for adaptation"  # the Summary row counting them
+ADAPT_HEADER = "For adaptation"  # the Cells sheet column of the cells wbc adapt --suggest ranked for review
+ADAPT_MARK = "review for adaptation #{rank}"
+
+
+def adaptation_rank(mark: object) -> int | None:
+    """The rank in a 'For adaptation' cell this module wrote (:data:`ADAPT_MARK`); None for anything else."""
+    text = str(mark or "")
+    head, _, rank = text.rpartition("#")
+    return int(rank) if head == ADAPT_MARK.split("#")[0] and rank.isdigit() else None
+
+
+def _cells(
+    ws: Worksheet,
+    r: dict[str, Any],
+    thumbnails: dict[str, bytes],
+    reviewed: dict[str, str] | None = None,
+    for_adaptation: dict[str, int] | None = None,
+) -> None:
     final = r.get("status") == "final"
+    reviewed, for_adaptation = reviewed or {}, for_adaptation or {}
     names = ["File", "Image", "Class", "Confidence", "Runner-up", "Runner-up conf.", "Review", "Reviewed class"]
+    if for_adaptation:
+        names.append(ADAPT_HEADER)
     if final:  # Class is the verified class; confidence and runner-up stay the model's, and say so
         names = ["File", "Image", "Class", "Model confidence", "Model runner-up", "Runner-up conf.", "Verification",
                  "Reviewed class", "Model class"]  # fmt: skip
@@ -232,24 +257,18 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
     dv.prompt = "Correct the class here if the model was wrong"
     ws.add_data_validation(dv)
     # the cells behind a raised flag first (e.g. the IG cells of a left shift): verification starts there;
-    # the low-confidence cells next, then the rest
-    ordered = sorted(r["cells"], key=lambda c: (not c.get("flag_driver", False), not c["review"]))
+    # the low-confidence cells next, then those suggested for adaptation (by rank), then the rest
+    ordered = sorted(
+        r["cells"],
+        key=lambda c: (not c.get("flag_driver", False), not c["review"], for_adaptation.get(c["file"], 1 << 30)),
+    )
     for i, c in enumerate(ordered, start=2):
-        put(ws, i, 1, c["file"])
-        put(ws, i, 3, c["class"])
-        put(ws, i, 4, c["confidence"]).number_format = "0.000"
-        put(ws, i, 5, c["runner_up"])
-        put(ws, i, 6, c["runner_up_confidence"]).number_format = "0.000"
-        mark = _review_mark(c, final)
-        put(ws, i, 7, mark)
-        if mark and not final:
-            ws.cell(row=i, column=7).fill = FILL_WARN
+        _cell_row(ws, i, c, final)
         dv.add(f"H{i}")
-        if final:  # Class is the verified class; the model's call beside it, changed rows highlighted
-            put(ws, i, 9, c["model_class"])
-            if c["model_class"] != c["class"]:
-                for col in (3, 9):
-                    ws.cell(row=i, column=col).fill = FILL_POSSIBLE
+        if c["file"] in reviewed:  # the reviewer's entry so far, kept when the workbook is written again
+            put(ws, i, 8, reviewed[c["file"]])
+        if c["file"] in for_adaptation:
+            put(ws, i, 9, ADAPT_MARK.format(rank=for_adaptation[c["file"]])).fill = FILL_LOW
         if c.get("notes"):
             put(ws, i, notes_col, "; ".join(c["notes"]))
         png = thumbnails.get(c["file"])
@@ -264,6 +283,24 @@ def _cells(ws: Worksheet, r: dict[str, Any], thumbnails: dict[str, bytes]) -> No
         ws.column_dimensions[col].width = 15
     ws.column_dimensions[get_column_letter(notes_col)].width = 45
     ws.freeze_panes = "A2"
+
+
+def _cell_row(ws: Worksheet, i: int, c: dict[str, Any], final: bool) -> None:
+    """One cell's model call and review mark (a final report: the verified class beside the model's)."""
+    put(ws, i, 1, c["file"])
+    put(ws, i, 3, c["class"])
+    put(ws, i, 4, c["confidence"]).number_format = "0.000"
+    put(ws, i, 5, c["runner_up"])
+    put(ws, i, 6, c["runner_up_confidence"]).number_format = "0.000"
+    mark = _review_mark(c, final)
+    put(ws, i, 7, mark)
+    if mark and not final:
+        ws.cell(row=i, column=7).fill = FILL_WARN
+    if final:  # Class is the verified class; the model's call beside it, changed rows highlighted
+        put(ws, i, 9, c["model_class"])
+        if c["model_class"] != c["class"]:
+            for col in (3, 9):
+                ws.cell(row=i, column=col).fill = FILL_POSSIBLE
 
 
 def _rejected(ws: Worksheet, r: dict[str, Any]) -> None:
@@ -283,7 +320,7 @@ def _rejected(ws: Worksheet, r: dict[str, Any]) -> None:
     ws.column_dimensions["C"].width = 80
 
 
-def _about(ws: Worksheet, r: dict[str, Any]) -> None:
+def _about(ws: Worksheet, r: dict[str, Any], for_adaptation: bool = False) -> None:
     ref = r["config"]["reference_intervals"]
     meta = r["metadata"]
     lines: list[tuple[str, Any]] = [
@@ -306,6 +343,19 @@ def _about(ws: Worksheet, r: dict[str, Any]) -> None:
             "a value reported beyond its limit is flagged 'possible' when the corrected value is beyond it too "
             "(probability >= 0.5), 'definite' when the "
             "probability is >= 0.95. A possible flag is a prompt to verify the marked cells.",
+        ),
+        *(
+            [
+                (
+                    "For adaptation",
+                    "cells 'wbc adapt --suggest' chose as the most useful to review for adapting the model to "
+                    "this laboratory (#1 most useful; docs/adapting.md). Giving one a Reviewed class counts as "
+                    "any correction does when the report is signed; wbc export-reviewed then takes it into the "
+                    "laboratory's reviewed cells. Signing does not need them.",
+                )
+            ]
+            if for_adaptation
+            else []
         ),
         ("Model", f"{r['model']['name']} {r['model']['version']}"),
         ("Model sha256", r["model"]["sha256"]),
@@ -408,17 +458,30 @@ def _print_setup(ws: Worksheet, *, landscape: bool = True) -> None:
 
 
 def workbook_bytes(
-    result: dict[str, Any], thumbnails: dict[str, bytes], overviews: dict[str, bytes] | None = None
+    result: dict[str, Any],
+    thumbnails: dict[str, bytes],
+    overviews: dict[str, bytes] | None = None,
+    *,
+    reviewed: Mapping[str, str] | None = None,
+    for_adaptation: Mapping[str, int] | None = None,
 ) -> bytes:
+    """The report workbook.  A preliminary one may carry a reviewer's entries so far (``reviewed``:
+    ``{file: class}`` in 'Reviewed class') and the cells ``wbc adapt --suggest`` ranked for review
+    (``for_adaptation``: ``{file: rank}``, a 'For adaptation' column) - both only when a workbook is
+    written again to add those marks (:mod:`wbcproc.report.marks`)."""
+    final = result.get("status") == "final"
+    if final and (reviewed or for_adaptation):
+        raise ValueError("a final report's workbook carries no reviewer entries or adaptation marks")
+    reviewed, for_adaptation = dict(reviewed or {}), dict(for_adaptation or {})
     wb = Workbook()
     ws = wb.active
     ws.title = "Summary"
-    _summary(ws, result)
-    _cells(wb.create_sheet("Cells"), result, thumbnails)
+    _summary(ws, result, len(for_adaptation))
+    _cells(wb.create_sheet("Cells"), result, thumbnails, reviewed, for_adaptation)
     if result.get("fields"):
         _fields(wb.create_sheet("Fields"), result, overviews or {})
     _rejected(wb.create_sheet("Rejected"), result)
-    _about(wb.create_sheet("About"), result)
+    _about(wb.create_sheet("About"), result, bool(for_adaptation))
     if result.get("status") == "final":
         _audit(wb.create_sheet("Audit"), result)
     for sheet in wb.worksheets:

@@ -29,6 +29,7 @@ from wbcproc.bounded import TooLarge
 from wbcproc.review import drafts, slides
 from wbcproc.review.accounts import AccountError, authenticate, load_accounts
 from wbcproc.review.sessions import Session, Sessions
+from wbcproc.suggested import Suggested
 from wbcproc.verify import check_corrections, sign
 
 log = logging.getLogger("wbc.review")
@@ -94,11 +95,11 @@ class _Review:
             return JSONResponse({"error": f"account {s.account.name!r} lacks the {role} role"}, status_code=403)
         return s
 
-    def suggested(self) -> dict[str, set[str]]:
+    def suggested(self) -> Suggested:
         """The cells chosen for review by ``wbc adapt --suggest`` (none when the list is absent or too large)."""
         try:
             return slides.load_suggested(self.config.suggested)
-        except (TooLarge, OSError, UnicodeDecodeError) as exc:
+        except (TooLarge, OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             log.warning("suggestions not shown: %s", exc)
             return {}
 

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from wbcproc.bounded import TooLarge, check_workbook_size
 from wbcproc.classes import CLASSES
 from wbcproc.report.excel import read_thumbnails
 from wbcproc.review.drafts import active_reviewers, load_draft, reviewed_classes
+from wbcproc.suggested import Suggested, read_suggested, suggested_in
 from wbcproc.verify import final_result
 
 
@@ -134,47 +135,17 @@ def find(reports: Path, report_id: str) -> Entry | None:
     return next((e for e in worklist(reports) if e.report_id == report_id), None)
 
 
-SUGGESTED_MAX_BYTES = 5 * 1024 * 1024  # a suggestions list of tens of thousands of cells
+def load_suggested(path: Path | None) -> Suggested:
+    """The cells ``wbc adapt --suggest`` chose for review (its ``suggested.csv``), as ranks of file names by
+    sample folder name; empty without the file.  Read again whenever the file changes."""
+    return {} if path is None else _by_mtime(_suggested, path, lambda p, _st: read_suggested(p), {})
 
 
-def load_suggested(path: Path | None) -> dict[str, set[str]]:
-    """The cells ``wbc adapt --suggest`` chose for review (its ``suggested.csv``), as file names by sample
-    folder name; empty without the file.  Read again whenever the file changes."""
-    return {} if path is None else _by_mtime(_suggested, path, _parse_suggested, {})
-
-
-def _parse_suggested(path: Path, st: os.stat_result) -> dict[str, set[str]]:
-    import csv
-
-    if st.st_size > SUGGESTED_MAX_BYTES:
-        raise TooLarge(f"{path}: {st.st_size} bytes, at most {SUGGESTED_MAX_BYTES} expected for a suggestions list")
-    by_folder: dict[str, set[str]] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            src = Path(row.get("source") or "")
-            if src.name:
-                by_folder.setdefault(src.parent.name, set()).add(src.name)
-    return by_folder
-
-
-_suggested: dict[Path, tuple[float, dict[str, set[str]]]] = {}
-
-
-def suggested_in(report: dict[str, Any], suggested: dict[str, set[str]]) -> set[str]:
-    """The report's cells among the suggestions: by file name, in a sample folder named after the sample
-    (``S-1``, or ``S-1.2`` for a re-dropped one, as the archive names them)."""
-    from wbcproc.discovery import safe_stem
-
-    sid = safe_stem(str(report["sample_id"]))
-    names: set[str] = set()
-    for folder, files in suggested.items():
-        if folder == sid or folder.startswith(sid + "."):
-            names |= files
-    return {c["file"] for c in report["cells"] if c["file"] in names}
+_suggested: dict[Path, tuple[float, Suggested]] = {}
 
 
 def gallery(
-    report: dict[str, Any], reviewed: dict[str, str], for_adaptation: set[str] = frozenset()
+    report: dict[str, Any], reviewed: dict[str, str], for_adaptation: Collection[str] = frozenset()
 ) -> list[dict[str, Any]]:
     """The cells in the report's order (flag drivers, then low confidence, then the rest, as the workbook
     lists them), each with its number (its thumbnail's), the model's call, the reviewed class if any and
@@ -237,11 +208,11 @@ def preview(report: dict[str, Any], reviewed: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def slide(reports: Path, report: dict[str, Any], suggested: dict[str, set[str]] | None = None) -> dict[str, Any]:
+def slide(reports: Path, report: dict[str, Any], suggested: Suggested | None = None) -> dict[str, Any]:
     """Everything the slide page shows; ``suggested``: :func:`load_suggested`'s cells to mark for adaptation."""
     draft = load_draft(reports, report["report_id"])
     reviewed = reviewed_classes(draft)
-    adapt = suggested_in(report, suggested) if suggested else set()
+    adapt = suggested_in(report, suggested) if suggested else {}
     return {"draft_version": draft["version"], "cells": gallery(report, reviewed, adapt),
             "preview": preview(report, reviewed), "classes": list(CLASSES), "for_adaptation": len(adapt)}  # fmt: skip
 
