@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine
 
+import training.adapt as adapt_module
 from training.adapt import AdaptError, adapt
 from training.evaluate import evaluate_model
 from wbcproc.resolve import resolve_model_path
@@ -119,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the last stage's first blocks kept as the parent's (training.adapt_stage.FROZEN_BLOCKS)",
     )
+    ap.add_argument(
+        "--augmented-views",
+        type=int,
+        default=None,
+        help="augmented copies of few reviewed cells up to about this many views (training.adapt.AUGMENTED_VIEWS; "
+        "0: none, the cells' 8 rotations/flips only)",
+    )
     return ap
 
 
@@ -159,6 +167,8 @@ def main() -> None:
         import training.adapt_stage
 
         training.adapt_stage.FROZEN_BLOCKS = args.frozen_blocks
+    if args.augmented_views is not None:
+        adapt_module.AUGMENTED_VIEWS = args.augmented_views
     print(machine())
     model = resolve_model_path(args.model)
     parts = halves(args.lab)
@@ -167,6 +177,7 @@ def main() -> None:
         f"{args.lab}: halves of {len(parts[0])} and {len(parts[1])} cells; model {model}; adapted: {how}; "
         f"reviewed cells chosen: {args.choose}, seed {args.seed}"
         + ("" if args.frozen_blocks is None else f"; stage blocks kept as the parent's: {args.frozen_blocks}")
+        + f"; augmented copies of few cells up to {adapt_module.AUGMENTED_VIEWS} views"
     )
     print(
         "| reviewed cells | accuracy on the other half | macro-F1 | seconds (adapt) | original check before -> after "

@@ -310,7 +310,8 @@ def test_a_refused_stage_draft_is_followed_by_a_gentler_one(tmp_path, monkeypatc
     said: list[str] = []
     res = adapt([CELLS], tmp_path / "out", min_per_class=2, holdout=0.0, log=said.append)
     assert any("learning rate 1 refused" in s for s in said)
-    assert res["metrics"]["stage_learning_rate"] == 1e-5 and res["metrics"]["stage_epochs"] >= 6
+    m = res["metrics"]
+    assert m["stage_learning_rate"] == 1e-5 and m["stage_epochs"] == m["stage_epochs_planned"]  # not cut short
     a = read_sidecar(tmp_path / "out" / "model.onnx").sidecar.adaptation
     assert a["stage_fine_tuned"] is True and a["stage_not_fine_tuned_because"] is None
 
@@ -326,6 +327,48 @@ def test_the_stage_fine_tune_plans_a_step_budget_not_a_fixed_epoch_count():
         steps = -(-n // 64) * planned_epochs(n)
         assert steps >= min(TARGET_STEPS, -(-n // 64) * MAX_EPOCHS)
         assert steps <= max(TARGET_STEPS + -(-n // 64), -(-n // 64) * MIN_EPOCHS)
+
+
+def test_few_reviewed_cells_are_joined_by_augmented_copies_many_are_not():
+    """25 cells get 3 changed copies of their 8 views, 50 get 1, 100 or more none (the time for 200 cells is
+    unchanged); the copies are the cells changed (stain, scale, rotation), seeded, with the cells' labels."""
+    import cv2
+
+    from training.adapt import AUGMENTED_VIEWS, augmented_copies, dihedral, lab_views, stage_views
+    from wbcproc.imageio import read_image
+
+    assert [augmented_copies(n, 8) for n in (0, 1, 25, 50, 99, 100, 200)] == [0, 3, 3, 1, 1, 0, 0]
+    assert stage_views(25) == 8 and stage_views(3200) == 1
+    files = sorted(CELLS.glob("*/*.jpg"))[:5]
+    imgs = np.stack([cv2.resize(read_image(f).bgr, (48, 48), interpolation=cv2.INTER_AREA) for f in files])
+    labels = np.arange(5)
+    x, y, copies = lab_views(imgs, labels, 8)
+    assert copies == 3 and x.shape == (5 * 8 * 4, 48, 48, 3) and x.dtype == np.uint8
+    assert (y == np.tile(labels, 32)).all()
+    assert np.array_equal(x[:40], np.concatenate(dihedral(imgs)))  # the cells themselves first
+    changed = np.abs(x[40:].astype(int) - np.tile(x[:40], (3, 1, 1, 1)).astype(int)).mean(axis=(1, 2, 3))
+    assert (changed > 2).mean() > 0.9  # the copies differ from the views they were made from
+    assert np.array_equal(lab_views(imgs, labels, 8)[0], x)  # seeded: the same run gives the same copies
+    assert not np.array_equal(lab_views(imgs, labels, 8, seed=1)[0][40:], x[40:])
+    assert lab_views(np.repeat(imgs, 20, axis=0), np.repeat(labels, 20), 8)[2] == 0  # 100 cells: none
+    assert AUGMENTED_VIEWS // 8 == 100
+
+
+def test_augmented_copies_vary_the_steps_of_the_fine_tune_not_their_number():
+    """The stage fine-tune over cells and their copies makes about as many steps as over the cells alone: the
+    copies cost no time and do not make unreviewed classes drift further (adapt_stage.MAX_EPOCHS)."""
+    from training.adapt import augmented_copies, stage_epochs
+    from training.adapt_stage import planned_epochs
+
+    for n in (1, 3, 15, 24, 25, 40, 50, 99, 100, 200, 400):
+        own = n * 8
+        all_views = own * (1 + augmented_copies(n, 8))
+        alone = -(-own // 64) * planned_epochs(own)
+        steps = -(-all_views // 64) * stage_epochs(own, all_views)
+        assert abs(steps - alone) <= -(-all_views // 64) / 2 + 1, (n, steps, alone)
+        assert stage_epochs(own, all_views) >= 1
+    assert stage_epochs(200 * 8, 200 * 8) == planned_epochs(200 * 8)  # no copies: the plan as it was
+    assert stage_epochs(25 * 8, 25 * 8 * 4) == 4  # 48 steps over 13 batches an epoch
 
 
 @pytest.mark.slow  # fine-tunes the shipped model's last stage

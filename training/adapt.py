@@ -3,7 +3,8 @@
 What is adapted: by default the network's last stage (ResNet ``layer4``) and its classifier head
 (``training.adapt_stage``), fine-tuned on the laboratory's cells (8 rotations/flips each) mixed batch for
 batch with replay cells of the original training data (8 rotations/flips each too), for about 240 batches
-within 6-12 epochs (``adapt_stage.planned_epochs``); with ``--head-only`` (or where PyTorch, the model's
+within 6-12 epochs (``adapt_stage.planned_epochs``; fewer than 100 cells also in augmented copies, in as many
+steps as without them: ``lab_views``, ``stage_epochs``); with ``--head-only`` (or where PyTorch, the model's
 graph or its replay cell images do not allow the stage) the head alone, refitted in seconds on the pooled
 features of the *deployed* int8 backbone, with replay features, pulled towards the parent head (L2).  Either
 way:
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -75,6 +77,10 @@ from wbcproc.stats import softmax
 MAX_ORIGINAL_DROP = 0.01  # the original-laboratory check may lose at most one point
 VIEWS = 8  # rotations x flips of each training cell: a cell has no orientation
 MAX_STAGE_VIEWS = 3200  # views of laboratory cells held for the stage fine-tune (~420 MB of stage inputs)
+# few reviewed cells: augmented copies of their 8 views join the stage fine-tune up to about this many views
+# (25 cells: 3 copies, 50: 1, 100 or more: none), each copy the robust training preset's changes of stain,
+# camera, scale and rotation (training.augment) - see lab_views
+AUGMENTED_VIEWS, MAX_AUGMENTED_COPIES, ADAPT_AUGMENTATION = 800, 3, "robust"
 # a routed model (wbcproc.routing: the adapted model reads the slides that look like the laboratory's, the
 # parent beside it the others) where random samples of ROUTE_SAMPLE_CELLS cells of each laboratory are routed
 # right at least ROUTE_MIN_SEPARATION of ROUTE_DRAWS times; its adapted model may then lose up to
@@ -169,6 +175,66 @@ def dihedral(images: np.ndarray) -> list[np.ndarray]:
         v = np.rot90(images, k % 4, axes=(1, 2))
         out.append(np.ascontiguousarray(v[:, :, ::-1] if k >= 4 else v))
     return out
+
+
+def stage_views(n_cells: int) -> int:
+    """Rotations/flips of each laboratory cell in the stage fine-tune: all 8, fewer for thousands of cells
+    (bounded memory: ``MAX_STAGE_VIEWS``)."""
+    return max(1, min(VIEWS, MAX_STAGE_VIEWS // max(1, n_cells)))
+
+
+def augmented_copies(n_cells: int, views: int) -> int:
+    """How many augmented copies of each cell's ``views`` join the stage fine-tune: enough to make about
+    ``AUGMENTED_VIEWS`` views, at most ``MAX_AUGMENTED_COPIES`` (25 cells x 8 views: 3; 50: 1; 100: 0)."""
+    if n_cells <= 0 or views <= 0:
+        return 0
+    return int(min(MAX_AUGMENTED_COPIES, max(0, -(-AUGMENTED_VIEWS // (n_cells * views)) - 1)))
+
+
+def stage_epochs(own_views: int, all_views: int, batch: int = 64) -> int:
+    """Epochs of the stage fine-tune over the laboratory's views and their augmented copies (``all_views``):
+    as many steps as the cells' own views plan (``adapt_stage.planned_epochs``), not more.  The copies change
+    what each step sees, not how many steps there are: more steps make the classes a laboratory did not
+    review drift (adapt_stage, MAX_EPOCHS) and cost time on slow CPUs.  25 cells x 8 views: 48 steps, over
+    800 views 4 epochs; without copies ``planned_epochs(own_views)``."""
+    from training.adapt_stage import planned_epochs
+
+    own = planned_epochs(own_views, batch)
+    if all_views <= own_views:
+        return own
+    return max(1, round(-(-own_views // batch) * own / -(-all_views // batch)))
+
+
+def lab_views(imgs: np.ndarray, labels: np.ndarray, views: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The laboratory's cells as the stage fine-tune sees them: ``views`` rotations/flips of each, and for few
+    cells :func:`augmented_copies` copies of those changed as training changes images for other laboratories
+    (``ADAPT_AUGMENTATION``: stain, camera, scale, any rotation; seeded).  Why: a handful of one day's cells
+    otherwise teach the stage that day's exact colours and sizes - on LISC, 25 suggested cells read the
+    laboratory's other half at 0.83 without the copies and 0.90 with them (through the pipeline;
+    docs/adapting-measured.md), while at 100+ cells copies no longer helped.  The fine-tune makes no more
+    steps for them (:func:`stage_epochs`).  Returns the images, their labels and the copies made."""
+    base = dihedral(imgs)[:views]
+    copies = augmented_copies(len(imgs), views)
+    out = list(base)
+    if copies:
+        import torch
+
+        from training.augment import augment, to_float
+        from training.recipe import TrainConfig, augmentation
+
+        cfg = TrainConfig(**augmentation(ADAPT_AUGMENTATION))
+        gen = torch.Generator().manual_seed(seed)
+        x = to_float(torch.from_numpy(np.concatenate(base)))
+        host = random.getstate()  # augment draws one factor a batch from Python's random: seeded here too
+        random.seed(seed)
+        try:
+            for _ in range(copies):
+                changed = augment(x, cfg, gen).permute(0, 2, 3, 1).mul(255.0).round().clamp(0, 255)
+                out.append(changed.to(torch.uint8).numpy())
+        finally:
+            random.setstate(host)
+    x = np.concatenate(out)
+    return x, np.tile(labels, len(x) // max(1, len(labels))).astype(np.int64), copies
 
 
 def prepare_items(items: list[Item], spec: PreprocessSpec) -> tuple[np.ndarray, list[Item], list[tuple[str, str]]]:
@@ -487,7 +553,9 @@ HEAD_METHOD = (
     "backbone unchanged"
 )
 STAGE_METHOD = (
-    "last ResNet stage (layer4) and classifier head fine-tuned on the laboratory's reviewed cells (rotations/flips) "
+    "last ResNet stage (layer4) and classifier head fine-tuned on the laboratory's reviewed cells (rotations/flips; "
+    f"fewer than {AUGMENTED_VIEWS // VIEWS} cells also in up to {MAX_AUGMENTED_COPIES} copies changed as the "
+    f"{ADAPT_AUGMENTATION} training preset changes stain, camera and scale, in as many steps as the cells alone) "
     "mixed batch for batch with replay cells of the original training data, starting from the parent's int8 "
     "weights; the stage re-quantised as the parent (7-bit per-channel weights, activation ranges re-measured); "
     "layers before it unchanged"
@@ -516,33 +584,37 @@ def _stage_drafts(
     for the head alone); with the replay cells in 8 views and ~240 batches, 1e-4 kept it within 0.7 points
     (0.89)."""
     from training import adapt_stage
-    from training.adapt_stage import fine_tune, planned_epochs, read_stage, stage_inputs, write_stage
+    from training.adapt_stage import fine_tune, read_stage, stage_inputs, write_stage
 
     stage = read_stage(onnx.load(str(parent_path)))
-    views = max(1, min(VIEWS, MAX_STAGE_VIEWS // max(1, len(imgs))))  # bounded memory for large sets
+    views = stage_views(len(imgs))
     rep = replay_images(replay, "train")
+    lab_x, lab_y, copies = lab_views(imgs, labels, views)
     log(
-        f"computing the last stage's inputs once (the parent's int8 network): {len(imgs)} cells x {views} views, "
-        f"{len(rep)} replay cells x {VIEWS} views"
+        f"computing the last stage's inputs once (the parent's int8 network): {len(imgs)} cells x {views} views"
+        + (f" and {copies} augmented cop{'y' if copies == 1 else 'ies'} of each" if copies else "")
+        + f", {len(rep)} replay cells x {VIEWS} views"
     )
-    lab_s = stage_inputs(parent_path, stage, to_input(np.concatenate(dihedral(imgs)[:views]), spec), threads)
+    lab_s = stage_inputs(parent_path, stage, to_input(lab_x, spec), threads)
     # the replay cells in all 8 views too: the original laboratory is then kept on more than the 400 cells
     # themselves (the hard half of a far laboratory: original check 0.979 -> 0.988, float stage, 12 epochs)
     rep_s = replay_stage_inputs(parent_path, stage, rep, spec, threads)
     rep_y = np.tile(replay["train_y"], VIEWS).astype(np.int64)
     rep_t = replay_teacher(parent_path, stage, extractor.head, rep_s)
-    calib = np.concatenate([lab_s[:: max(1, len(lab_s) // 512)], rep_s[: len(rep)]])
-    epochs = planned_epochs(len(lab_s))
+    # activation ranges from what inference reads: the cells' own views, not the augmented copies
+    own = lab_s[: len(imgs) * views]
+    calib = np.concatenate([own[:: max(1, len(own) // 512)], rep_s[: len(rep)]])
+    epochs = stage_epochs(len(imgs) * views, len(lab_s))
     for i, lr in enumerate(STAGE_LEARNING_RATES):
         if i and deadline is not None and time.monotonic() > deadline:
             log(f"time budget spent: no draft at learning rate {lr:g}")
             return
         log(
             f"fine-tuning the last stage and head at learning rate {lr:g}, {epochs} epochs: {len(imgs)} cells x "
-            f"{views} views, {len(rep)} replay cells x {VIEWS} views"
+            f"{views} views{f' x {copies + 1}' if copies else ''}, {len(rep)} replay cells x {VIEWS} views"
         )
         tuned = fine_tune(
-            stage, extractor.head.weight, extractor.head.bias, lab_s, np.tile(labels, views).astype(np.int64),
+            stage, extractor.head.weight, extractor.head.bias, lab_s, lab_y,
             rep_s, rep_y, epochs=epochs, lr=lr, threads=threads, frozen=adapt_stage.FROZEN_BLOCKS, teacher=rep_t,
             deadline=deadline, log=log,
         )  # fmt: skip
@@ -727,6 +799,8 @@ def _best_draft(
             metrics["stage_learning_rate"] = lr
             metrics["stage_epochs"] = epochs
             metrics["stage_epochs_planned"] = planned
+            n = len(lab.fit_imgs)
+            metrics["stage_augmented_copies"] = augmented_copies(n, stage_views(n))
             return judged, None
         why_not = "every last-stage draft was refused (" + "; ".join(refused) + ")"
         log("refitting the head alone")

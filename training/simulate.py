@@ -39,11 +39,12 @@ def simulate_tight(bgr: np.ndarray, size: int = 120) -> np.ndarray:
 
 
 def write_set(data: list[str], split: str, kind: str, out: str | Path, every: int = 1) -> dict[str, int]:
-    """Write ``out/<class>/<name>.png`` for every ``every``-th cell of ``split``; returns counts per class."""
+    """Write ``out/<class>/<name>.png`` for every ``every``-th cell of ``split`` (``all``: every split);
+    returns counts per class."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is unknown; expected one of {KINDS}")
     make = simulate_camera if kind == "camera" else simulate_tight
-    items = [it for it in gather(data).items if it.split == split][::every]
+    items = [it for it in gather(data).items if split in ("all", it.split)][::every]
     counts: dict[str, int] = {}
     for it in items:
         try:
