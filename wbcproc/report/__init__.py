@@ -7,6 +7,7 @@ report set for the sample is complete.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,17 @@ def report_stem(sample_id: str, version: int = 1) -> str:
     """File stem of a sample's reports; a changed re-drop of the same sample is written as ``.v2``, ``.v3``..."""
     stem = safe_stem(sample_id)
     return stem if version <= 1 else f"{stem}.v{version}"
+
+
+def read_report_json(path: Path) -> dict[str, Any] | None:
+    """A sample's report JSON as ``write_reports`` wrote it; None for a file that cannot be read or is not a
+    wbc report (no ``report_id`` or no ``cells`` list) - the callers skip such files, they do not fail on them."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and "report_id" in data and isinstance(data.get("cells"), list)
+    return data if ok else None
 
 
 def report_paths(sample_id: str, out_dir: str | Path, version: int = 1) -> dict[str, Path]:

@@ -17,7 +17,6 @@ review app either way.  A workbook is written atomically (the whole new file or 
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from wbcproc.atomic import atomic_write_bytes
 from wbcproc.bounded import TooLarge, check_workbook_size
+from wbcproc.report import read_report_json
 from wbcproc.report.excel import (
     ADAPT_HEADER,
     VERIFIED_BY,
@@ -52,7 +52,7 @@ def mark_workbooks(reports: Path, suggested: Suggested) -> Marked:
     for path in sorted(Path(reports).glob("*.json")):
         if path.name.endswith(".fhir.json") or ".final" in path.name:
             continue
-        report = _report(path)
+        report = read_report_json(path)
         if report is None or report.get("status") != "preliminary":
             continue
         ranks = suggested_in(report, suggested)
@@ -66,15 +66,6 @@ def mark_workbooks(reports: Path, suggested: Suggested) -> Marked:
         else:
             out.marked.append((xlsx, len(ranks)))
     return out
-
-
-def _report(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(data, dict) and "report_id" in data and isinstance(data.get("cells"), list)
-    return data if ok else None
 
 
 def _mark(path: Path, report: dict[str, Any], xlsx: Path, ranks: dict[str, int]) -> str | None:

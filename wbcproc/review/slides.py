@@ -6,7 +6,6 @@ and the drafts of :mod:`.drafts`); the web app only renders them.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -17,6 +16,7 @@ from typing import Any
 
 from wbcproc.bounded import TooLarge, check_workbook_size
 from wbcproc.classes import CLASSES
+from wbcproc.report import read_report_json
 from wbcproc.report.excel import read_thumbnails
 from wbcproc.review.drafts import active_reviewers, load_draft, reviewed_classes
 from wbcproc.suggested import Suggested, read_suggested, suggested_in
@@ -69,12 +69,7 @@ def _by_mtime(cache: dict[Path, tuple[float, Any]], path: Path, parse: Callable[
 
 
 def _parse_report(path: Path, _st: os.stat_result) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(data, dict) and "report_id" in data and isinstance(data.get("cells"), list)
-    return data if ok else None
+    return read_report_json(path)
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
