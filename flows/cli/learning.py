@@ -182,8 +182,9 @@ _Stage = Annotated[
     bool,
     typer.Option(
         "--stage/--head-only",
-        help="Fine-tune the last ResNet stage and the head (4 min for 25 cells, 7-17 for 200 on a 2-core AVX2 "
-        "CPU), or refit the head alone (seconds).",
+        help="Fine-tune the last ResNet stage and the head (about 2 min for 25 cells, 4 for 200 on a 2-core "
+        "AVX-512 VNNI CPU; a slower CPU runs fewer epochs to finish within --time-budget-seconds), or refit the "
+        "head alone (seconds).",
     ),
 ]
 _Route = Annotated[
