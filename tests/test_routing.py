@@ -28,9 +28,14 @@ def test_a_slide_that_looks_like_the_original_laboratory_goes_to_the_parent():
     assert "matches the original laboratory's look" in got["why"]
 
 
-def test_a_slide_like_neither_goes_to_the_parent_and_says_so():
-    got = choose(_sample(-20.0), DOMAIN, ROUTING)
-    assert got["model"] == PARENT and "matches neither laboratory lab-a" in got["why"]
+def test_a_slide_like_neither_goes_to_the_model_whose_look_is_nearer_and_says_so():
+    got = choose(_sample(-20.0), DOMAIN, ROUTING)  # far from both, nearer the original laboratory
+    assert got["model"] == PARENT and 1 < got["original_ratio"] < got["lab_ratio"]
+    assert "matches neither laboratory lab-a" in got["why"] and "original laboratory's model" in got["why"]
+    # just beyond the laboratory's look, far beyond the original's: the laboratory's next slide, not a third one
+    got = choose(_sample(10.0 + 2.5 / np.sqrt(8)), {**ORIGINAL, "labs": [{**LOOK, "threshold": 2.0}]}, ROUTING)
+    assert got["model"] == LAB and 1 < got["lab_ratio"] < got["original_ratio"]
+    assert "matches neither" in got["why"] and "laboratory lab-a's model, whose look is nearer" in got["why"]
 
 
 def test_a_slide_within_both_looks_is_the_original_laboratorys_and_goes_to_the_parent():

@@ -382,8 +382,8 @@ def _routed(
     thumbnails: bool,
     image_type: str,
 ) -> Classified:
-    """A routed laboratory model read the slide: kept where the slide matches the laboratory's look, else
-    read again by the parent (``wbcproc.routing``); the result says which model and why."""
+    """A routed laboratory model read the slide: kept where ``wbcproc.routing.choose`` picks the laboratory's
+    model, else read again by the parent; the result says which model and why."""
     decision = choose(np.array(classified.domain_features), classifier.info.sidecar.domain, classifier.routing)
     chosen = classifier if decision["model"] == LAB else classifier.parent()
     if chosen is not classifier:

@@ -9,9 +9,13 @@ Mahalanobis distance, :func:`wbcproc.domain.distances`) divided by that referenc
 
 - the laboratory's model when the slide is within the laboratory's threshold and beyond the original
   laboratory's (the parent's own guard would flag it DOMAIN_SHIFT);
-- the parent otherwise: a slide that looks like the original laboratory's is always read by the parent and
-  keeps the parent's accuracy there, and a slide that matches neither is read by the parent and carries
-  DOMAIN_SHIFT from the parent's guard.
+- the parent where the slide is within the original laboratory's threshold: a slide that looks like the
+  original laboratory's is always read by the parent and keeps the parent's accuracy there;
+- a slide that matches neither is read by the model whose look it is nearer to, in units of each threshold,
+  and carries DOMAIN_SHIFT from that model's guard either way.  Why: a laboratory's look is calibrated on
+  the few cells it reviewed, so its next slides can fall just beyond it (a rapid-stain stand-in adapted on
+  25 cells: its other cells at 1.10 of the laboratory's threshold and 2.58 of the original's) - the parent
+  read such a slide at 0.35, the laboratory's model is what the laboratory adapted for.
 
 The decision uses only the prepared images (the preprocessing is the parent's, shared by both models), so it
 is the same whichever model classified first; the report says which model read the slide and why.
@@ -64,9 +68,12 @@ def decide(lab_ratio: float, orig_ratio: float, name: str | None) -> dict[str, A
             f"the slide matches the original laboratory's look ({orig_ratio:.2f} of its threshold; "
             f"laboratory {name} {lab_ratio:.2f})"
         )
-    else:
-        why = (
-            f"the slide matches neither laboratory {name} ({lab_ratio:.2f} of its threshold) nor the original "
-            f"laboratory ({orig_ratio:.2f})"
-        )
-    return {"model": PARENT, "why": why, **out}
+        return {"model": PARENT, "why": why, **out}
+    nearer = LAB if lab_ratio < orig_ratio else PARENT
+    why = (
+        f"the slide matches neither laboratory {name} ({lab_ratio:.2f} of its threshold) nor the original "
+        f"laboratory ({orig_ratio:.2f}); read by the "
+        + (f"laboratory {name}'s model" if nearer == LAB else "original laboratory's model")
+        + ", whose look is nearer"
+    )
+    return {"model": nearer, "why": why, **out}
