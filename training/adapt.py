@@ -211,7 +211,7 @@ def lab_views(imgs: np.ndarray, labels: np.ndarray, views: int, seed: int = 0) -
     (``ADAPT_AUGMENTATION``: stain, camera, scale, any rotation; seeded).  Why: a handful of one day's cells
     otherwise teach the stage that day's exact colours and sizes - on LISC, 25 suggested cells read the
     laboratory's other half at 0.84 without the copies and 0.88 with them (3 seeds, through the pipeline;
-    docs/adapting-measured.md), while at 100+ cells copies no longer helped.  The fine-tune makes no more
+    docs/adapting-measured.md), while at 100+ cells copies did not help.  The fine-tune makes no more
     steps for them (:func:`stage_epochs`).  Returns the images, their labels and the copies made."""
     base = dihedral(imgs)[:views]
     copies = augmented_copies(len(imgs), views)
