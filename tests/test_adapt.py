@@ -312,6 +312,7 @@ def test_a_refused_stage_draft_is_followed_by_a_gentler_one(tmp_path, monkeypatc
     assert any("learning rate 1 refused" in s for s in said)
     m = res["metrics"]
     assert m["stage_learning_rate"] == 1e-5 and m["stage_epochs"] == m["stage_epochs_planned"]  # not cut short
+    assert m["stage_augmented_copies"] == 3  # the fixture's 24 cells: 3 copies of their 8 views (lab_views)
     a = read_sidecar(tmp_path / "out" / "model.onnx").sidecar.adaptation
     assert a["stage_fine_tuned"] is True and a["stage_not_fine_tuned_because"] is None
 
