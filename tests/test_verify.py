@@ -281,3 +281,38 @@ def test_a_missing_preliminary_workbook_costs_the_thumbnails_not_the_final_repor
     done = verify(edited, out)
     assert done.paths["xlsx"].is_file() and json.loads(done.paths["json"].read_text())["status"] == "final"
     assert "the final workbook has no cell thumbnails: S-001.xlsx is not in the report folder" in done.notes
+
+
+def test_a_sample_archived_while_its_cells_are_copied_is_followed_to_the_archive(
+    tmp_path, sample, tiny_model, monkeypatch
+):
+    """The watcher archives a finished folder while its report may already be signed: the cells still reach
+    the laboratory data folder, copied from where the folder went."""
+    import shutil
+
+    import wbcproc.verify as verify_mod
+
+    inbox = tmp_path / "inbox"
+    drop = inbox / sample.name
+    shutil.copytree(sample, drop)
+    out = tmp_path / "out"
+    xlsx, prelim = _report(drop, out, tiny_model)
+    plan = review_plan(prelim)
+    edited = edit_workbook(xlsx, tmp_path / "edited.xlsx", plan)
+    real_find = verify_mod.find_sample_dir
+    found: list[Path | None] = []
+
+    def find_then_archive(report, roots, **kw):  # the real search; the watcher's move lands right after it
+        d = real_find(report, roots, **kw)
+        found.append(d)
+        if d is not None and d.parent == inbox:
+            (inbox / "archive").mkdir(exist_ok=True)
+            d.rename(inbox / "archive" / d.name)
+        return d
+
+    monkeypatch.setattr(verify_mod, "find_sample_dir", find_then_archive)
+    lab = tmp_path / "lab"
+    done = verify(edited, out, sample_roots=[inbox / "archive", inbox], lab_data=lab)
+    assert found == [drop, inbox / "archive" / sample.name]
+    assert done.exported is not None and not done.exported.skipped
+    assert sorted(p.parent.name for p in (lab / "cells").rglob("*") if p.is_file()) == sorted(plan.values())

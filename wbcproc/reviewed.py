@@ -120,11 +120,12 @@ def export_cells(report: dict, classes: dict[str, str], sample_dir: str | Path, 
                 continue
         else:
             src = sample_dir / name
-            if not src.is_file():
-                res.skipped.append((name, f"image {str(src)!r} not found in the sample folder"))
-                continue
             dest = out_root / "cells" / label / f"{sample}__{name}"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
+            try:  # not there: never was, or the folder was moved (archived) while its cells were copied
+                shutil.copyfile(src, dest)
+            except (FileNotFoundError, IsADirectoryError):
+                res.skipped.append((name, f"image {str(src)!r} not found in the sample folder"))
+                continue
         res.written[label] = res.written.get(label, 0) + 1
     return res

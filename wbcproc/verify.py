@@ -430,14 +430,43 @@ def sign(
     done = Verified(paths=paths, result=result, version=version, changes=result["changes"], audit_entry=entry)
     if why_none:
         done.notes.append(f"the final workbook has no cell thumbnails: {why_none}")
-    if sample_dir is None and sample_roots:
-        sample_dir = find_sample_dir(base, list(sample_roots))
-    if lab_data is not None and sample_dir is not None and verified:
+    if lab_data is not None and verified and sample_dir is not None:
         done.exported = export_cells(result, verified, sample_dir, lab_data)
-    elif verified:
+    elif lab_data is not None and verified and sample_roots:
+        done.exported = _export_found(result, verified, list(sample_roots), lab_data)
+    if verified and done.exported is None:
         done.notes.append(
             "the verified cells were not copied to the laboratory data folder (sample folder or data folder unknown)"
         )
+    return done
+
+
+def _export_found(
+    result: dict[str, Any], verified: dict[str, str], roots: list[Path], lab_data: str | Path
+) -> Exported | None:
+    """Export the verified cells from the sample folder found under ``roots``; ``None`` if there is none.
+
+    The watcher moves a finished folder from the inbox to ``archive/`` while a reviewer may already be signing
+    its report, so a folder can vanish between being found and being copied: the cells it took with it are
+    looked for once more, where the folder went."""
+    done: Exported | None = None
+    todo = dict(verified)
+    for _ in range(2):
+        sample_dir = find_sample_dir(result, roots)
+        if sample_dir is None:
+            continue
+        got = export_cells(result, todo, sample_dir, lab_data)
+        if done is None:
+            done = got
+        else:
+            for label, n in got.written.items():
+                done.written[label] = done.written.get(label, 0) + n
+            done.skipped = got.skipped
+        if sample_dir.is_dir():
+            break
+        todo = {name: todo[name] for name, _ in done.skipped if name in todo}
+        if not todo:
+            break
     return done
 
 
@@ -493,6 +522,14 @@ def _holds(folder: Path, report: dict[str, Any]) -> bool:
     return bool(names) and all((folder / n).is_file() for n in names)
 
 
+def _mtime(d: Path) -> float:
+    """A folder's modification time; a folder moved (archived) since it was listed comes last."""
+    try:
+        return d.stat().st_mtime
+    except OSError:
+        return float("-inf")
+
+
 def find_sample_dir(report: dict[str, Any], roots: list[Path], *, limit: int = 500) -> Path | None:
     """The folder holding a report's images: under ``roots`` (e.g. the inbox and its ``archive/``), first
     the folders named after the sample (``S-1``, ``S-1.2``... - a re-dropped sample is archived beside its
@@ -516,10 +553,10 @@ def find_sample_dir(report: dict[str, Any], roots: list[Path], *, limit: int = 5
         made = float("inf")
 
     def order(d: Path) -> tuple[bool, float]:  # written before the report first, the closest first
-        m = d.stat().st_mtime
+        m = _mtime(d)
         return (m > made + 1.0, abs(made - m))
 
-    rest.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    rest.sort(key=_mtime, reverse=True)
     for d in [*sorted(named, key=order), *sorted(rest[:limit], key=order)]:
         if _holds(d, report):
             return d
