@@ -154,3 +154,33 @@ def test_a_suggestions_list_without_its_columns_is_refused(tmp_path):
     bad.write_text("file,class\na.jpg,neutrophil\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no rank / source column"):
         read_suggested(bad)
+
+
+def test_a_new_list_takes_an_earlier_lists_marks_out_and_keeps_what_the_reviewer_typed(tmp_path, lab):
+    _, reports = lab
+    s1 = reports / "S-1.xlsx"
+    r1, r2 = (json.loads((reports / f"S-{i}.json").read_text()) for i in (1, 2))
+    first = mark_workbooks(reports, {"S-1": {r1["cells"][0]["file"]: 1}, "S-2": {r2["cells"][0]["file"]: 2}})
+    assert sorted(p.name for p, _ in first.marked) == ["S-1.xlsx", "S-2.xlsx"] and first.cleared == []
+    typed = {r1["cells"][1]["file"]: other_class(r1["cells"][1]["class"])}
+    edit_workbook(s1, s1, typed, name=None)  # the reviewer typed a class into S-1 meanwhile
+    thumbs = read_thumbnails(s1)
+    unmarked = {p: _sha(p) for p in (reports / "S-3.xlsx", reports / "S-9.xlsx")}
+
+    second = mark_workbooks(reports, {"S-2": {r2["cells"][1]["file"]: 1}})
+    assert [(p.name, k) for p, k in second.marked] == [("S-2.xlsx", 1)]
+    assert second.cleared == [s1] and second.left == []
+    header, _ = _cells_sheet(s1)
+    assert ADAPT_HEADER not in header and _summary_value(s1, SUGGESTED_LABEL) is None
+    assert reviewed_classes(s1) == typed and read_thumbnails(s1) == thumbs
+    assert {p: _sha(p) for p in unmarked} == unmarked  # never marked: not written again
+
+    # a signed workbook keeps the marks it was signed with, and says so
+    mark_workbooks(reports, {"S-1": {r1["cells"][0]["file"]: 1}})
+    edit_workbook(s1, s1, {**review_plan(r1, 0), **typed}, name="Dr A. Example")
+    signed = _sha(s1)
+    third = mark_workbooks(reports, {"S-2": {r2["cells"][0]["file"]: 1}})
+    assert third.cleared == [] and [(p.name, why.split(" (")[0]) for p, why in third.left] == [
+        ("S-1.xlsx", "signed in the workbook")
+    ]
+    assert _sha(s1) == signed

@@ -351,6 +351,8 @@ def _suggest(
     if reports is not None:
         res["workbooks"] = marks = _mark_workbooks(reports, csv_path)
         text += f"; marked in {len(marks['marked'])} workbook(s) of {reports}"
+        if marks["cleared"]:
+            text += f", an earlier list's marks taken out of {len(marks['cleared'])}"
         if marks["left"]:
             text += f", {len(marks['left'])} left as they were (listed above)"
     _emit(res, as_json, text)
@@ -368,6 +370,7 @@ def _mark_workbooks(reports: Path, csv_path: Path) -> dict[str, Any]:
     return {
         "cells": done.cells,
         "marked": [{"workbook": str(p), "cells": k} for p, k in done.marked],
+        "cleared": [str(p) for p in done.cleared],
         "left": [{"workbook": str(p), "why": why} for p, why in done.left],
     }
 

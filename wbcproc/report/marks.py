@@ -10,14 +10,17 @@ cell's rank.  A workbook is never written over what a person put in it:
   (a note typed in a cell, a column added, another version's layout) is left as it is, and the
   reason names the first difference.
 
-Each left workbook is listed with its reason; the suggestions stay in ``suggested.csv`` and in the
-review app either way.  A workbook is written atomically (the whole new file or the old one).
+A new list replaces the old one: a workbook marked for an earlier list that has none of the new list's
+cells is written again without its marks (``cleared``), by the same rules.  Each left workbook is listed
+with its reason; the suggestions stay in ``suggested.csv`` and in the review app either way.  A workbook
+is written atomically (the whole new file or the old one).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ class Marked:
     """What :func:`mark_workbooks` did."""
 
     marked: list[tuple[Path, int]] = field(default_factory=list)  # (workbook, cells marked in it)
+    cleared: list[Path] = field(default_factory=list)  # an earlier list's marks taken out: none of its cells now
     left: list[tuple[Path, str]] = field(default_factory=list)  # (workbook, why it was left as it is)
     cells: int = 0  # suggested cells found in the folder's preliminary reports
 
@@ -56,16 +60,36 @@ def mark_workbooks(reports: Path, suggested: Suggested) -> Marked:
         if report is None or report.get("status") != "preliminary":
             continue
         ranks = suggested_in(report, suggested)
-        if not ranks:
+        xlsx = path.with_suffix(".xlsx")
+        if not ranks and not _has_marks(xlsx):
             continue
         out.cells += len(ranks)
-        xlsx = path.with_suffix(".xlsx")
         why = _mark(path, report, xlsx, ranks)
         if why:
             out.left.append((xlsx, why))
-        else:
+        elif ranks:
             out.marked.append((xlsx, len(ranks)))
+        else:
+            out.cleared.append(xlsx)
     return out
+
+
+def _has_marks(xlsx: Path) -> bool:
+    """Whether a workbook has a 'For adaptation' column (written only where a cell is marked): its Cells
+    sheet's first row alone is read, so a folder of thousands of unmarked workbooks is passed over quickly."""
+    from openpyxl import load_workbook
+
+    try:
+        check_workbook_size(xlsx)
+        wb = load_workbook(xlsx, read_only=True)
+    except (OSError, TooLarge, ValueError, KeyError, zipfile.BadZipFile):
+        return False  # not a workbook this module wrote: nothing of ours to take out
+    try:
+        ws = wb["Cells"] if "Cells" in wb.sheetnames else None
+        header = next(ws.iter_rows(max_row=1, values_only=True), ()) if ws is not None else ()
+        return ADAPT_HEADER in header
+    finally:
+        wb.close()
 
 
 def _mark(path: Path, report: dict[str, Any], xlsx: Path, ranks: dict[str, int]) -> str | None:
